@@ -1,0 +1,1 @@
+"""Runtime: worker, CLI and Lambda entry points; builds the ports once."""
