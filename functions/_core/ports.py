@@ -6,10 +6,12 @@ over the same behavioural models the simulators use.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import datetime as dt
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from functions._core.config import Settings
 from functions._core.records import Key, RecordSet
 
 # ---------------------------------------------------------------- Mailcow
@@ -207,3 +209,5 @@ class Ports:
     dns: DnsPort
     state: ObjectStore  # private: rotation state, encrypted keys, ledger
     web: ObjectStore  # served by the MTA-STS web host
+    settings: Settings
+    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))

@@ -1,0 +1,64 @@
+"""The managed record set of a customer domain and its MTA-STS policy, derived from the settings alone."""
+
+from __future__ import annotations
+
+import hashlib
+
+from functions._core.config import Settings
+from functions._core.keys import dkim_txt
+from functions._core.records import Key, RecordSet
+
+MARKER_NAME = "_mailplane"
+MARKER_VALUE = "v=mp1; managed-by=mailplane"
+SPF_PREFIX = "v=spf1"
+
+
+def fqdn(name: str) -> str:
+    return name.rstrip(".") + "."
+
+
+def mta_sts_policy(settings: Settings) -> str:
+    """The RFC 8461 policy text served at https://mta-sts.<domain>/.well-known/mta-sts.txt."""
+    mx = "".join(f"mx: {h.name}\n" for h in settings.provider.mx_hosts)
+    p = settings.policy
+    return f"version: STSv1\nmode: {p.mta_sts_mode}\n{mx}max_age: {p.mta_sts_max_age}\n"
+
+
+def policy_id(policy: str) -> str:
+    """The `_mta-sts` id: derived from the policy content, so it changes exactly when the content changes."""
+    return hashlib.sha256(policy.encode()).hexdigest()[:20]
+
+
+def policy_key(domain: str) -> str:
+    """Object key of the policy in the web bucket (host-based, as the web host serves it)."""
+    return f"mta-sts.{domain}/.well-known/mta-sts.txt"
+
+
+def dmarc_value(settings: Settings) -> str:
+    p = settings.policy
+    return f"v=DMARC1;p={p.dmarc_policy};pct=100;rua={p.dmarc_rua};ruf={p.dmarc_ruf};fo=1"
+
+
+def spf_value(settings: Settings) -> str:
+    return f"v=spf1 include:{settings.policy.spf_include} ~all"
+
+
+def desired_records(domain: str, settings: Settings, selector: str, public_b64: str) -> dict[Key, RecordSet]:
+    """Every RRset mailplane manages in a customer zone (apex TXT holds only the SPF value here)."""
+    t, mc = settings.ttl, settings.mailcow.host
+    pref = settings.provider.mx_preference
+    pid = policy_id(mta_sts_policy(settings))
+    sets = [
+        RecordSet.of(domain, "MX", t.mx, [f"{pref} {fqdn(h.name)}" for h in settings.provider.mx_hosts]),
+        RecordSet.of(domain, "TXT", t.txt, [spf_value(settings)]),
+        RecordSet.of(f"{selector}._domainkey.{domain}", "TXT", t.dkim, [dkim_txt(public_b64)]),
+        RecordSet.of(f"_dmarc.{domain}", "TXT", t.txt, [dmarc_value(settings)]),
+        RecordSet.of(f"autoconfig.{domain}", "CNAME", t.cname, [fqdn(mc)]),
+        RecordSet.of(f"autodiscover.{domain}", "CNAME", t.cname, [fqdn(mc)]),
+        RecordSet.of(f"_autodiscover._tcp.{domain}", "SRV", t.srv, [f"1 1 443 {fqdn(mc)}"]),
+        RecordSet.of(f"mta-sts.{domain}", "CNAME", t.cname, [fqdn(settings.policy.mta_sts_host)]),
+        RecordSet.of(f"_mta-sts.{domain}", "TXT", t.txt, [f"v=STSv1; id={pid};"]),
+        RecordSet.of(f"_smtp._tls.{domain}", "TXT", t.txt, [f"v=TLSRPTv1; rua={settings.policy.tlsrpt_rua}"]),
+        RecordSet.of(f"{MARKER_NAME}.{domain}", "TXT", t.txt, [MARKER_VALUE]),
+    ]
+    return {rs.key: rs for rs in sets}

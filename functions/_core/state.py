@@ -1,0 +1,125 @@
+"""Per-domain state in the private object store: the last request, the DKIM keys (public part) and their status.
+
+Private keys live beside it, sealed (AES-GCM), at ``keys/<domain>/<selector>.bin``; ``domains/<domain>.json`` holds
+no secret. Writes are conditional (If-None-Match / If-Match), so two workers cannot overwrite each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from functions._core import keys
+from functions._core.config import Settings
+from functions._core.errors import DnsConflict, PreconditionFailed
+from functions._core.ports import ObjectStore
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    selector: str
+    public_b64: str
+    status: str  # GENERATED | PUBLISHED | ACTIVE | RETIRING | WITHDRAWN | DESTROYED
+    created_at: str
+
+
+@dataclass(frozen=True)
+class DomainState:
+    domain: str
+    request: dict[str, Any] = field(default_factory=dict)  # last applied domain.created data (no secrets)
+    keys: tuple[KeyRecord, ...] = ()
+    status: str = "new"
+    etag: str | None = None
+
+    @property
+    def current(self) -> KeyRecord | None:
+        """The key Mailcow signs with, else the newest not yet active."""
+        live = [k for k in self.keys if k.status in ("ACTIVE", "PUBLISHED", "GENERATED")]
+        active = [k for k in live if k.status == "ACTIVE"]
+        chosen = active or live
+        return chosen[-1] if chosen else None
+
+    def with_key_status(self, selector: str, status: str) -> DomainState:
+        return replace(self, keys=tuple(replace(k, status=status) if k.selector == selector else k for k in self.keys))
+
+    def body(self) -> bytes:
+        data = {
+            "domain": self.domain,
+            "request": self.request,
+            "status": self.status,
+            "keys": [k.__dict__ for k in self.keys],
+        }
+        return json.dumps(data, sort_keys=True, indent=1).encode()
+
+
+def state_key(domain: str) -> str:
+    return f"domains/{domain}.json"
+
+
+def key_blob_key(domain: str, selector: str) -> str:
+    return f"keys/{domain}/{selector}.bin"
+
+
+def load(store: ObjectStore, domain: str) -> DomainState:
+    obj = store.get(state_key(domain))
+    if obj is None:
+        return DomainState(domain)
+    raw = json.loads(obj.body)
+    return DomainState(
+        domain=domain,
+        request=raw.get("request", {}),
+        keys=tuple(KeyRecord(**k) for k in raw.get("keys", [])),
+        status=raw.get("status", "new"),
+        etag=obj.etag,
+    )
+
+
+def save(store: ObjectStore, st: DomainState, before: DomainState) -> DomainState:
+    """Write ``st`` if it differs from ``before`` (conditional on ``before``'s ETag); returns the stored state.
+
+    Raises:
+        DnsConflict: another worker changed the state since it was read (transient: re-read and re-plan).
+    """
+    if st.body() == before.body() and before.etag is not None:
+        return before
+    try:
+        if before.etag is None:
+            etag = store.put(state_key(st.domain), st.body(), if_none_match=True)
+        else:
+            etag = store.put(state_key(st.domain), st.body(), if_match=before.etag)
+    except PreconditionFailed:
+        raise DnsConflict(f"state of {st.domain} changed concurrently; re-planning") from None
+    return replace(st, etag=etag)
+
+
+def new_key(st: DomainState, settings: Settings, now: dt.datetime) -> keys.KeyPair:
+    """Generate a key under a dated selector never used for this domain (in memory; see ``persist_key``)."""
+    selector = keys.next_selector(settings.dkim.selector_format, now, (k.selector for k in st.keys))
+    return keys.generate(selector, settings.dkim.key_size)
+
+
+def persist_key(store: ObjectStore, domain: str, pair: keys.KeyPair, settings: Settings) -> keys.KeyPair:
+    """Store the sealed private key once; if a concurrent worker stored one under this selector first, use it."""
+    kek = settings.dkim.key_encryption_key
+    blob_key = key_blob_key(domain, pair.selector)
+    try:
+        store.put(blob_key, keys.seal(pair, kek, domain), if_none_match=True, content_type="application/octet-stream")
+        return pair
+    except PreconditionFailed:
+        return load_key(store, domain, pair.selector, settings)
+
+
+def load_key(store: ObjectStore, domain: str, selector: str, settings: Settings) -> keys.KeyPair:
+    """Unseal a stored private key and rebuild the pair (the public part is derived from it)."""
+    obj = store.get(key_blob_key(domain, selector))
+    if obj is None:
+        raise DnsConflict(f"DKIM key {selector} of {domain} is not stored yet")
+    pem = keys.unseal(obj.body, settings.dkim.key_encryption_key, domain, selector)
+    priv = serialization.load_pem_private_key(pem.reveal().encode("ascii"), password=None)
+    spki = priv.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return keys.KeyPair(selector, base64.b64encode(spki).decode("ascii"), pem)

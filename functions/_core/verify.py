@@ -1,0 +1,84 @@
+"""The verification gate: authoritative evidence (serial and exact content on every server, a DKIM probe
+signature verified against each) before a domain counts as provisioned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from functions._core import keys
+from functions._core.errors import NotPropagated
+from functions._core.mailset import MARKER_NAME
+from functions._core.ports import DnsPort, Ports
+from functions._core.records import Key, RecordSet
+
+
+def serial_before(a: int, b: int) -> bool:
+    """RFC 1982 serial arithmetic: True when ``a`` is older than ``b``."""
+    return a != b and ((b - a) % 2**32) < 2**31
+
+
+def server_mismatches(
+    dns: DnsPort, zone: str, server: str, expected: Mapping[Key, RecordSet], min_serial: int | None
+) -> list[str]:
+    """What ``server`` serves differently from ``expected`` (empty when it serves exactly the plan)."""
+    serial = dns.serial(zone, server)
+    if serial is None:
+        return [f"{server}: no SOA for {zone}"]
+    if min_serial is not None and serial_before(serial, min_serial):
+        return [f"{server}: serial {serial} older than {min_serial}"]
+    out = []
+    for (name, rtype), rs in sorted(expected.items()):
+        got = dns.query(server, name, rtype)
+        if got is None or got.values != rs.values:
+            out.append(f"{server}: {rtype} {name} is {list(got.values) if got else 'absent'}")
+    return out
+
+
+def _probe(dns_lookup: keys.TxtLookup, zone: str, pair: keys.KeyPair) -> bool:
+    return keys.probe_verifies(zone, pair.selector, pair.private_pem, dns_lookup)
+
+
+def verify_zone(
+    ports: Ports, zone: str, expected: Mapping[Key, RecordSet], min_serial: int | None, pair: keys.KeyPair
+) -> list[str]:
+    """Check every authoritative server; return them when all serve the plan and the DKIM probe verifies.
+
+    Raises:
+        NotPropagated: listing the first mismatches (transient: the broker retries later).
+    """
+    dns = ports.dns
+    servers = dns.servers(zone)
+    problems: list[str] = []
+    for server in servers:
+        problems += server_mismatches(dns, zone, server, expected, min_serial)
+
+        def lookup(name: str, server: str = server) -> bytes | None:
+            rs = dns.query(server, name.rstrip("."), "TXT")
+            return rs.values[0].encode() if rs and len(rs.values) == 1 else None
+
+        if not _probe(lookup, zone, pair):
+            problems.append(f"{server}: DKIM probe signature for {pair.selector} does not verify")
+    if problems:
+        raise NotPropagated("; ".join(problems[:6]))
+    return servers
+
+
+def external_missing(ports: Ports, want: Mapping[Key, RecordSet], pair: keys.KeyPair) -> list[str]:
+    """For a zone hosted elsewhere: the managed records the public DNS does not serve yet."""
+    missing = []
+    for (name, rtype), rs in sorted(want.items()):
+        if name.startswith(MARKER_NAME + "."):
+            continue
+        got = ports.dns.resolve(name, rtype)
+        if got is None or not set(rs.values) <= set(got.values):
+            missing.append(f"{rtype} {name}")
+
+    def lookup(name: str) -> bytes | None:
+        rs = ports.dns.resolve(name.rstrip("."), "TXT")
+        return rs.values[0].encode() if rs and len(rs.values) == 1 else None
+
+    zone = next(iter(want))[0]
+    if not missing and not _probe(lookup, zone, pair):
+        missing.append(f"DKIM probe for {pair.selector}")
+    return missing

@@ -1,0 +1,559 @@
+"""Authoritative DNS over RFC 2136 + TSIG (dnspython): the DnsPort adapter and the propagation gate.
+
+``Rfc2136Dns`` speaks our vocabulary (``RecordSet``, ``DnsChange``) and absorbs dnspython; the only seam tests replace
+is ``DnsWire`` (AXFR, UPDATE, single queries), whose real implementation is ``TcpWire``.
+
+Every write is ONE UPDATE message with compare-and-set prerequisites (reference/dns.md §3). Errors are mapped here:
+NXRRSET/YXRRSET/YXDOMAIN/NXDOMAIN -> DnsConflict; REFUSED/NOTAUTH/NOTZONE/FORMERR/bad TSIG -> DnsRefused;
+SERVFAIL/timeouts/connection errors -> DnsServfail (retried in place with the shared policy).
+"""
+
+from __future__ import annotations
+
+import binascii
+import ipaddress
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Protocol
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdataset
+import dns.rdatatype
+import dns.rdtypes.ANY.TXT
+import dns.rdtypes.txtbase
+import dns.tsig
+import dns.update
+import dns.xfr
+import dns.zone
+
+from functions._core.config import DnsSettings
+from functions._core.errors import ConfigError, DnsConflict, DnsRefused, DnsServfail, TransientError
+from functions._core.ports import DnsChange, DnsPort
+from functions._core.records import Key, RecordSet, split_txt
+from functions._core.retry import retried
+
+__all__ = [
+    "DnsWire",
+    "Rfc2136Dns",
+    "TcpWire",
+    "normalise_value",
+    "serial_lt",
+    "verify_propagation",
+]
+
+log = logging.getLogger(__name__)
+
+IN = dns.rdataclass.IN
+EDNS_PAYLOAD = 1232  # DNS flag day 2020 buffer size
+XFR_LIFETIME_FACTOR = 12  # an AXFR may take this many per-message timeouts in total
+_CONFLICT = {dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.YXDOMAIN, dns.rcode.NXDOMAIN}
+# Types whose presentation form holds only names and numbers: lowercased when read (names are case-insensitive).
+_NAME_TYPES = {"A", "AAAA", "CNAME", "DNAME", "MX", "NS", "PTR", "SOA", "SRV"}
+# Maintained by the signer, never by us.
+_SKIPPED_TYPES = {"RRSIG", "NSEC", "NSEC3", "NSEC3PARAM", "TYPE65534"}
+_TSIG_ALGORITHMS = {
+    dns.tsig.HMAC_SHA256,
+    dns.tsig.HMAC_SHA384,
+    dns.tsig.HMAC_SHA512,
+    dns.tsig.HMAC_SHA224,
+    dns.tsig.HMAC_SHA1,
+}
+_TSIG_ERRORS = (
+    dns.tsig.PeerError,
+    dns.tsig.BadSignature,
+    dns.tsig.BadKey,
+    dns.tsig.BadAlgorithm,
+    dns.tsig.BadTime,
+    dns.message.UnknownTSIGKey,
+)
+_WIRE_FAULTS = (
+    dns.exception.Timeout,
+    OSError,
+    EOFError,
+    dns.exception.FormError,
+    dns.message.Truncated,
+    dns.query.BadResponse,
+    dns.query.UnexpectedSource,
+)
+
+
+class DnsWire(Protocol):
+    """The DNS transport: the only seam tests replace (a recording wire, no network)."""
+
+    def transfer(self, zone: str) -> dns.zone.Zone:
+        """AXFR ``zone`` from the primary, signed with our key; names absolute (``relativize=False``)."""
+        ...
+
+    def send(self, update: dns.update.UpdateMessage) -> int:
+        """Sign ``update`` with our key, send it to the primary over TCP and return the response rcode."""
+        ...
+
+    def query(self, server: str, port: int, name: str, rtype: str, tcp: bool) -> dns.message.Message:
+        """One non-recursive (RD=0) query to the IP address ``server``, over TCP or UDP."""
+        ...
+
+
+class TcpWire:
+    """The real wire: dnspython with the TSIG key from the settings and explicit timeouts."""
+
+    def __init__(self, settings: DnsSettings) -> None:
+        """Build the TSIG key (no network).
+
+        Raises:
+            ConfigError: the TSIG secret is not base64 or the algorithm is unknown.
+        """
+        algorithm = dns.name.from_text(settings.tsig_algorithm)
+        if algorithm not in _TSIG_ALGORITHMS:
+            raise ConfigError(f"dns.tsig_algorithm {settings.tsig_algorithm!r} is not supported")
+        try:
+            self._key = dns.tsig.Key(settings.tsig_name, settings.tsig_secret.reveal(), algorithm)
+        except (binascii.Error, ValueError):
+            raise ConfigError("dns.tsig_secret is not valid base64") from None
+        self._primary = settings.primary
+        self._port = settings.port
+        self._timeout = settings.timeout
+
+    def transfer(self, zone: str) -> dns.zone.Zone:
+        """AXFR over TCP, TSIG-signed; ``timeout`` per message, ``timeout * XFR_LIFETIME_FACTOR`` in total."""
+        target = dns.zone.Zone(dns.name.from_text(zone), relativize=False)
+        request, _ = dns.xfr.make_query(target, serial=None, keyring=self._key)
+        dns.query.inbound_xfr(
+            self._primary,
+            target,
+            request,
+            port=self._port,
+            timeout=self._timeout,
+            lifetime=self._timeout * XFR_LIFETIME_FACTOR,
+        )
+        return target
+
+    def send(self, update: dns.update.UpdateMessage) -> int:
+        """Sign (in place) and send over TCP; the response signature is verified by dnspython."""
+        update.use_tsig(self._key)
+        response = dns.query.tcp(update, self._primary, port=self._port, timeout=self._timeout)
+        return int(response.rcode())
+
+    def query(self, server: str, port: int, name: str, rtype: str, tcp: bool) -> dns.message.Message:
+        """Unsigned, EDNS (1232 bytes), RD=0; a UDP answer may come back truncated (TC set)."""
+        request = dns.message.make_query(name, rtype, use_edns=0, payload=EDNS_PAYLOAD)
+        request.flags &= ~dns.flags.RD
+        if tcp:
+            return dns.query.tcp(request, server, port=port, timeout=self._timeout)
+        return dns.query.udp(request, server, port=port, timeout=self._timeout)
+
+
+class Rfc2136Dns:
+    """DnsPort over RFC 2136: AXFR to read, one compare-and-set UPDATE per ``apply``, RD=0 queries to verify."""
+
+    def __init__(self, settings: DnsSettings, wire: DnsWire | None = None) -> None:
+        self._settings = settings
+        self._wire: DnsWire = wire if wire is not None else TcpWire(settings)
+        self._primary = _join(settings.primary, settings.port)
+
+    # ------------------------------------------------------------ reading
+
+    def hosts_zone(self, zone: str) -> bool:
+        """True when the primary answers the zone's SOA authoritatively and lets our key transfer it.
+
+        Raises:
+            DnsServfail: the primary failed or timed out.
+        """
+        zone = _zone(zone)
+        if self.serial(zone, self._primary) is None:
+            return False
+        try:
+            self._transfer(zone)
+        except DnsRefused:
+            return False
+        return True
+
+    def read_zone(self, zone: str) -> dict[Key, RecordSet]:
+        """Every RRset of the zone (AXFR with TSIG), TXT strings joined, names absolute lowercase without the dot.
+
+        Raises:
+            DnsRefused: the transfer was refused (zone not served, key not allowed, bad TSIG).
+            DnsServfail: the primary failed or timed out (after the in-place retries).
+        """
+        return _records(self._transfer(_zone(zone)))
+
+    def serial(self, zone: str, server: str) -> int | None:
+        """The SOA serial ``server`` answers authoritatively (AA) for ``zone``; None if it does not serve it.
+
+        Raises:
+            DnsServfail: the server failed or timed out.
+        """
+        zone = _zone(zone)
+        host, port = self._endpoint(server)
+        try:
+            response = self._ask(host, port, zone, "SOA")
+        except DnsRefused:
+            return None
+        rrset = response.get_rrset(response.answer, dns.name.from_text(zone), IN, dns.rdatatype.SOA)
+        if not response.flags & dns.flags.AA or rrset is None or len(rrset) != 1:
+            return None
+        return int(rrset[0].serial)
+
+    def query(self, server: str, name: str, rtype: str) -> RecordSet | None:
+        """The RRset ``server`` answers for (name, rtype) with RD=0 (UDP, TCP on truncation); None = NXDOMAIN/NODATA.
+
+        Raises:
+            DnsRefused: the server refused the query (REFUSED, NOTAUTH, ...).
+            DnsServfail: the server failed or timed out.
+        """
+        host, port = self._endpoint(server)
+        response = self._ask(host, port, _zone(name), rtype.upper())
+        return _answer(response, _zone(name), rtype.upper())
+
+    def resolve(self, name: str, rtype: str) -> RecordSet | None:
+        """The public view of (name, rtype). Kept simple: asks the primary (which answers only for zones it serves).
+
+        Raises:
+            DnsServfail: the server failed or timed out.
+        """
+        try:
+            return self.query(self._primary, name, rtype)
+        except DnsRefused:
+            return None
+
+    def servers(self, zone: str) -> list[str]:
+        """Authoritative servers to verify: settings.servers, else the hidden primary plus the zone's NS addresses.
+
+        Raises:
+            DnsServfail: an NS name has no address, or a server failed.
+        """
+        if self._settings.servers:
+            return list(dict.fromkeys(self._settings.servers))
+        zone = _zone(zone)
+        found = [self._primary]
+        ns = self.query(self._primary, zone, "NS")
+        for target in ns.values if ns is not None else ():
+            found.extend(_join(ip, self._settings.port) for ip in self._addresses(target.rstrip(".")))
+        return list(dict.fromkeys(found))
+
+    # ------------------------------------------------------------ writing
+
+    def apply(self, zone: str, changes: list[DnsChange]) -> int:
+        """Apply ``changes`` as ONE UPDATE with compare-and-set prerequisites; return the primary's new serial.
+
+        An empty change list sends nothing and returns the current serial. After a lost answer (timeout), a
+        conflicting retry counts as success when the zone already holds exactly every ``after``.
+
+        Raises:
+            ValueError: a malformed change (both sides None, keys differ, empty values, non-normalised values).
+            DnsConflict: a prerequisite failed: the zone changed since it was read (re-read and re-plan).
+            DnsRefused: the update was refused (policy, zone, key, a name outside the zone).
+            DnsServfail: the primary failed or timed out (after the in-place retries).
+        """
+        zone = _zone(zone)
+        update = build_update(zone, changes)
+        if changes:
+            self._send(zone, update, changes)
+        serial = self.serial(zone, self._primary)
+        if serial is None:
+            raise DnsRefused(f"primary {self._primary} does not serve {zone}")
+        log.info("dns apply: zone=%s changes=%d serial=%d", zone, len(changes), serial)
+        return serial
+
+    def _send(self, zone: str, update: dns.update.UpdateMessage, changes: list[DnsChange]) -> None:
+        lost = False
+
+        def attempt() -> None:
+            nonlocal lost
+            try:
+                with _mapped(f"UPDATE {zone}"):
+                    rcode = self._wire.send(update)
+                if rcode != dns.rcode.NOERROR:
+                    raise _rcode_error(rcode, f"UPDATE {zone}")
+            except DnsServfail:
+                lost = True  # the server may have applied it before the answer got lost
+                raise
+
+        try:
+            retried(attempt)()
+        except DnsConflict:
+            if not (lost and self._holds(zone, changes)):
+                raise
+            log.info("dns apply: zone=%s answer was lost but the zone holds the result", zone)
+
+    def _holds(self, zone: str, changes: list[DnsChange]) -> bool:
+        have = self.read_zone(zone)
+        want = {c.key: None if c.after is None else RecordSet.of(*_fields(c.after)) for c in changes}
+        return all(have.get(key) == rs for key, rs in want.items())
+
+    # ------------------------------------------------------------ wire calls (mapped, retried in place)
+
+    def _transfer(self, zone: str) -> dns.zone.Zone:
+        def attempt() -> dns.zone.Zone:
+            with _mapped(f"AXFR {zone}"):
+                return self._wire.transfer(zone)
+
+        return retried(attempt)()
+
+    def _ask(self, host: str, port: int, name: str, rtype: str) -> dns.message.Message:
+        def attempt() -> dns.message.Message:
+            what = f"query {name}/{rtype} at {_join(host, port)}"
+            with _mapped(what):
+                response = self._wire.query(host, port, name, rtype, False)
+                if response.flags & dns.flags.TC:
+                    response = self._wire.query(host, port, name, rtype, True)
+            rcode = response.rcode()
+            if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                return response
+            raise DnsServfail(f"{what}: SERVFAIL") if rcode == dns.rcode.SERVFAIL else _refused(rcode, what)
+
+        return retried(attempt)()
+
+    def _endpoint(self, server: str) -> tuple[str, int]:
+        host, port = _split(server, self._settings.port)
+        if _is_ip(host):
+            return host, port
+        addresses = self._addresses(host)
+        return addresses[0], port
+
+    def _addresses(self, host: str) -> list[str]:
+        """IPv4 addresses of ``host``: asked at the primary first, then the public view."""
+        try:
+            found = self.query(self._primary, host, "A")
+        except DnsRefused:
+            found = None
+        if found is None:
+            found = self.resolve(host, "A")
+        if found is None:
+            raise DnsServfail(f"name server {host} has no A record")
+        return list(found.values)
+
+
+# ---------------------------------------------------------------- UPDATE building (pure)
+
+
+def build_update(zone: str, changes: list[DnsChange]) -> dns.update.UpdateMessage:
+    """One unsigned UPDATE for ``changes``: a prerequisite per change (TTL 0), then replace or delete.
+
+    Raises:
+        ValueError: a malformed change or a value that is not in normalised presentation form.
+        DnsRefused: a change names a record outside ``zone``.
+    """
+    origin = dns.name.from_text(zone)
+    update = dns.update.UpdateMessage(origin)
+    seen: set[Key] = set()
+    for change in changes:
+        key = _check(change, seen)
+        name = dns.name.from_text(key[0])
+        if not name.is_subdomain(origin):
+            raise DnsRefused(f"{key[0]}/{key[1]} is outside zone {zone}")
+        if change.before is None:
+            update.absent(name, key[1])
+            if key[1] == "CNAME":
+                update.absent(name)
+        else:
+            update.present(name, _rdataset(change.before, ttl=0))
+        if change.after is None:
+            update.delete(name, key[1])
+        else:
+            update.replace(name, _rdataset(change.after, ttl=change.after.ttl))
+    return update
+
+
+def _check(change: DnsChange, seen: set[Key]) -> Key:
+    sides = [rs for rs in (change.before, change.after) if rs is not None]
+    if not sides:
+        raise ValueError("a DnsChange needs before or after")
+    if len({rs.key for rs in sides}) != 1:
+        raise ValueError(f"before and after differ in name or type: {[rs.key for rs in sides]}")
+    if any(not rs.values for rs in sides):
+        raise ValueError(f"{sides[0].key}: empty values (use after=None to delete)")
+    key = sides[0].key
+    if key in seen:
+        raise ValueError(f"{key}: changed twice in one update")
+    seen.add(key)
+    return key
+
+
+def _rdataset(rs: RecordSet, ttl: int) -> dns.rdataset.Rdataset:
+    return dns.rdataset.from_rdata_list(ttl, [_rdata(rs.rtype, v) for v in rs.values])
+
+
+def _rdata(rtype: str, value: str) -> dns.rdata.Rdata:
+    """Rdata for one value: TXT as one RR of <= 255-byte strings, others parsed and checked to be normalised."""
+    if rtype == "TXT":
+        chunks = [c.encode("utf-8") for c in split_txt(value)]
+        return dns.rdtypes.ANY.TXT.TXT(IN, dns.rdatatype.TXT, chunks)
+    try:
+        rdata = dns.rdata.from_text(IN, rtype, value, origin=dns.name.root)
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise ValueError(f"bad {rtype} value {value!r}: {exc}") from None
+    normal = _text(rdata)
+    if normal != value:
+        raise ValueError(f"{rtype} value {value!r} is not normalised: write {normal!r}")
+    return rdata
+
+
+def normalise_value(rtype: str, value: str) -> str:
+    """The normalised form of one value, as ``read_zone``/``query`` return it (targets absolute with a dot).
+
+    Raises:
+        ValueError: the value does not parse for ``rtype``.
+    """
+    rtype = rtype.upper()
+    if rtype == "TXT":
+        return value
+    try:
+        return _text(dns.rdata.from_text(IN, rtype, value, origin=dns.name.root))
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise ValueError(f"bad {rtype} value {value!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------- reading helpers (pure)
+
+
+def _records(zone: dns.zone.Zone) -> dict[Key, RecordSet]:
+    out: dict[Key, RecordSet] = {}
+    origin = zone.origin
+    assert origin is not None
+    for name, node in zone.nodes.items():
+        owner = _name(name.derelativize(origin))
+        for rdataset in node.rdatasets:
+            rtype = dns.rdatatype.to_text(rdataset.rdtype)
+            if rtype in _SKIPPED_TYPES:
+                continue
+            rs = RecordSet.of(owner, rtype, rdataset.ttl, [_text(r, origin) for r in rdataset])
+            out[rs.key] = rs
+    return out
+
+
+def _answer(response: dns.message.Message, name: str, rtype: str) -> RecordSet | None:
+    rdtype = dns.rdatatype.from_text(rtype)
+    rrset = response.get_rrset(response.answer, dns.name.from_text(name), IN, rdtype)
+    if rrset is None or len(rrset) == 0:
+        return None
+    return RecordSet.of(name, rtype, rrset.ttl, [_text(r) for r in rrset])
+
+
+def _text(rdata: dns.rdata.Rdata, origin: dns.name.Name | None = None) -> str:
+    """Our value form: TXT joined and unquoted; others presentation format, absolute, names lowercased."""
+    if isinstance(rdata, dns.rdtypes.txtbase.TXTBase):
+        return b"".join(rdata.strings).decode("utf-8", "replace")
+    text = rdata.to_text(origin=origin, relativize=False)
+    return text.lower() if dns.rdatatype.to_text(rdata.rdtype) in _NAME_TYPES else text
+
+
+def _name(name: dns.name.Name) -> str:
+    return name.to_text(omit_final_dot=True).lower()
+
+
+def _zone(zone: str) -> str:
+    return zone.rstrip(".").lower()
+
+
+def _fields(rs: RecordSet) -> tuple[str, str, int, tuple[str, ...]]:
+    return rs.name, rs.rtype, rs.ttl, rs.values
+
+
+# ---------------------------------------------------------------- servers "host[:port]"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _split(server: str, default_port: int) -> tuple[str, int]:
+    """Parse ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if server.count(":") == 1:
+        host, _, port = server.partition(":")
+        return host, int(port)
+    return server, default_port
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------- error mapping
+
+
+@contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    """Map dnspython and socket failures to the error tree (messages carry no secrets)."""
+    try:
+        yield
+    except dns.xfr.TransferError as exc:
+        raise _rcode_error(exc.rcode, what) from exc
+    except _TSIG_ERRORS as exc:
+        raise DnsRefused(f"{what}: TSIG rejected ({type(exc).__name__})") from exc
+    except _WIRE_FAULTS as exc:
+        raise DnsServfail(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _rcode_error(rcode: int, what: str) -> DnsConflict | DnsServfail | DnsRefused:
+    if rcode in _CONFLICT:
+        return DnsConflict(f"{what}: {dns.rcode.to_text(rcode)}")
+    if rcode == dns.rcode.SERVFAIL:
+        return DnsServfail(f"{what}: SERVFAIL")
+    return _refused(rcode, what)
+
+
+def _refused(rcode: int, what: str) -> DnsRefused:
+    return DnsRefused(f"{what}: {dns.rcode.to_text(rcode)}")
+
+
+# ---------------------------------------------------------------- propagation gate (pure over DnsPort)
+
+
+def serial_lt(a: int, b: int) -> bool:
+    """RFC 1982 serial arithmetic: True when serial ``a`` precedes ``b`` (32-bit, wrapping)."""
+    a, b = a % 2**32, b % 2**32
+    return (a < b and b - a < 2**31) or (a > b and a - b > 2**31)
+
+
+def verify_propagation(
+    port: DnsPort, zone: str, expected: Mapping[Key, RecordSet | None], min_serial: int | None
+) -> list[str]:
+    """Human-readable mismatches on every authoritative server of ``zone``; an empty list means propagated.
+
+    Each server must serve the zone with a serial >= ``min_serial`` (RFC 1982) and hold exactly each expected RRset
+    (values and TTL); an expected None must be absent. Server failures are reported, not raised.
+
+    Raises:
+        DnsServfail: the list of servers could not be determined.
+    """
+    problems: list[str] = []
+    for server in port.servers(zone):
+        try:
+            problems.extend(_server_mismatches(port, server, zone, expected, min_serial))
+        except (TransientError, DnsRefused) as exc:
+            problems.append(f"{server}: {exc.reason}")
+    return problems
+
+
+def _server_mismatches(
+    port: DnsPort, server: str, zone: str, expected: Mapping[Key, RecordSet | None], min_serial: int | None
+) -> list[str]:
+    serial = port.serial(zone, server)
+    if serial is None:
+        return [f"{server}: does not serve {zone}"]
+    problems = []
+    if min_serial is not None and serial_lt(serial, min_serial):
+        problems.append(f"{server}: serial {serial} < {min_serial}")
+    for key in sorted(expected):
+        want, have = expected[key], port.query(server, *key)
+        if want is None and have is not None:
+            problems.append(f"{server}: {key[0]}/{key[1]} present {list(have.values)}, expected absent")
+        elif want is not None and (have is None or (have.ttl, have.values) != (want.ttl, want.values)):
+            shown = "absent" if have is None else f"{have.ttl} {list(have.values)}"
+            problems.append(f"{server}: {key[0]}/{key[1]} is {shown}, expected {want.ttl} {list(want.values)}")
+    return problems

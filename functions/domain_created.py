@@ -1,0 +1,194 @@
+"""domain.created: converge a customer domain on Mailcow, PMG, DNS and the MTA-STS store; verify; report.
+
+Read everything, plan every system, guard, then apply: a refused event (bad zone, foreign DNS data) changes
+nothing anywhere. An empty plan is success, so a replayed event writes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from functions._core.envelope import Envelope, build
+
+from functions._core import keys, state
+from functions._core.errors import EventInvalid
+from functions._core.mailset import desired_records, mta_sts_policy, policy_key
+from functions._core.names import is_within
+from functions._core.outcome import Outcome
+from functions._core.plans import DnsPlan, GatewayPlan, MailPlan, plan_dns, plan_gateway, plan_mail
+from functions._core.ports import DkimKey, GatewayTransport, MailDomain, Ports, RelayDomain, TrustedNetwork
+from functions._core.records import Key, RecordSet
+from functions._core.verify import external_missing, verify_zone
+
+NAME = "domain_created"
+SOURCE = "urn:mailplane:worker"
+MANAGED = "managed-by mailplane"
+
+
+@dataclass(frozen=True)
+class Plans:
+    mail: MailPlan
+    gateway: GatewayPlan
+    dns: DnsPlan | None  # None: the zone is hosted elsewhere
+    want_dns: dict[Key, RecordSet]
+    policy: bytes | None  # new MTA-STS policy body, None when unchanged
+
+
+def desired_mail(domain: str, data: dict[str, Any]) -> MailDomain:
+    p = data["plan"]
+    return MailDomain(
+        domain=domain,
+        description=f"{MANAGED} customer={data['customer_id']}",
+        mailboxes=p["mailboxes"],
+        aliases=p["aliases"],
+        quota_mib=p["quota_mib"],
+        maxquota_mib=p["mailbox_quota_mib"],
+        defquota_mib=p["default_mailbox_quota_mib"],
+    )
+
+
+def _refuse_protected(domain: str, ports: Ports) -> None:
+    prov = ports.settings.provider
+    zone = is_within(domain, (prov.zone, *prov.protected_zones))
+    if zone is not None:
+        raise EventInvalid(f"{domain} is the provider's zone {zone} or lies under it")
+
+
+def _key(event: Envelope, ports: Ports) -> tuple[state.DomainState, state.KeyRecord | None, keys.KeyPair]:
+    """The domain's state, its current key record, and the key pair to provision (new ones are not stored yet)."""
+    domain, s = event.subject, ports.settings
+    _refuse_protected(domain, ports)
+    before = state.load(ports.state, domain)
+    cur = before.current
+    pair = state.load_key(ports.state, domain, cur.selector, s) if cur else state.new_key(before, s, ports.clock())
+    return before, cur, pair
+
+
+def dry_run(event: Envelope, ports: Ports) -> dict[str, list[str]]:
+    """The changes ``handle`` would make on each system; nothing is written."""
+    _, cur, pair = _key(event, ports)
+    plans = plan_all(event, ports, pair)
+    return {
+        "mailcow": plans.mail.summary(),
+        "pmg": plans.gateway.summary(),
+        "dns": plans.dns.summary() if plans.dns else [f"(hosted elsewhere) {ln}" for ln in _instructions(plans)],
+        "store": ([] if cur else [f"+ sealed key {pair.selector}"]) + (["+ mta-sts policy"] if plans.policy else []),
+    }
+
+
+def _instructions(plans: Plans) -> list[str]:
+    """Zone-file lines the customer must publish (everything but our ownership marker)."""
+    return [line for rs in plans.want_dns.values() if not rs.name.startswith("_mailplane.") for line in rs.zone_lines()]
+
+
+def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
+    """Read every system and plan it; raises before anything is written."""
+    s, domain, data = ports.settings, event.subject, dict(event.data)
+    gw = ports.gateway
+    mc = s.mailcow
+    nets = (TrustedNetwork(f"{mc.ipv4}/32", MANAGED), TrustedNetwork(f"{mc.ipv6}/128", MANAGED))
+    gateway = plan_gateway(
+        RelayDomain(domain, f"{MANAGED} customer={data['customer_id']}"),
+        GatewayTransport(domain, mc.host, 25, "smtp", False, MANAGED),
+        nets,
+        gw.list_relay_domains(),
+        gw.list_transports(),
+        gw.list_networks(),
+    )
+    want_key = DkimKey(pair.selector, pair.public_b64)
+    mail = plan_mail(desired_mail(domain, data), ports.mail.get_domain(domain), want_key, ports.mail.get_dkim(domain))
+    want = desired_records(domain, s, pair.selector, pair.public_b64)
+    dns = None
+    if data["dns"]["hosted"]:
+        if not ports.dns.hosts_zone(domain):
+            raise EventInvalid(f"zone {domain} is not served by our DNS (dns.hosted is true)")
+        dns = plan_dns(domain, ports.dns.read_zone(domain), want)
+    body = mta_sts_policy(s).encode()
+    have_policy = ports.web.get(policy_key(domain))
+    return Plans(mail, gateway, dns, want, None if have_policy and have_policy.body == body else body)
+
+
+def apply_before_gate(plans: Plans, domain: str, ports: Ports) -> int | None:
+    """Mailcow domain, PMG, MTA-STS policy, then the ONE DNS update; returns the new serial (None: no update)."""
+    if plans.mail.add:
+        ports.mail.add_domain(plans.mail.add)
+    elif plans.mail.edit:
+        ports.mail.edit_domain(domain, plans.mail.edit)
+    g = plans.gateway
+    for net in g.add_networks:
+        ports.gateway.add_network(net)
+    if g.add_domain:
+        ports.gateway.add_relay_domain(g.add_domain)
+    if g.add_transport:
+        ports.gateway.add_transport(g.add_transport)
+    if g.update_transport:
+        ports.gateway.update_transport(g.update_transport)
+    if plans.policy is not None:
+        ports.web.put(policy_key(domain), plans.policy, content_type="text/plain")
+    if plans.dns and plans.dns.changes:
+        return ports.dns.apply(domain, list(plans.dns.changes))
+    return None
+
+
+def handle(event: Envelope, ports: Ports) -> Outcome:
+    """Provision ``event.subject``; see the module docstring.
+
+    Raises:
+        EventInvalid: the provider's zone, or a zone flagged hosted that our DNS does not serve.
+        OwnershipConflict: a managed DNS name holds foreign data.
+        NotPropagated: an authoritative server does not serve the plan yet (retried by the broker).
+    """
+    domain, data, s = event.subject, dict(event.data), ports.settings
+    before, cur, pair = _key(event, ports)
+    plans = plan_all(event, ports, pair)
+    changes: dict[str, list[str]] = {"mailcow": [], "pmg": plans.gateway.summary(), "dns": [], "store": []}
+    changes["mailcow"] = [c for c in plans.mail.summary() if not c.startswith("+ dkim")]
+    if cur is None:
+        pair = state.persist_key(ports.state, domain, pair, s)
+        changes["store"].append(f"+ sealed key {pair.selector}")
+    serial = apply_before_gate(plans, domain, ports)
+    changes["dns"] = plans.dns.summary() if plans.dns else []
+    changes["store"] += ["+ mta-sts policy"] if plans.policy is not None else []
+    unchanged = serial is None and not any(changes.values()) and not plans.mail.dkim_import
+    if plans.dns is not None:
+        # A replay that changed nothing of a domain that already passed the gate needs no second gate.
+        passed = unchanged and before.status == "provisioned"
+        servers = [] if passed else verify_zone(ports, domain, plans.dns.expected, serial, pair)
+        status = "provisioned"
+    else:
+        missing = external_missing(ports, plans.want_dns, pair)
+        servers, status = [], "awaiting_dns" if missing else "provisioned"
+    if status == "provisioned" and plans.mail.dkim_import:
+        ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
+        changes["mailcow"].append(f"+ dkim {pair.selector}")
+    key_status = "ACTIVE" if status == "provisioned" else "PUBLISHED"
+    new = replace(before, request=data, status=status)
+    if not any(k.selector == pair.selector for k in new.keys):
+        created = ports.clock().isoformat(timespec="seconds")
+        new = replace(new, keys=(*new.keys, state.KeyRecord(pair.selector, pair.public_b64, key_status, created)))
+    new = new.with_key_status(pair.selector, key_status)
+    if new.body() != before.body():
+        state.save(ports.state, new, before)
+        changes["store"].append(f"~ state {status}")
+    return _outcome(event, status, changes, pair.selector, servers, plans)
+
+
+def _outcome(
+    event: Envelope, status: str, changes: dict[str, list[str]], selector: str, servers: list[str], plans: Plans
+) -> Outcome:
+    data: dict[str, Any] = {
+        "domain": event.subject,
+        "customer_id": event.data["customer_id"],
+        "status": status,
+        "dkim_selector": selector,
+        "changes": changes,
+        "verified_servers": servers,
+    }
+    if status == "awaiting_dns" or plans.dns is None:
+        data["instructions"] = _instructions(plans)
+    out_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}/{event.id}/{NAME}"))
+    emitted = build("domain.provisioned", event.subject, data, source=SOURCE, id=out_id)
+    frozen = {k: tuple(v) for k, v in changes.items()}
+    return Outcome(NAME, event.id, event.subject, status, frozen, (emitted,), {"selector": selector})

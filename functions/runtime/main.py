@@ -1,0 +1,62 @@
+"""Build Settings and Ports once, from the settings file named by MAILPLANE_CONFIG; no work at import."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from functions._core.config import Settings, StoreSettings
+from functions._core.errors import ConfigError
+from functions._core.ports import ObjectStore, Ports
+
+
+def load_settings(path: str | None = None) -> Settings:
+    """Settings from ``path`` or $MAILPLANE_CONFIG.
+
+    Raises:
+        ConfigError: no settings file named, or an invalid one.
+    """
+    chosen = path if path is not None else os.environ.get("MAILPLANE_CONFIG")
+    if not chosen:
+        raise ConfigError("no settings file: pass --config or set MAILPLANE_CONFIG")
+    return Settings.load(chosen)
+
+
+def build_store(settings: StoreSettings, bucket: str, *, probe: bool) -> ObjectStore:
+    if settings.kind == "dir":
+        from functions.adapters.dirstore import DirStore
+
+        return DirStore(Path(settings.path) / bucket)
+    if settings.kind == "s3":
+        from functions.adapters.s3 import S3Store
+
+        store = S3Store(settings, bucket)
+        if probe:
+            store.probe()
+        return store
+    raise ConfigError(f"setting store.kind must be 's3' or 'dir', not {settings.kind!r}")
+
+
+def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
+    """The real adapters for every system; the state store is probed for conditional writes."""
+    from functions.adapters.dns import Rfc2136Dns
+    from functions.adapters.mailcow import MailcowClient
+    from functions.adapters.pmg import PmgClient
+
+    return Ports(
+        mail=MailcowClient(settings.mailcow),
+        gateway=PmgClient(settings.pmg, settings.provider.mx_hosts),
+        dns=Rfc2136Dns(settings.dns),
+        state=build_store(settings.store, settings.store.state_bucket, probe=probe),
+        web=build_store(settings.store, settings.store.web_bucket, probe=False),
+        settings=settings,
+    )
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Plain lines on stderr; outcome lines are JSON (see dispatch)."""
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("pika", "botocore", "urllib3", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
