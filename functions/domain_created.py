@@ -10,11 +10,10 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from functions._core.envelope import Envelope, build
-
 from functions._core import keys, state
+from functions._core.envelope import Envelope, build
 from functions._core.errors import EventInvalid
-from functions._core.mailset import desired_records, mta_sts_policy, policy_key
+from functions._core.mailset import customer_lines, desired_records, mta_sts_policy, policy_key
 from functions._core.names import is_within
 from functions._core.outcome import Outcome
 from functions._core.plans import DnsPlan, GatewayPlan, MailPlan, plan_dns, plan_gateway, plan_mail
@@ -73,14 +72,11 @@ def dry_run(event: Envelope, ports: Ports) -> dict[str, list[str]]:
     return {
         "mailcow": plans.mail.summary(),
         "pmg": plans.gateway.summary(),
-        "dns": plans.dns.summary() if plans.dns else [f"(hosted elsewhere) {ln}" for ln in _instructions(plans)],
+        "dns": plans.dns.summary()
+        if plans.dns
+        else [f"(hosted elsewhere) {ln}" for ln in customer_lines(plans.want_dns)],
         "store": ([] if cur else [f"+ sealed key {pair.selector}"]) + (["+ mta-sts policy"] if plans.policy else []),
     }
-
-
-def _instructions(plans: Plans) -> list[str]:
-    """Zone-file lines the customer must publish (everything but our ownership marker)."""
-    return [line for rs in plans.want_dns.values() if not rs.name.startswith("_mailplane.") for line in rs.zone_lines()]
 
 
 def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
@@ -187,7 +183,7 @@ def _outcome(
         "verified_servers": servers,
     }
     if status == "awaiting_dns" or plans.dns is None:
-        data["instructions"] = _instructions(plans)
+        data["instructions"] = customer_lines(plans.want_dns)
     out_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}/{event.id}/{NAME}"))
     emitted = build("domain.provisioned", event.subject, data, source=SOURCE, id=out_id)
     frozen = {k: tuple(v) for k, v in changes.items()}

@@ -62,3 +62,8 @@ def desired_records(domain: str, settings: Settings, selector: str, public_b64: 
         RecordSet.of(f"{MARKER_NAME}.{domain}", "TXT", t.txt, [MARKER_VALUE]),
     ]
     return {rs.key: rs for rs in sets}
+
+
+def customer_lines(want: dict[Key, RecordSet]) -> list[str]:
+    """Zone-file lines a customer hosting the zone elsewhere must publish (all but our ownership marker)."""
+    return [ln for rs in want.values() if not rs.name.startswith(MARKER_NAME + ".") for ln in rs.zone_lines()]

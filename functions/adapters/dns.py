@@ -51,6 +51,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+RawKey = tuple[Key, str]  # (RRset key, value) -> the rdata exactly as read
+
 IN = dns.rdataclass.IN
 EDNS_PAYLOAD = 1232  # DNS flag day 2020 buffer size
 XFR_LIFETIME_FACTOR = 12  # an AXFR may take this many per-message timeouts in total
@@ -59,6 +61,7 @@ _CONFLICT = {dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.YXDOMAIN, dns.rcode
 _NAME_TYPES = {"A", "AAAA", "CNAME", "DNAME", "MX", "NS", "PTR", "SOA", "SRV"}
 # Maintained by the signer, never by us.
 _SKIPPED_TYPES = {"RRSIG", "NSEC", "NSEC3", "NSEC3PARAM", "TYPE65534"}
+RAW_TXT_LIMIT = 10_000  # TXT rdatas remembered with foreign string splits (for exact prerequisites)
 _TSIG_ALGORITHMS = {
     dns.tsig.HMAC_SHA256,
     dns.tsig.HMAC_SHA384,
@@ -157,6 +160,9 @@ class Rfc2136Dns:
         self._settings = settings
         self._wire: DnsWire = wire if wire is not None else TcpWire(settings)
         self._primary = _join(settings.primary, settings.port)
+        # TXT rdatas read with a string split other than ours: a prerequisite must repeat the exact strings,
+        # because the server compares rdata, and the joined value alone would never match (dns.md §2).
+        self._raw: dict[RawKey, dns.rdata.Rdata] = {}
 
     # ------------------------------------------------------------ reading
 
@@ -182,7 +188,11 @@ class Rfc2136Dns:
             DnsRefused: the transfer was refused (zone not served, key not allowed, bad TSIG).
             DnsServfail: the primary failed or timed out (after the in-place retries).
         """
-        return _records(self._transfer(_zone(zone)))
+        records, raw = _records(self._transfer(_zone(zone)))
+        if len(self._raw) + len(raw) > RAW_TXT_LIMIT:
+            self._raw.clear()
+        self._raw.update(raw)
+        return records
 
     def serial(self, zone: str, server: str) -> int | None:
         """The SOA serial ``server`` answers authoritatively (AA) for ``zone``; None if it does not serve it.
@@ -253,7 +263,7 @@ class Rfc2136Dns:
             DnsServfail: the primary failed or timed out (after the in-place retries).
         """
         zone = _zone(zone)
-        update = build_update(zone, changes)
+        update = build_update(zone, changes, raw=self._raw)
         if changes:
             self._send(zone, update, changes)
         serial = self.serial(zone, self._primary)
@@ -334,8 +344,12 @@ class Rfc2136Dns:
 # ---------------------------------------------------------------- UPDATE building (pure)
 
 
-def build_update(zone: str, changes: list[DnsChange]) -> dns.update.UpdateMessage:
+def build_update(
+    zone: str, changes: list[DnsChange], *, raw: Mapping[RawKey, dns.rdata.Rdata] | None = None
+) -> dns.update.UpdateMessage:
     """One unsigned UPDATE for ``changes``: a prerequisite per change (TTL 0), then replace or delete.
+
+    ``raw`` holds rdatas as read (TXT split by someone else); a ``before`` value found there is sent as read.
 
     Raises:
         ValueError: a malformed change or a value that is not in normalised presentation form.
@@ -354,7 +368,7 @@ def build_update(zone: str, changes: list[DnsChange]) -> dns.update.UpdateMessag
             if key[1] == "CNAME":
                 update.absent(name)
         else:
-            update.present(name, _rdataset(change.before, ttl=0))
+            update.present(name, _rdataset(change.before, ttl=0, raw=raw))
         if change.after is None:
             update.delete(name, key[1])
         else:
@@ -377,8 +391,10 @@ def _check(change: DnsChange, seen: set[Key]) -> Key:
     return key
 
 
-def _rdataset(rs: RecordSet, ttl: int) -> dns.rdataset.Rdataset:
-    return dns.rdataset.from_rdata_list(ttl, [_rdata(rs.rtype, v) for v in rs.values])
+def _rdataset(rs: RecordSet, ttl: int, raw: Mapping[RawKey, dns.rdata.Rdata] | None = None) -> dns.rdataset.Rdataset:
+    known = raw if raw is not None else {}
+    rdatas = [known.get((rs.key, v)) or _rdata(rs.rtype, v) for v in rs.values]
+    return dns.rdataset.from_rdata_list(ttl, rdatas)
 
 
 def _rdata(rtype: str, value: str) -> dns.rdata.Rdata:
@@ -414,8 +430,10 @@ def normalise_value(rtype: str, value: str) -> str:
 # ---------------------------------------------------------------- reading helpers (pure)
 
 
-def _records(zone: dns.zone.Zone) -> dict[Key, RecordSet]:
+def _records(zone: dns.zone.Zone) -> tuple[dict[Key, RecordSet], dict[RawKey, dns.rdata.Rdata]]:
+    """The zone's RRsets in our vocabulary, and the TXT rdatas whose string split differs from ``split_txt``."""
     out: dict[Key, RecordSet] = {}
+    raw: dict[RawKey, dns.rdata.Rdata] = {}
     origin = zone.origin
     assert origin is not None
     for name, node in zone.nodes.items():
@@ -426,7 +444,10 @@ def _records(zone: dns.zone.Zone) -> dict[Key, RecordSet]:
                 continue
             rs = RecordSet.of(owner, rtype, rdataset.ttl, [_text(r, origin) for r in rdataset])
             out[rs.key] = rs
-    return out
+            for rdata in rdataset:
+                if isinstance(rdata, dns.rdtypes.txtbase.TXTBase) and rdata != _rdata("TXT", _text(rdata)):
+                    raw[(rs.key, _text(rdata))] = rdata
+    return out, raw
 
 
 def _answer(response: dns.message.Message, name: str, rtype: str) -> RecordSet | None:
@@ -501,14 +522,14 @@ def _mapped(what: str) -> Iterator[None]:
 
 def _rcode_error(rcode: int, what: str) -> DnsConflict | DnsServfail | DnsRefused:
     if rcode in _CONFLICT:
-        return DnsConflict(f"{what}: {dns.rcode.to_text(rcode)}")
+        return DnsConflict(f"{what}: {dns.rcode.to_text(dns.rcode.Rcode.make(rcode))}")
     if rcode == dns.rcode.SERVFAIL:
         return DnsServfail(f"{what}: SERVFAIL")
     return _refused(rcode, what)
 
 
 def _refused(rcode: int, what: str) -> DnsRefused:
-    return DnsRefused(f"{what}: {dns.rcode.to_text(rcode)}")
+    return DnsRefused(f"{what}: {dns.rcode.to_text(dns.rcode.Rcode.make(rcode))}")
 
 
 # ---------------------------------------------------------------- propagation gate (pure over DnsPort)

@@ -1,0 +1,31 @@
+"""Settings for unit tests: the local stack's platform file with placeholder endpoints and secrets."""
+
+from __future__ import annotations
+
+import base64
+
+from functions._core.config import Settings
+from tests.stackenv import REPO
+
+FAKE_ENV = {
+    "MAILPLANE_PMG1_URL": "https://127.0.0.1:8006",
+    "MAILPLANE_PMG2_URL": "https://127.0.0.1:8016",
+    "MAILPLANE_PMG3_URL": "https://127.0.0.1:8026",
+    "MAILPLANE_PMG1_SMTP": "127.0.0.1:2525",
+    "MAILPLANE_PMG2_SMTP": "127.0.0.1:2526",
+    "MAILPLANE_PMG3_SMTP": "127.0.0.1:2527",
+    "MAILPLANE_MAILCOW_URL": "https://127.0.0.1:8443",
+    "MAILPLANE_MAILCOW_API_KEY": "A1B2C3-D4E5F6-A7B8C9-D0E1F2-A3B4C5",
+    "MAILPLANE_SIM_CA": "",
+    "MAILPLANE_PMG_PASSWORD": "pmg-test-password",
+    "MAILPLANE_TSIG_SECRET": base64.b64encode(b"t" * 32).decode(),
+    "MAILPLANE_DKIM_KEK": base64.b64encode(b"k" * 32).decode(),
+    "MAILPLANE_S3_ENDPOINT": "http://127.0.0.1:4566",
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "MAILPLANE_AMQP_WORKER_PASSWORD": "worker-test-password",
+}
+
+
+def make_settings(env: dict[str, str] | None = None) -> Settings:
+    return Settings.load(REPO / "infra" / "local" / "platform.test.toml", {**FAKE_ENV, **(env or {})})

@@ -1,0 +1,172 @@
+"""domain.created through the handler with in-process fakes of every port (same models as the simulators)."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from functions import domain_created
+from functions._core.envelope import Envelope, parse
+from functions._core.errors import EventInvalid, NotPropagated, OwnershipConflict
+from functions._core.mailset import policy_key
+from functions._core.ports import Ports
+from functions._core.records import RecordSet
+from tests.conftest import load_event
+from tests.fakes.dns import FakeDns
+from tests.fakes.mailcow import fake_mailcow
+from tests.fakes.pmg import fake_pmg
+from tests.fakes.recorder import Recorder
+from tests.fakes.settings import make_settings
+from tests.fakes.store import MemoryStore
+
+NOW = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
+
+
+@dataclass
+class World:
+    ports: Ports
+    mail: Recorder
+    gateway: Recorder
+    dns: Recorder
+    state: Recorder
+    web: Recorder
+    fake_dns: FakeDns
+
+    def writes(self) -> dict[str, list[str]]:
+        return {n: getattr(self, n).writes for n in ("mail", "gateway", "dns", "state", "web")}
+
+    def reset(self) -> None:
+        for n in ("mail", "gateway", "dns", "state", "web"):
+            getattr(self, n).reset()
+
+
+@pytest.fixture
+def world() -> World:
+    fake_dns = FakeDns()
+    fake_dns.add_zone("alpha.test")
+    fake_dns.add_zone("xn--bcher-shop-q9a.test")
+    mail, gateway, dns = Recorder(fake_mailcow()[0]), Recorder(fake_pmg()[0]), Recorder(fake_dns)
+    state, web = Recorder(MemoryStore()), Recorder(MemoryStore())
+    ports = Ports(
+        mail=mail, gateway=gateway, dns=dns, state=state, web=web, settings=make_settings(), clock=lambda: NOW
+    )
+    return World(ports, mail, gateway, dns, state, web, fake_dns)
+
+
+def event(name: str = "domain.created", **data: Any) -> Envelope:
+    raw = load_event(name)
+    raw["data"].update(data)
+    return parse(json.dumps(raw).encode(), publisher="billing")
+
+
+def test_full_provisioning(world: World) -> None:
+    out = domain_created.handle(event(), world.ports)
+    assert out.status == "provisioned"
+    dom = world.ports.mail.get_domain("alpha.test")
+    assert dom is not None and (dom.mailboxes, dom.quota_mib) == (10, 51200)
+    key = world.ports.mail.get_dkim("alpha.test")
+    assert key is not None and key.selector == "fc20261127"
+    zone = world.fake_dns.read_zone("alpha.test")
+    assert zone[("alpha.test", "MX")].values == ("10 pmg1.faster.test.", "10 pmg2.faster.test.", "10 pmg3.faster.test.")
+    assert zone[("fc20261127._domainkey.alpha.test", "TXT")].values[0].endswith(key.public_key_b64)
+    assert world.fake_dns.updates == 1  # ONE atomic UPDATE for the zone
+    assert any(d.domain == "alpha.test" for d in world.ports.gateway.list_relay_domains())
+    assert world.ports.web.get(policy_key("alpha.test")) is not None
+    (emitted,) = out.emit
+    assert emitted["type"] == "domain.provisioned" and emitted["data"]["status"] == "provisioned"
+    assert "PRIVATE KEY" not in json.dumps(emitted) and "PRIVATE KEY" not in json.dumps(out.to_json())
+
+
+def test_replay_writes_nothing_anywhere(world: World) -> None:
+    domain_created.handle(event(), world.ports)
+    world.reset()
+    out = domain_created.handle(event(), world.ports)
+    assert out.status == "provisioned" and out.writes == 0
+    assert world.writes() == {"mail": [], "gateway": [], "dns": [], "state": [], "web": []}
+
+
+def test_other_quotas_converge_with_one_edit(world: World) -> None:
+    domain_created.handle(event(), world.ports)
+    world.reset()
+    plan = dict(load_event("domain.created")["data"]["plan"], mailboxes=25, quota_mib=102400)
+    out = domain_created.handle(event(plan=plan), world.ports)
+    assert world.mail.writes == ["edit_domain"]
+    assert world.gateway.writes == [] and world.dns.writes == []
+    assert out.changes["mailcow"] == ("~ domain mailboxes=25", "~ domain quota=102400")
+    dom = world.ports.mail.get_domain("alpha.test")
+    assert dom is not None and dom.mailboxes == 25
+    assert len(world.ports.gateway.list_transports()) == 1
+
+
+def test_customer_records_survive(world: World) -> None:
+    www = RecordSet.of("www.alpha.test", "A", 300, ["192.0.2.80"])
+    verification = RecordSet.of("alpha.test", "TXT", 300, ["google-site-verification=abc"])
+    world.fake_dns.set_rrset("alpha.test", www)
+    world.fake_dns.set_rrset("alpha.test", verification)
+    domain_created.handle(event(), world.ports)
+    zone = world.fake_dns.read_zone("alpha.test")
+    assert zone[www.key] == www
+    assert "google-site-verification=abc" in zone[("alpha.test", "TXT")].values
+
+
+def _nothing_written(world: World) -> None:
+    assert world.writes() == {"mail": [], "gateway": [], "dns": [], "state": [], "web": []}
+    assert world.ports.mail.get_domain("alpha.test") is None
+
+
+def test_foreign_cname_fails_the_plan_and_changes_nothing(world: World) -> None:
+    world.fake_dns.set_rrset("alpha.test", RecordSet.of("autoconfig.alpha.test", "CNAME", 300, ["elsewhere.example."]))
+    with pytest.raises(OwnershipConflict, match="autoconfig.alpha.test"):
+        domain_created.handle(event(), world.ports)
+    _nothing_written(world)
+
+
+def test_provider_zone_is_refused(world: World) -> None:
+    raw = load_event("domain.created")
+    raw["subject"] = raw["data"]["domain"] = "mail.faster.test"
+    with pytest.raises(EventInvalid, match="provider"):
+        domain_created.handle(parse(json.dumps(raw).encode(), publisher="billing"), world.ports)
+    _nothing_written(world)
+
+
+def test_zone_not_served_is_refused(world: World) -> None:
+    raw = copy.deepcopy(load_event("domain.created"))
+    raw["subject"] = raw["data"]["domain"] = "unknown-zone.test"
+    with pytest.raises(EventInvalid, match="not served by our DNS"):
+        domain_created.handle(parse(json.dumps(raw).encode(), publisher="billing"), world.ports)
+    assert world.writes() == {"mail": [], "gateway": [], "dns": [], "state": [], "web": []}
+
+
+def test_external_zone_awaits_dns_with_instructions(world: World) -> None:
+    out = domain_created.handle(event("domain.created.external"), world.ports)
+    assert out.status == "awaiting_dns"
+    assert world.dns.writes == [] and world.fake_dns.updates == 0
+    lines = out.emit[0]["data"]["instructions"]
+    assert any(" MX 10 pmg1.faster.test." in ln for ln in lines)
+    assert any("_domainkey.beta.test." in ln and ln.count('"') == 4 for ln in lines)  # 2 strings, one record
+    key = world.ports.mail.get_dkim("beta.test")
+    assert key is None or key.selector == "dkim"  # never signs with a key the customer has not published
+
+
+def test_unpropagated_secondary_is_transient_then_converges(world: World) -> None:
+    fake = FakeDns(secondaries=("ns2",), auto_sync=False)
+    fake.add_zone("alpha.test")
+    ports = Ports(
+        world.ports.mail,
+        world.ports.gateway,
+        fake,
+        world.ports.state,
+        world.ports.web,
+        world.ports.settings,
+        clock=lambda: NOW,
+    )
+    with pytest.raises(NotPropagated, match="ns2"):
+        domain_created.handle(event(), ports)
+    fake.sync()
+    assert domain_created.handle(event(), ports).status == "provisioned"
+    assert fake.updates == 1  # the retry re-planned and found nothing left to write
