@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -159,8 +160,9 @@ class Worker:
         }
         if ev is not None and "customer_id" in ev.data:
             data["customer_id"] = ev.data["customer_id"]
-        parent = ev.id if ev else (dispatch._peek(body, "id") or "unknown")
-        return build("domain.failed", domain[:300] or "-", data, source=SOURCE, id=f"{parent}:failed")
+        parent = ev.id if ev else (dispatch._peek(body, "id") or body.hex()[:64])
+        failed_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{parent}/failed"))  # deterministic, always a valid id
+        return build("domain.failed", domain[:300] or "-", data, source=SOURCE, id=failed_id)
 
     def _finish(self, ch: Any, tag: int, verdict: str, result: dispatch.Result) -> None:
         self.in_flight -= 1
