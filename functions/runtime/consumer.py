@@ -7,13 +7,11 @@ with confirms, so a crash at any point redelivers the event and the idempotent h
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,13 +19,12 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from functions._core.envelope import build
 from functions._core.ports import Ports
 from functions.runtime import dispatch
 from functions.runtime.amqp import Publisher, params
+from functions.runtime.settle import Incoming, Settler
 
 log = logging.getLogger("mailplane.worker")
-SOURCE = "urn:mailplane:worker"
 
 
 class Worker:
@@ -39,6 +36,7 @@ class Worker:
         self.rungs = len(self.broker.retry_delays)
         self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="handler")
         self.publisher = Publisher(params(self.broker))
+        self.settler = Settler(self.publisher, self.broker)
         self.until_idle, self.idle_seconds = until_idle, idle_seconds
         self.in_flight = 0
         self.stopping = threading.Event()
@@ -106,63 +104,13 @@ class Worker:
         subject = str((props.headers or {}).get("ce-subject", ""))
         with self._lock(subject):  # two events for one domain never run at once in this process
             result = dispatch.run(body, props.user_id, self.ports, attempt=rung, last_attempt=rung >= self.rungs)
+        msg = Incoming(body, props.user_id, rung, props.message_id, props.content_type, props.type, props.headers or {})
         try:
-            verdict = self._settle(result, props, body, rung)
+            verdict = self.settler.settle(result, msg)
         except pika.exceptions.AMQPError as exc:
             log.warning("cannot publish the outcome (%s); the event will be redelivered", type(exc).__name__)
             verdict = "requeue"
         conn.add_callback_threadsafe(functools.partial(self._finish, ch, tag, verdict, result))
-
-    def _settle(self, result: dispatch.Result, props: Any, body: bytes, rung: int) -> str:
-        """Publish what the verdict needs (outcomes or the parked copy) with confirms; return the ack verb."""
-        if result.verdict == "done" and result.outcome is not None:
-            for event in result.outcome.emit:
-                self.publisher.publish_event(self.broker.exchange, event, self.broker.user)
-            return "ack"
-        if result.verdict == "retry":
-            return "reject"
-        self._park(result, props, body, rung)
-        return "ack"
-
-    def _park(self, result: dispatch.Result, props: Any, body: bytes, rung: int) -> None:
-        headers = {
-            "x-mailplane-reason": result.reason[:500],
-            "x-mailplane-error": type(result.error).__name__,
-            "x-mailplane-attempt": rung,
-            "x-mailplane-publisher": props.user_id or "",
-            "x-mailplane-parked-at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        copy = pika.BasicProperties(
-            content_type=props.content_type,
-            delivery_mode=2,
-            message_id=props.message_id,
-            type=props.type,
-            user_id=self.broker.user,
-            headers={**(props.headers or {}), **headers},
-        )
-        self.publisher.publish(self.broker.parked_exchange, "parked", body, copy)
-        failed = self._failed_event(result, body, rung)
-        if failed is not None:
-            self.publisher.publish_event(self.broker.exchange, failed, self.broker.user)
-
-    def _failed_event(self, result: dispatch.Result, body: bytes, rung: int) -> dict[str, Any] | None:
-        ev = result.event
-        etype = ev.type if ev else dispatch._peek(body, "type")
-        if not (etype or "").startswith("domain."):
-            return None
-        domain = ev.subject if ev else (dispatch._peek(body, "subject") or "")
-        data: dict[str, Any] = {
-            "domain": domain[:300],
-            "reason": result.reason[:500],
-            "error": type(result.error).__name__,
-            "attempt": rung,
-            "parked": True,
-        }
-        if ev is not None and "customer_id" in ev.data:
-            data["customer_id"] = ev.data["customer_id"]
-        parent = ev.id if ev else (dispatch._peek(body, "id") or body.hex()[:64])
-        failed_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{parent}/failed"))  # deterministic, always a valid id
-        return build("domain.failed", domain[:300] or "-", data, source=SOURCE, id=failed_id)
 
     def _finish(self, ch: Any, tag: int, verdict: str, result: dispatch.Result) -> None:
         self.in_flight -= 1

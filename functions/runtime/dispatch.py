@@ -73,9 +73,9 @@ def _log(result: Result, body: bytes, attempt: int) -> None:
     """One JSON line per outcome, fit for Wazuh: no payload, no secrets."""
     ev, out = result.event, result.outcome
     line: dict[str, Any] = {
-        "event_id": ev.id if ev else _peek(body, "id"),
-        "type": ev.type if ev else _peek(body, "type"),
-        "subject": ev.subject if ev else _peek(body, "subject"),
+        "event_id": ev.id if ev else peek(body, "id"),
+        "type": ev.type if ev else peek(body, "type"),
+        "subject": ev.subject if ev else peek(body, "subject"),
         "publisher": ev.publisher if ev else None,
         "attempt": attempt,
         "outcome": out.status if out else result.verdict,
@@ -87,7 +87,7 @@ def _log(result: Result, body: bytes, attempt: int) -> None:
     log.info("%s", json.dumps(line, sort_keys=True))
 
 
-def _peek(body: bytes, field: str) -> str | None:
+def peek(body: bytes, field: str) -> str | None:
     try:
         value = json.loads(body).get(field)
     except (ValueError, AttributeError):
