@@ -128,6 +128,19 @@ def apply_before_gate(plans: Plans, domain: str, ports: Ports) -> int | None:
     return None
 
 
+def _claim_key(
+    event: Envelope, ports: Ports, before: state.DomainState, pair: keys.KeyPair, plans: Plans
+) -> tuple[state.DomainState, keys.KeyPair, Plans]:
+    """Store a new key (sealed) and record it in the state BEFORE anything is published with it, so a retry after
+    a crash reuses it; if a concurrent worker stored another key first, re-plan with that one."""
+    stored = state.persist_key(ports.state, event.subject, pair, ports.settings)
+    if stored.public_b64 != pair.public_b64:
+        pair, plans = stored, plan_all(event, ports, stored)
+    created = ports.clock().isoformat(timespec="seconds")
+    record = state.KeyRecord(pair.selector, pair.public_b64, "GENERATED", created)
+    return state.save(ports.state, replace(before, keys=(*before.keys, record)), before), pair, plans
+
+
 def handle(event: Envelope, ports: Ports) -> Outcome:
     """Provision ``event.subject``; see the module docstring.
 
@@ -136,21 +149,21 @@ def handle(event: Envelope, ports: Ports) -> Outcome:
         OwnershipConflict: a managed DNS name holds foreign data.
         NotPropagated: an authoritative server does not serve the plan yet (retried by the broker).
     """
-    domain, data, s = event.subject, dict(event.data), ports.settings
+    domain = event.subject
     before, cur, pair = _key(event, ports)
-    plans = plan_all(event, ports, pair)
+    plans = plan_all(event, ports, pair)  # raises, with nothing written, when the event must be refused
     changes: dict[str, list[str]] = {"mailcow": [], "pmg": plans.gateway.summary(), "dns": [], "store": []}
-    changes["mailcow"] = [c for c in plans.mail.summary() if not c.startswith("+ dkim")]
+    current = before
     if cur is None:
-        pair = state.persist_key(ports.state, domain, pair, s)
+        current, pair, plans = _claim_key(event, ports, before, pair, plans)
         changes["store"].append(f"+ sealed key {pair.selector}")
+    changes["mailcow"] = [c for c in plans.mail.summary() if not c.startswith("+ dkim")]
     serial = apply_before_gate(plans, domain, ports)
     changes["dns"] = plans.dns.summary() if plans.dns else []
     changes["store"] += ["+ mta-sts policy"] if plans.policy is not None else []
-    unchanged = serial is None and not any(changes.values()) and not plans.mail.dkim_import
     if plans.dns is not None:
         # A replay that changed nothing of a domain that already passed the gate needs no second gate.
-        passed = unchanged and before.status == "provisioned"
+        passed = serial is None and not any(changes.values()) and before.status == "provisioned"
         servers = [] if passed else verify_zone(ports, domain, plans.dns.expected, serial, pair)
         status = "provisioned"
     else:
@@ -159,14 +172,10 @@ def handle(event: Envelope, ports: Ports) -> Outcome:
     if status == "provisioned" and plans.mail.dkim_import:
         ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
         changes["mailcow"].append(f"+ dkim {pair.selector}")
-    key_status = "ACTIVE" if status == "provisioned" else "PUBLISHED"
-    new = replace(before, request=data, status=status)
-    if not any(k.selector == pair.selector for k in new.keys):
-        created = ports.clock().isoformat(timespec="seconds")
-        new = replace(new, keys=(*new.keys, state.KeyRecord(pair.selector, pair.public_b64, key_status, created)))
-    new = new.with_key_status(pair.selector, key_status)
-    if new.body() != before.body():
-        state.save(ports.state, new, before)
+    new = replace(current, request=dict(event.data), status=status)
+    new = new.with_key_status(pair.selector, "ACTIVE" if status == "provisioned" else "PUBLISHED")
+    if new.body() != current.body():
+        state.save(ports.state, new, current)
         changes["store"].append(f"~ state {status}")
     return _outcome(event, status, changes, pair.selector, servers, plans)
 

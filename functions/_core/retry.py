@@ -19,7 +19,7 @@ IN_PLACE = (MailcowUnavailable, PmgUnavailable, DnsServfail, StoreUnavailable)
 transient = retry(
     retry=retry_if_exception_type(IN_PLACE),
     stop=stop_after_attempt(3) | stop_after_delay(20),
-    wait=wait_exponential_jitter(initial=0.2, max=5),
+    wait=wait_exponential_jitter(multiplier=0.2, max=5),
     reraise=True,
 )
 

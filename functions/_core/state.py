@@ -54,7 +54,7 @@ class DomainState:
             "status": self.status,
             "keys": [k.__dict__ for k in self.keys],
         }
-        return json.dumps(data, sort_keys=True, indent=1).encode()
+        return json.dumps(data, sort_keys=True, indent=1, default=dict).encode()
 
 
 def state_key(domain: str) -> str:

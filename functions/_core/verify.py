@@ -51,7 +51,10 @@ def verify_zone(
     servers = dns.servers(zone)
     problems: list[str] = []
     for server in servers:
-        problems += server_mismatches(dns, zone, server, expected, min_serial)
+        mismatches = server_mismatches(dns, zone, server, expected, min_serial)
+        problems += mismatches
+        if mismatches:
+            continue
 
         def lookup(name: str, server: str = server) -> bytes | None:
             rs = dns.query(server, name.rstrip("."), "TXT")

@@ -27,8 +27,10 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
+import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.TXT
 import dns.rdtypes.txtbase
+import dns.rrset
 import dns.tsig
 import dns.update
 import dns.xfr
@@ -44,6 +46,7 @@ __all__ = [
     "DnsWire",
     "Rfc2136Dns",
     "TcpWire",
+    "build_update",
     "normalise_value",
     "serial_lt",
     "verify_propagation",
@@ -111,11 +114,13 @@ class TcpWire:
         """Build the TSIG key (no network).
 
         Raises:
-            ConfigError: the TSIG secret is not base64 or the algorithm is unknown.
+            ConfigError: the TSIG secret is empty or not base64, or the algorithm is not supported.
         """
         algorithm = dns.name.from_text(settings.tsig_algorithm)
         if algorithm not in _TSIG_ALGORITHMS:
             raise ConfigError(f"dns.tsig_algorithm {settings.tsig_algorithm!r} is not supported")
+        if not settings.tsig_secret.reveal():
+            raise ConfigError("dns.tsig_secret is empty")
         try:
             self._key = dns.tsig.Key(settings.tsig_name, settings.tsig_secret.reveal(), algorithm)
         except (binascii.Error, ValueError):
@@ -206,10 +211,12 @@ class Rfc2136Dns:
             response = self._ask(host, port, zone, "SOA")
         except DnsRefused:
             return None
-        rrset = response.get_rrset(response.answer, dns.name.from_text(zone), IN, dns.rdatatype.SOA)
+        rrset = _find(response, zone, "SOA")
         if not response.flags & dns.flags.AA or rrset is None or len(rrset) != 1:
             return None
-        return int(rrset[0].serial)
+        soa = rrset[0]
+        assert isinstance(soa, dns.rdtypes.ANY.SOA.SOA)
+        return int(soa.serial)
 
     def query(self, server: str, name: str, rtype: str) -> RecordSet | None:
         """The RRset ``server`` answers for (name, rtype) with RD=0 (UDP, TCP on truncation); None = NXDOMAIN/NODATA.
@@ -403,7 +410,7 @@ def _rdata(rtype: str, value: str) -> dns.rdata.Rdata:
         chunks = [c.encode("utf-8") for c in split_txt(value)]
         return dns.rdtypes.ANY.TXT.TXT(IN, dns.rdatatype.TXT, chunks)
     try:
-        rdata = dns.rdata.from_text(IN, rtype, value, origin=dns.name.root)
+        rdata = dns.rdata.from_text(IN, rtype, value, origin=dns.name.root, relativize=False)
     except (dns.exception.DNSException, ValueError) as exc:
         raise ValueError(f"bad {rtype} value {value!r}: {exc}") from None
     normal = _text(rdata)
@@ -422,7 +429,7 @@ def normalise_value(rtype: str, value: str) -> str:
     if rtype == "TXT":
         return value
     try:
-        return _text(dns.rdata.from_text(IN, rtype, value, origin=dns.name.root))
+        return _text(dns.rdata.from_text(IN, rtype, value, origin=dns.name.root, relativize=False))
     except (dns.exception.DNSException, ValueError) as exc:
         raise ValueError(f"bad {rtype} value {value!r}: {exc}") from None
 
@@ -451,11 +458,19 @@ def _records(zone: dns.zone.Zone) -> tuple[dict[Key, RecordSet], dict[RawKey, dn
 
 
 def _answer(response: dns.message.Message, name: str, rtype: str) -> RecordSet | None:
-    rdtype = dns.rdatatype.from_text(rtype)
-    rrset = response.get_rrset(response.answer, dns.name.from_text(name), IN, rdtype)
+    rrset = _find(response, name, rtype)
     if rrset is None or len(rrset) == 0:
         return None
     return RecordSet.of(name, rtype, rrset.ttl, [_text(r) for r in rrset])
+
+
+def _find(response: dns.message.Message, name: str, rtype: str) -> dns.rrset.RRset | None:
+    """The answer RRset for exactly (name, rtype, IN); a CNAME or other records in the answer do not count."""
+    owner, rdtype = dns.name.from_text(name), dns.rdatatype.from_text(rtype)
+    for rrset in response.answer:
+        if rrset.name == owner and rrset.rdtype == rdtype and rrset.rdclass == IN:
+            return rrset
+    return None
 
 
 def _text(rdata: dns.rdata.Rdata, origin: dns.name.Name | None = None) -> str:

@@ -49,7 +49,7 @@ class World:
 def world() -> World:
     fake_dns = FakeDns()
     fake_dns.add_zone("alpha.test")
-    fake_dns.add_zone("xn--bcher-shop-q9a.test")
+    fake_dns.add_zone("xn--bcher-shop-9db.test")
     mail, gateway, dns = Recorder(fake_mailcow()[0]), Recorder(fake_pmg()[0]), Recorder(fake_dns)
     state, web = Recorder(MemoryStore()), Recorder(MemoryStore())
     ports = Ports(

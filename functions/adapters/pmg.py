@@ -1,0 +1,497 @@
+"""PmgClient: the GatewayPort over the Proxmox Mail Gateway API (reference/pmg.md), through proxmoxer.
+
+Why not ``ProxmoxAPI(host, user=..., password=..., service="PMG")``: proxmoxer logs in inside that constructor, and
+renews the ticket, with the module-level ``requests.post`` (a fresh Session each time), so no adapter mounted on
+its session reaches the login, and an expired ticket surfaces as a bare 401. This adapter therefore assembles
+proxmoxer's own https pieces (``ProxmoxHttpSession`` + ``JsonSerializer`` + ``ProxmoxResource``, as
+``proxmoxer.backends.https.Backend`` does) and posts ``/access/ticket`` through a session of its own, so
+``session_adapter`` (the in-process simulator in tests), ``verify`` and ``timeout`` apply to every request.
+
+- Nodes: the first node whose API answers; on a connection failure the next one (all /config calls reach the
+  master anyway). Tickets are valid on every node.
+- Tickets: renewed with ``password=<ticket>`` after 1 h; a 401 on a call triggers ONE fresh login and ONE repeat.
+- Errors (ResourceException, requests exceptions) become PmgUnavailable (595-599, 502-504, timeouts, lock
+  timeouts, "not the master node", "proxy loop detected") or PmgRejected (400, 401, 403, other 500s). Add treats
+  "already exists", delete "does not exist" as success. Messages carry PMG's reason, never a secret.
+- Reads are retried in place with the shared policy; a write is repeated only after a re-read shows it did not land.
+- Writes send 1/0 for booleans (proxmoxer would send "True"), lower-case new domains, refuse multi-line values and
+  put the ownership marker ``managed-by mailplane`` into every comment they write.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+import requests
+import requests.adapters
+from proxmoxer import ProxmoxResource, ResourceException
+from proxmoxer.backends.https import JsonSerializer, ProxmoxHttpSession
+from requests.auth import AuthBase
+from requests.cookies import RequestsCookieJar
+
+from functions._core.config import MxHost, PmgSettings, Secret
+from functions._core.errors import ConfigError, PmgRejected, PmgUnavailable
+from functions._core.ports import GatewayNode, GatewayTransport, RelayDomain, TrustedNetwork
+from functions._core.retry import retried
+
+__all__ = ["MANAGED_COMMENT", "PmgClient", "effective_use_mx"]
+
+log = logging.getLogger(__name__)
+
+MANAGED_COMMENT = "managed-by mailplane"
+RENEW_AFTER = 3600.0  # s; tickets live 2 h (proxmoxer's renew_age)
+_UNAVAILABLE_STATUS = frozenset({502, 503, 504, 595, 596, 597, 598, 599})
+_UNAVAILABLE_500 = ("can't lock file", "got timeout", "is not the master node", "proxy loop detected")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Api = Any  # a proxmoxer ProxmoxResource (untyped library)
+
+
+class RetryPolicy(Protocol):
+    """A decorator like ``functions._core.retry.retried`` (tests pass one without waits)."""
+
+    def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
+
+
+def effective_use_mx(protocol: str, host: str, use_mx: bool) -> bool:
+    """What PMG actually does: no MX lookup for lmtp or an IP host, whatever was asked (pmg.md §5)."""
+    return protocol != "lmtp" and not _is_ip(host) and use_mx
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return "%" not in host
+
+
+def _marked(comment: str) -> str:
+    """The comment to write: stripped, one line, carrying the ownership marker.
+
+    Raises:
+        PmgRejected: the comment spans lines (it would corrupt PMG's config file).
+    """
+    text = _one_line("comment", comment).strip()
+    if MANAGED_COMMENT in text:
+        return text
+    return f"{MANAGED_COMMENT}; {text}" if text else MANAGED_COMMENT
+
+
+def _one_line(what: str, value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise PmgRejected(f"PMG {what} must be a single line")
+    return value
+
+
+def _key(what: str, value: str) -> str:
+    """A path key (domain, CIDR): non-empty, one line, no blanks.
+
+    Raises:
+        PmgRejected: empty or containing whitespace.
+    """
+    if not value or any(c.isspace() for c in value):
+        raise PmgRejected(f"PMG {what} {value!r} is empty or contains whitespace")
+    return value
+
+
+class _TicketAuth(AuthBase):
+    """Adds the PMGAuthCookie and, on non-GET, the CSRF header to every API request.
+
+    ``verify_ssl``, ``timeout`` and ``get_cookies`` are what ProxmoxHttpSession reads from its auth.
+    """
+
+    def __init__(self, *, timeout: float, verify: bool | str) -> None:
+        self.timeout = timeout
+        self.verify_ssl = verify
+        self.ticket = ""
+        self.csrf = ""
+        self.born = 0.0
+
+    def get_cookies(self) -> RequestsCookieJar:
+        return RequestsCookieJar()  # the cookie is set in __call__, after any renewal
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Cookie"] = f"PMGAuthCookie={self.ticket}"
+        if r.method != "GET":
+            r.headers["CSRFPreventionToken"] = self.csrf
+        return r
+
+    def __repr__(self) -> str:
+        return "_TicketAuth(***)"
+
+
+class PmgClient:
+    """GatewayPort for a PMG cluster. Every method raises PmgUnavailable (transient) or PmgRejected (permanent)."""
+
+    def __init__(
+        self,
+        settings: PmgSettings,
+        nodes: Sequence[MxHost],
+        *,
+        session_adapter: requests.adapters.BaseAdapter | None = None,
+        clock: Callable[[], float] | None = None,
+        retry: RetryPolicy = retried,
+    ) -> None:
+        """Nothing is sent before the first call.
+
+        Raises:
+            ConfigError: no nodes.
+        """
+        if not nodes:
+            raise ConfigError("pmg: no nodes (provider.mx_hosts) configured")
+        self._user = settings.user
+        self._password: Secret = settings.password
+        self._timeout = settings.timeout
+        self._verify: bool | str = settings.ca_file if settings.ca_file else settings.verify_tls
+        self._nodes = [(mx.name, _base_url(mx)) for mx in nodes]
+        self._current = 0
+        self._clock = time.monotonic if clock is None else clock
+        self._retry = retry
+        self._auth = _TicketAuth(timeout=self._timeout, verify=self._verify)
+        self._session = ProxmoxHttpSession()
+        self._session.auth = self._auth
+        self._session.headers["accept"] = JsonSerializer().get_accept_types()
+        self._login_session = requests.Session()
+        if session_adapter is not None:
+            for session in (self._session, self._login_session):
+                session.mount("https://", session_adapter)
+                session.mount("http://", session_adapter)
+        self._serializer = JsonSerializer()
+
+    def __repr__(self) -> str:
+        return f"PmgClient(user={self._user!r}, nodes={[n for n, _ in self._nodes]!r})"
+
+    # ------------------------------------------------------------ relay domains
+
+    def list_relay_domains(self) -> list[RelayDomain]:
+        return self._retry(self._relay_domains)()
+
+    def add_relay_domain(self, item: RelayDomain) -> None:
+        domain = _key("domain", item.domain.lower())
+        body = {"domain": domain, "comment": _marked(item.comment)}
+        self._write(
+            f"add relay domain {domain}",
+            lambda api: _outcome(api.config.domains.post, body, "already exists"),
+            lambda: any(d.domain == domain for d in self._relay_domains()),
+        )
+
+    def update_relay_domain(self, item: RelayDomain) -> None:
+        """Set the comment of the entry whose key is exactly ``item.domain`` (PMG keys are case-sensitive)."""
+        domain, comment = _key("domain", item.domain), _marked(item.comment)
+        self._write(
+            f"update relay domain {domain}",
+            lambda api: api.config.domains(domain).put(comment=comment),
+            lambda: RelayDomain(domain, comment) in self._relay_domains(),
+        )
+
+    def delete_relay_domain(self, domain: str) -> None:
+        """Delete the entry whose key is exactly ``domain``; a missing entry is success."""
+        key = _key("domain", domain)
+        self._write(
+            f"delete relay domain {key}",
+            lambda api: _outcome(api.config.domains(key).delete, {}, "does not exist"),
+            lambda: all(d.domain != key for d in self._relay_domains()),
+        )
+
+    # ------------------------------------------------------------ transports
+
+    def list_transports(self) -> list[GatewayTransport]:
+        return self._retry(self._transports)()
+
+    def add_transport(self, item: GatewayTransport) -> None:
+        domain = _key("transport domain", item.domain.lower())
+        body = {"domain": domain, **self._transport_fields(item)}
+        self._write(
+            f"add transport {domain}",
+            lambda api: _outcome(api.config.transport.post, body, "already exists"),
+            lambda: any(t.domain == domain for t in self._transports()),
+        )
+
+    def update_transport(self, item: GatewayTransport) -> None:
+        """Set every field of the entry whose key is exactly ``item.domain``."""
+        domain, fields = _key("transport domain", item.domain), self._transport_fields(item)
+        want = self._normalised(item, fields["comment"])
+        self._write(
+            f"update transport {domain}",
+            lambda api: api.config.transport(domain).put(**fields),
+            lambda: want in self._transports(),
+        )
+
+    def delete_transport(self, domain: str) -> None:
+        key = _key("transport domain", domain)
+        self._write(
+            f"delete transport {key}",
+            lambda api: _outcome(api.config.transport(key).delete, {}, "does not exist"),
+            lambda: all(t.domain != key for t in self._transports()),
+        )
+
+    @staticmethod
+    def _transport_fields(item: GatewayTransport) -> dict[str, Any]:
+        if item.protocol not in ("smtp", "lmtp"):
+            raise PmgRejected(f"PMG transport protocol {item.protocol!r} is not smtp or lmtp")
+        return {
+            "host": _key("transport host", item.host),
+            "protocol": item.protocol,
+            "port": int(item.port),
+            "use_mx": 1 if item.use_mx else 0,  # never Python's True: PMG refuses "True"
+            "comment": _marked(item.comment),
+        }
+
+    @staticmethod
+    def _normalised(item: GatewayTransport, comment: str) -> GatewayTransport:
+        use_mx = effective_use_mx(item.protocol, item.host, item.use_mx)
+        return GatewayTransport(item.domain, item.host, int(item.port), item.protocol, use_mx, comment)
+
+    # ------------------------------------------------------------ trusted networks
+
+    def list_networks(self) -> list[TrustedNetwork]:
+        return self._retry(self._networks)()
+
+    def add_network(self, item: TrustedNetwork) -> None:
+        cidr = _key("CIDR", item.cidr)
+        body = {"cidr": cidr, "comment": _marked(item.comment)}
+        self._write(
+            f"add trusted network {cidr}",
+            lambda api: _outcome(api.config.mynetworks.post, body, "already exists"),
+            lambda: any(n.cidr == cidr for n in self._networks()),
+        )
+
+    def update_network(self, item: TrustedNetwork) -> None:
+        """Set the comment of the network whose key is exactly ``item.cidr`` (not in GatewayPort yet)."""
+        cidr, comment = _key("CIDR", item.cidr), _marked(item.comment)
+        self._write(
+            f"update trusted network {cidr}",
+            lambda api: api.config.mynetworks(cidr).put(comment=comment),
+            lambda: TrustedNetwork(cidr, comment) in self._networks(),
+        )
+
+    def delete_network(self, cidr: str) -> None:
+        """Delete the network whose key is exactly ``cidr`` (as listed: PMG does not normalise CIDRs)."""
+        key = _key("CIDR", cidr)
+        self._write(
+            f"delete trusted network {key}",
+            lambda api: _outcome(api.config.mynetworks(key).delete, {}, "does not exist"),
+            lambda: all(n.cidr != key for n in self._networks()),
+        )
+
+    # ------------------------------------------------------------ cluster
+
+    def cluster_nodes(self) -> list[GatewayNode]:
+        """The cluster's nodes sorted by cid, from /config/cluster/status (else /config/cluster/nodes + probes)."""
+        return self._retry(self._cluster_nodes)()
+
+    def _cluster_nodes(self) -> list[GatewayNode]:
+        try:
+            rows = self._rows("read cluster status", lambda api: api.config.cluster.status.get(list_single_node=1))
+        except PmgRejected as exc:
+            log.warning("pmg: cluster status failed (%s); probing nodes one by one", exc)
+            rows = []
+        if rows:
+            return sorted((_status_node(r) for r in rows), key=lambda n: n.cid)
+        rows = self._rows("read cluster nodes", lambda api: api.config.cluster.nodes.get())
+        return sorted((self._probed_node(r) for r in rows), key=lambda n: n.cid)
+
+    def _probed_node(self, row: Mapping[str, Any]) -> GatewayNode:
+        name = str(row.get("name", ""))
+        try:
+            status = self._call(f"read status of {name}", lambda api: api.nodes(name).status.get())
+        except (PmgUnavailable, PmgRejected):
+            return _status_node({**row, "conn_error": "unreachable"})
+        return _status_node({**row, **(status if isinstance(status, dict) else {})})
+
+    # ------------------------------------------------------------ reads (no retry inside; callers retry)
+
+    def _relay_domains(self) -> list[RelayDomain]:
+        rows = self._rows("list relay domains", lambda api: api.config.domains.get())
+        return [RelayDomain(_field(r, "domain"), _comment(r)) for r in rows]
+
+    def _transports(self) -> list[GatewayTransport]:
+        out = []
+        for r in self._rows("list transports", lambda api: api.config.transport.get()):
+            protocol, host = str(r.get("protocol") or "smtp"), _field(r, "host")
+            try:
+                port, use_mx = int(r.get("port", 25)), bool(int(r.get("use_mx", 1)))  # port comes back as "25"
+            except (TypeError, ValueError):
+                raise PmgUnavailable(f"pmg: malformed transport entry {r.get('domain')!r}") from None
+            use_mx = effective_use_mx(protocol, host, use_mx)
+            out.append(GatewayTransport(_field(r, "domain"), host, port, protocol, use_mx, _comment(r)))
+        return out
+
+    def _networks(self) -> list[TrustedNetwork]:
+        rows = self._rows("list trusted networks", lambda api: api.config.mynetworks.get())
+        return [TrustedNetwork(_field(r, "cidr"), _comment(r)) for r in rows]
+
+    def _rows(self, action: str, op: Callable[[Api], Any]) -> list[Mapping[str, Any]]:
+        data = self._call(action, op)
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise PmgUnavailable(f"pmg: {action}: unexpected answer (not a list of objects)")
+        return data
+
+    # ------------------------------------------------------------ writes
+
+    def _write(self, action: str, op: Callable[[Api], Any], landed: Callable[[], bool]) -> None:
+        """Run ``op``; on a transient failure re-read, and repeat only if the write did not land."""
+        attempts = 0
+
+        def once() -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and landed():
+                log.info("pmg: %s landed despite the error", action)
+                return
+            self._call(action, op)
+
+        self._retry(once)()
+        log.info("pmg: %s", action)
+
+    # ------------------------------------------------------------ transport: nodes, tickets, error mapping
+
+    def _call(self, action: str, op: Callable[[Api], T]) -> T:
+        """Run ``op`` on the current node, failing over to the next on connection errors; map every error.
+
+        Raises:
+            PmgUnavailable: no node answered, a timeout, or a transient PMG error.
+            PmgRejected: PMG refused the request or the login.
+        """
+        failures: list[str] = []
+        for step in range(len(self._nodes)):
+            index = (self._current + step) % len(self._nodes)
+            name, base = self._nodes[index]
+            try:
+                result = self._on_node(base, op)
+            except requests.exceptions.ConnectionError as exc:  # includes ConnectTimeout and SSLError
+                failures.append(f"{name}: {type(exc).__name__}")
+                continue
+            except requests.exceptions.Timeout:
+                raise PmgUnavailable(f"pmg: {action}: {name} gave no answer within {self._timeout:g} s") from None
+            except requests.exceptions.RequestException as exc:
+                raise PmgUnavailable(f"pmg: {action}: {name}: {type(exc).__name__}") from None
+            except ResourceException as exc:
+                self._current = index
+                raise self._mapped(action, exc) from None
+            self._current = index
+            return result
+        if all("SSLError" in f for f in failures):
+            raise PmgRejected(f"pmg: {action}: TLS verification failed on every node ({', '.join(failures)})")
+        raise PmgUnavailable(f"pmg: {action}: no node answered ({', '.join(failures)})")
+
+    def _on_node(self, base: str, op: Callable[[Api], T]) -> T:
+        fresh = self._ensure_ticket(base)
+        api = ProxmoxResource(base_url=base, session=self._session, serializer=self._serializer)
+        try:
+            return op(api)
+        except ResourceException as exc:
+            if exc.status_code != 401 or fresh:
+                raise
+        log.info("pmg: ticket refused (expired?); logging in again as %s", self._user)
+        self._login(base, renew=False)
+        return op(api)
+
+    def _ensure_ticket(self, base: str) -> bool:
+        """Log in when there is no ticket, renew it after RENEW_AFTER; True when the password was just used."""
+        if not self._auth.ticket:
+            self._login(base, renew=False)
+            return True
+        if self._clock() - self._auth.born < RENEW_AFTER:
+            return False
+        try:
+            self._login(base, renew=True)
+            return False
+        except PmgRejected:
+            self._login(base, renew=False)  # the ticket had expired already
+            return True
+
+    def _login(self, base: str, *, renew: bool) -> None:
+        """POST /access/ticket (with the password, or with the current ticket to renew it).
+
+        Raises:
+            PmgRejected: refused (wrong credentials, TFA required, unexpected answer).
+            PmgUnavailable: 5xx/59x.
+            requests.RequestException: connection failures, for _call to fail over.
+        """
+        secret = self._auth.ticket if renew else self._password.reveal()
+        resp = self._login_session.post(
+            f"{base}/access/ticket",
+            data={"username": self._user, "password": secret},
+            timeout=self._timeout,
+            verify=self._verify,
+        )
+        what = f"pmg: login as {self._user}" + (" (ticket renewal)" if renew else "")
+        if resp.status_code in _UNAVAILABLE_STATUS or resp.status_code >= 500:
+            raise PmgUnavailable(f"{what}: {resp.status_code} {self._scrub(resp.reason or '')}")
+        if resp.status_code != 200:
+            raise PmgRejected(f"{what} refused: {resp.status_code} {self._scrub(resp.reason or '')}")
+        try:
+            data = resp.json().get("data")
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not data.get("ticket") or not data.get("CSRFPreventionToken"):
+            raise PmgRejected(f"{what}: the answer holds no ticket")
+        if data.get("NeedTFA"):
+            raise PmgRejected(f"{what}: the user needs TFA; use an automation user without it")
+        self._auth.ticket, self._auth.csrf = str(data["ticket"]), str(data["CSRFPreventionToken"])
+        self._auth.born = self._clock()
+
+    def _mapped(self, action: str, exc: ResourceException) -> PmgUnavailable | PmgRejected:
+        status = int(exc.status_code)
+        reason = self._scrub(str(exc.content or exc.status_message or "").strip())
+        text = f"pmg: {action}: {status} {reason}"
+        errors = exc.errors
+        if isinstance(errors, dict) and errors and not isinstance(errors.get("errors"), bytes):
+            text += " (" + "; ".join(f"{k}: {str(v).strip()}" for k, v in sorted(errors.items())) + ")"
+        text = self._scrub(text)
+        if status in _UNAVAILABLE_STATUS or (status == 500 and any(s in reason for s in _UNAVAILABLE_500)):
+            return PmgUnavailable(text)
+        return PmgRejected(text)
+
+    def _scrub(self, text: str) -> str:
+        for secret in (self._password.reveal(), self._auth.ticket, self._auth.csrf):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _base_url(mx: MxHost) -> str:
+    url = mx.api_url.rstrip("/") if mx.api_url else f"https://{mx.name}:8006"
+    return f"{url}/api2/json"
+
+
+def _outcome(method: Callable[..., Any], body: Mapping[str, Any], success: str) -> None:
+    """Call ``method(**body)``; a 500 whose message says ``success`` ("already exists", "does not exist") is success."""
+    try:
+        method(**body)
+    except ResourceException as exc:
+        if exc.status_code != 500 or success not in str(exc.content):
+            raise
+        log.info("pmg: %s", exc.content)
+
+
+def _field(row: Mapping[str, Any], name: str) -> str:
+    value = row.get(name)
+    if not isinstance(value, str) or not value:
+        raise PmgUnavailable(f"pmg: malformed answer: an entry without {name}")
+    return value
+
+
+def _comment(row: Mapping[str, Any]) -> str:
+    return str(row.get("comment") or "").strip()
+
+
+def _status_node(row: Mapping[str, Any]) -> GatewayNode:
+    reachable = not row.get("conn_error")
+    try:
+        cid, insync = int(row["cid"]), reachable and bool(int(row.get("insync") or 0))
+    except (KeyError, TypeError, ValueError):
+        raise PmgUnavailable("pmg: malformed cluster status entry") from None
+    return GatewayNode(
+        cid, str(row.get("name", "")), str(row.get("ip", "")), str(row.get("type", "")), reachable, insync
+    )

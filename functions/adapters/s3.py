@@ -1,0 +1,243 @@
+"""S3Store: the ObjectStore on S3 (or LocalStack) with conditional writes, and the start-up capability probe.
+
+Conditional puts use ``IfNoneMatch="*"`` / ``IfMatch=<etag>`` (reference/broker.md §10): 412, 409
+ConditionalRequestConflict, and NoSuchKey under If-Match -> PreconditionFailed. 5xx, throttling, timeouts and
+connection errors -> StoreUnavailable; any other client error -> StoreRejected.
+
+botocore's own retries are off (one attempt per call): retries happen in one place, the shared policy, and a
+conditional put is never resent blindly: after an unanswered attempt it re-reads first, and if the object already
+holds our body (ETag = MD5 of the body for a single-part put without SSE-KMS) that counts as success.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from functions._core.config import StoreSettings
+from functions._core.errors import PreconditionFailed, StoreRejected, StoreUnavailable
+from functions._core.ports import ObjectStore, StoredObject
+from functions._core.retry import retried
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["S3Store", "probe_conditional_writes"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PROBE_PREFIX = "_probe/"
+_THROTTLING = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "TooManyRequestsException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "ServiceUnavailable",
+    "InternalError",
+}
+_UNSUPPORTED = {"NotImplemented"}
+
+
+def make_client(settings: StoreSettings) -> S3Client:
+    """A boto3 S3 client with explicit timeouts, no hidden retries, and path-style addressing for an endpoint."""
+    config = botocore.config.Config(
+        connect_timeout=settings.timeout,
+        read_timeout=settings.timeout,
+        retries={"mode": "standard", "total_max_attempts": 1},
+        s3={"addressing_style": "path"} if settings.endpoint_url else None,
+    )
+    key_id, secret = settings.access_key_id.reveal(), settings.secret_access_key.reveal()
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.endpoint_url if settings.endpoint_url else None,
+        region_name=settings.region,
+        aws_access_key_id=key_id if key_id else None,  # "" = the default credential chain (role, env, ...)
+        aws_secret_access_key=secret if secret else None,
+        config=config,
+    )
+
+
+class S3Store:
+    """ObjectStore on one S3 bucket."""
+
+    def __init__(self, settings: StoreSettings, bucket: str, client: S3Client | None = None) -> None:
+        self._client: S3Client = client if client is not None else make_client(settings)
+        self._bucket = bucket
+
+    def get(self, key: str) -> StoredObject | None:
+        """The object at ``key`` or None (retried in place on StoreUnavailable).
+
+        Raises:
+            StoreUnavailable: 5xx, throttling, timeouts, connection errors (after the retries).
+            StoreRejected: any other refusal (no such bucket, access denied, ...).
+        """
+        return retried(self._get_once)(key)
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/json",
+    ) -> str:
+        """Write ``body``; with a condition, 412/409/NoSuchKey raise PreconditionFailed. Returns the new ETag.
+
+        Raises:
+            ValueError: both conditions given.
+            PreconditionFailed: the condition does not hold.
+            StoreUnavailable: 5xx, throttling, timeouts, connection errors (after the retries).
+            StoreRejected: any other refusal.
+        """
+        if if_none_match and if_match is not None:
+            raise ValueError("if_none_match and if_match are exclusive")
+        args: dict[str, Any] = {"Bucket": self._bucket, "Key": key, "Body": body, "ContentType": content_type}
+        args.update({"IfNoneMatch": "*"} if if_none_match else {} if if_match is None else {"IfMatch": if_match})
+        conditional = if_none_match or if_match is not None
+        mine = '"' + hashlib.md5(body, usedforsecurity=False).hexdigest() + '"'
+        unanswered = False
+
+        def attempt() -> str:
+            nonlocal unanswered
+            if unanswered and conditional:
+                current = self._get_once(key)  # did the unanswered attempt land?
+                if current is not None and current.etag == mine:
+                    return current.etag
+            try:
+                return self._call(f"put {key}", lambda: self._client.put_object(**args)["ETag"], conditional)
+            except StoreUnavailable:
+                unanswered = True
+                raise
+
+        return retried(attempt)()
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``; a missing key is not an error.
+
+        Raises:
+            StoreUnavailable: 5xx, throttling, timeouts, connection errors (after the retries).
+            StoreRejected: any other refusal.
+        """
+
+        def attempt() -> None:
+            self._call(f"delete {key}", lambda: self._client.delete_object(Bucket=self._bucket, Key=key))
+
+        retried(attempt)()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Keys starting with ``prefix`` in S3 order (all pages are read before the first key is returned).
+
+        Raises:
+            StoreUnavailable: 5xx, throttling, timeouts, connection errors (after the retries).
+            StoreRejected: any other refusal.
+        """
+
+        def attempt() -> list[str]:
+            def pages() -> list[str]:
+                paginator = self._client.get_paginator("list_objects_v2")
+                pages = paginator.paginate(Bucket=self._bucket, Prefix=prefix)
+                return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+            return self._call(f"list {prefix}", pages)
+
+        return iter(retried(attempt)())
+
+    def probe(self) -> None:
+        """Refuse to run on a store without conditional writes (see ``probe_conditional_writes``).
+
+        Raises:
+            StoreRejected: a conditional write was not enforced.
+            StoreUnavailable: the store did not answer.
+        """
+        probe_conditional_writes(self)
+
+    def _get_once(self, key: str) -> StoredObject | None:
+        def fetch() -> StoredObject | None:
+            try:
+                response = self._client.get_object(Bucket=self._bucket, Key=key)
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) in ("NoSuchKey", "404"):
+                    return None
+                raise
+            return StoredObject(response["Body"].read(), response["ETag"])
+
+        return self._call(f"get {key}", fetch)
+
+    def _call(self, what: str, fn: Callable[[], T], conditional: bool = False) -> T:
+        try:
+            return fn()
+        except botocore.exceptions.ClientError as exc:
+            raise _mapped(what, exc, conditional) from exc
+        except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
+            raise StoreUnavailable(f"{what}: {type(exc).__name__}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StoreRejected(f"{what}: {type(exc).__name__}") from exc
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: botocore.exceptions.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _mapped(
+    what: str, exc: botocore.exceptions.ClientError, conditional: bool
+) -> PreconditionFailed | StoreUnavailable | StoreRejected:
+    code, status = _code(exc), _status(exc)
+    text = f"{what}: {code or 'error'} ({status})"
+    if conditional and (status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey")):
+        return PreconditionFailed(text)
+    if code in _UNSUPPORTED:
+        return StoreRejected(text)
+    if status >= 500 or status == 429 or code in _THROTTLING:
+        return StoreUnavailable(text)
+    return StoreRejected(text)
+
+
+def probe_conditional_writes(store: ObjectStore, prefix: str = PROBE_PREFIX) -> None:
+    """Start-up capability check: put-if-absent twice -> 412; if-match stale -> 412; if-match on a missing key -> 412.
+
+    Cleans up its probe objects (``<prefix><uuid>/...``).
+
+    Raises:
+        StoreRejected: the store accepted a write it should have refused (no conditional writes).
+        StoreUnavailable: the store did not answer.
+    """
+    base = f"{prefix}{uuid.uuid4().hex}/"
+    created = [base + "a", base + "missing"]
+    try:
+        first = store.put(created[0], b"1", if_none_match=True)
+        _expect_refused(lambda: store.put(created[0], b"2", if_none_match=True), "If-None-Match on an existing key")
+        store.put(created[0], b"3", if_match=first)
+        _expect_refused(lambda: store.put(created[0], b"4", if_match=first), "If-Match with a stale ETag")
+        _expect_refused(lambda: store.put(created[1], b"5", if_match=first), "If-Match on a missing key")
+    finally:
+        for key in created:
+            try:
+                store.delete(key)
+            except (StoreUnavailable, StoreRejected) as exc:
+                log.warning("probe: cannot delete %s: %s", key, exc.reason)
+    log.info("probe: conditional writes enforced")
+
+
+def _expect_refused(write: Callable[[], str], what: str) -> None:
+    try:
+        write()
+    except PreconditionFailed:
+        return
+    raise StoreRejected(f"object store lacks conditional writes: {what} was accepted")

@@ -1,0 +1,101 @@
+"""The in-process PMG: the real PmgClient over the simulator's model, without sockets.
+
+One model, two front-ends: the same ``PmgModel`` the HTTPS simulator serves, reached here through
+``RequestsAdapter(HostRouter({host: PmgNodeApp(model, node)}))`` mounted on the client's sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from sim.common import ensure_certs
+from sim.pmg import PmgModel, PmgNodeApp, serve_cluster
+from sim.transports import HostRouter, RequestsAdapter
+from tenacity import wait_none
+
+from functions._core.config import MxHost, PmgSettings, Secret
+from functions._core.retry import retried
+from functions.adapters.pmg import PmgClient
+
+T = TypeVar("T")
+
+
+def no_wait(fn: Callable[..., T]) -> Callable[..., T]:
+    """The shared retry policy (same attempts and stop) without the waits between attempts."""
+    wrapped = retried(fn)
+    fast: Callable[..., T] = wrapped.retry_with(wait=wait_none())  # type: ignore[attr-defined]
+    return fast
+
+
+def node_url(name: str) -> str:
+    """The (never resolved) API URL of a simulated node in the in-process fake."""
+    return f"https://{name}.pmg.invalid:8006"
+
+
+def fake_pmg(
+    model: PmgModel | None = None,
+    *,
+    timeout: float = 5.0,
+    password: str | None = None,
+    clock: Callable[[], float] | None = None,
+) -> tuple[PmgClient, PmgModel]:
+    """A PmgClient talking to every node of ``model`` (default: a fresh 3-node cluster) in-process.
+
+    ``password`` overrides the model's (to test refused logins); ``clock`` is the client's monotonic clock.
+    """
+    model = PmgModel() if model is None else model
+    router = HostRouter({node_url(name).removeprefix("https://"): PmgNodeApp(model, name) for name in model.node_names})
+    user, real_password = model.credentials
+    nodes = [MxHost(name, n.ip, "", api_url=node_url(name)) for name, n in model.nodes.items()]
+    client = PmgClient(
+        PmgSettings(user=user, password=Secret(real_password if password is None else password), timeout=timeout),
+        nodes,
+        session_adapter=RequestsAdapter(router),
+        clock=clock,
+        retry=no_wait,
+    )
+    return client, model
+
+
+@dataclass(frozen=True)
+class HttpsCluster:
+    """A simulated cluster served over real HTTPS on loopback (one front-end per node, one model)."""
+
+    model: PmgModel
+    urls: dict[str, str]  # node name -> https://127.0.0.1:<port>
+    ca: str  # CA bundle that verifies the servers
+
+    def client(self, *, timeout: float = 5.0, password: str | None = None, ca: str | None = None) -> PmgClient:
+        """The real PmgClient over HTTPS to every node, TLS verified with the simulator's CA."""
+        user, real_password = self.model.credentials
+        settings = PmgSettings(
+            user=user,
+            password=Secret(real_password if password is None else password),
+            ca_file=self.ca if ca is None else ca,
+            timeout=timeout,
+        )
+        nodes = [MxHost(name, "127.0.0.1", "", api_url=url) for name, url in self.urls.items()]
+        return PmgClient(settings, nodes, retry=no_wait)
+
+
+@contextmanager
+def https_cluster(directory: Path, model: PmgModel | None = None) -> Iterator[HttpsCluster]:
+    """Serve ``model`` (default: a fresh 3-node cluster) on ephemeral loopback ports; stop the servers on exit."""
+    ca, cert, key = ensure_certs(directory)
+    if model is None:
+        model = PmgModel(nodes=[(f"pmg{i}", "127.0.0.1") for i in (1, 2, 3)])
+    user, password = model.credentials
+    servers = serve_cluster([0] * len(model.node_names), (cert, key), user, password, model=model)
+    try:
+        urls = {
+            name: f"https://127.0.0.1:{s.server_address[1]}" for name, s in zip(model.node_names, servers, strict=True)
+        }
+        yield HttpsCluster(model, urls, str(ca))
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

@@ -1,0 +1,132 @@
+"""Helpers for tests on the real local stack: settings, zones, publishing, the worker, and write counters."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dns.message
+import dns.query
+import httpx
+import pika
+
+from functions._core.config import Secret, Settings
+from functions.runtime.amqp import Publisher, params
+from functions.runtime.consumer import Worker
+from functions.runtime.main import build_ports
+from tests.conftest import load_event
+from tests.stackenv import REPO
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    return Settings.load(env["MAILPLANE_CONFIG"], env)
+
+
+def unique_domain(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}.test"
+
+
+def zone_add(*zones: str) -> None:
+    subprocess.run([str(REPO / "infra/local/zone-add"), *zones], check=True, capture_output=True)
+
+
+def created_event(domain: str, sample: str = "domain.created", **data: Any) -> dict[str, Any]:
+    raw = load_event(sample)
+    raw["id"] = str(uuid.uuid4())
+    raw["subject"] = raw["data"]["domain"] = domain
+    raw["data"].update(data)
+    return raw
+
+
+def publish(env: dict[str, str], settings: Settings, event: dict[str, Any], user: str = "billing") -> None:
+    pub = Publisher(params(settings.broker, user, Secret(env[f"MAILPLANE_AMQP_{user.upper()}_PASSWORD"])))
+    try:
+        pub.publish_event(settings.broker.exchange, event, user)
+    finally:
+        pub.close()
+
+
+def publish_raw(
+    env: dict[str, str],
+    settings: Settings,
+    body: bytes,
+    routing_key: str,
+    user: str,
+    *,
+    subject: str,
+    user_id: bool = True,
+) -> None:
+    """Publish bytes as ``user`` with a chosen routing key; ``user_id=False`` leaves the AMQP user_id unset."""
+    pub = Publisher(params(settings.broker, user, Secret(env[f"MAILPLANE_AMQP_{user.upper()}_PASSWORD"])))
+    props = pika.BasicProperties(
+        content_type="application/cloudevents+json",
+        delivery_mode=2,
+        message_id=str(uuid.uuid4()),
+        user_id=user if user_id else None,
+        headers={"ce-subject": subject},
+    )
+    try:
+        pub.publish(settings.broker.exchange, routing_key, body, props)
+    finally:
+        pub.close()
+
+
+def run_worker(settings: Settings) -> Worker:
+    worker = Worker(build_ports(settings), until_idle=True, idle_seconds=1.0)
+    worker.run()
+    return worker
+
+
+@contextmanager
+def operator_channel(env: dict[str, str], settings: Settings) -> Iterator[Any]:
+    conn = pika.BlockingConnection(params(settings.broker, "operator", Secret(env["MAILPLANE_AMQP_OPERATOR_PASSWORD"])))
+    try:
+        yield conn.channel()
+    finally:
+        conn.close()
+
+
+def take(env: dict[str, str], settings: Settings, queue: str, subject: str) -> list[tuple[dict[str, Any], bytes]]:
+    """Remove and return the messages of ``queue`` about ``subject`` (headers, body); others are left in place."""
+    found: list[tuple[dict[str, Any], bytes]] = []
+    with operator_channel(env, settings) as ch:
+        while True:
+            method, props, body = ch.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            headers = dict(props.headers or {})
+            if headers.get("ce-subject") == subject:
+                ch.basic_ack(method.delivery_tag)
+                found.append((headers, body))
+    return found  # closing the channel requeues the unacked others
+
+
+def sim_requests(url: str, ca: str) -> list[dict[str, Any]]:
+    resp = httpx.get(f"{url}/_sim/requests", verify=ssl.create_default_context(cafile=ca), timeout=5)
+    resp.raise_for_status()
+    data: list[dict[str, Any]] = resp.json()
+    return data
+
+
+def sim_writes(env: dict[str, str]) -> dict[str, int]:
+    ca = env["MAILPLANE_SIM_CA"]
+    return {
+        "mailcow": sum(1 for r in sim_requests(env["MAILPLANE_MAILCOW_URL"], ca) if r.get("write")),
+        "pmg": sum(1 for r in sim_requests(env["MAILPLANE_PMG1_URL"], ca) if r.get("write")),
+    }
+
+
+def soa_serial(env: dict[str, str], zone: str) -> int:
+    q = dns.message.make_query(zone, "SOA")
+    answer = dns.query.udp(q, env["MAILPLANE_DNS_SERVER"], port=int(env["MAILPLANE_DNS_PORT"]), timeout=3)
+    return int(answer.answer[0][0].serial)
+
+
+def body_json(body: bytes) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(body)
+    return data
