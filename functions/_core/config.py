@@ -152,6 +152,7 @@ class BrokerSettings:
     work_queue_prefix: str = "q.work"
     parked_queue: str = "q.parked"
     retry_delays: tuple[int, ...] = (10, 60, 300, 1800, 7200, 21600)
+    lease_seconds: int = 300  # idempotency lease: well above a handler's run time, well below the retry ladder
     prefetch: int = 32
     heartbeat: int = 30
     # event type -> publishers (validated AMQP user_id) allowed to send it

@@ -31,3 +31,16 @@ class Outcome:
             "emit": [dict(e) for e in self.emit],
             "detail": dict(self.detail),
         }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Outcome:
+        """Rebuild an Outcome stored by the idempotency ledger."""
+        return cls(
+            d["function"],
+            d["event_id"],
+            d["subject"],
+            d["status"],
+            {k: tuple(v) for k, v in d["changes"].items()},
+            tuple(d["emit"]),
+            d["detail"],
+        )

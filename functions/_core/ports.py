@@ -9,10 +9,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from functions._core.config import Settings
 from functions._core.records import Key, RecordSet
+
+if TYPE_CHECKING:
+    from functions._core.idempotency import Ledger
 
 # ---------------------------------------------------------------- Mailcow
 
@@ -211,3 +214,4 @@ class Ports:
     web: ObjectStore  # served by the MTA-STS web host
     settings: Settings
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    ledger: Ledger | None = None  # idempotency ledger (A7); None = handlers alone (tests, dry runs)

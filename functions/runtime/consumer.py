@@ -110,6 +110,8 @@ class Worker:
         except pika.exceptions.AMQPError as exc:
             log.warning("cannot publish the outcome (%s); the event will be redelivered", type(exc).__name__)
             verdict = "requeue"
+        if verdict == "requeue":
+            time.sleep(1.0)  # given back unprocessed: do not spin while another worker holds the lease
         conn.add_callback_threadsafe(functools.partial(self._finish, ch, tag, verdict, result))
 
     def _finish(self, ch: Any, tag: int, verdict: str, result: dispatch.Result) -> None:

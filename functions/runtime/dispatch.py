@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from functions import ROUTES
 from functions._core.envelope import Envelope, parse
 from functions._core.errors import AutomationError, EventInvalid, NotAuthorized, PermanentError, TransientError
+from functions._core.idempotency import LeaseHeld
 from functions._core.outcome import Outcome
 from functions._core.ports import Ports
 
@@ -19,7 +21,7 @@ log = logging.getLogger("mailplane.outcome")
 
 @dataclass(frozen=True)
 class Result:
-    """What happened to one delivery: ``verdict`` is done, retry or park."""
+    """What happened to one delivery: ``verdict`` is done, retry, park or requeue (given back unprocessed)."""
 
     verdict: str
     outcome: Outcome | None = None
@@ -55,8 +57,10 @@ def run(body: bytes, publisher: str | None, ports: Ports, *, attempt: int = 0, l
         route = ROUTES.get(event.type)
         if route is None:
             raise EventInvalid(f"no handler for inbound type {event.type}")
-        outcome = route.handle(event, ports)
+        outcome = _handle_once(route.name, route.handle, event, ports)
         result = Result("done", outcome, event, duration=time.monotonic() - start)
+    except LeaseHeld as exc:  # another worker holds this event: try again after the next rung's delay
+        result = Result("requeue" if last_attempt else "retry", None, event, exc, time.monotonic() - start)
     except PermanentError as exc:
         result = Result("park", None, event, exc, time.monotonic() - start)
     except TransientError as exc:
@@ -67,6 +71,18 @@ def run(body: bytes, publisher: str | None, ports: Ports, *, attempt: int = 0, l
         result = Result("park" if last_attempt else "retry", None, event, err, time.monotonic() - start)
     _log(result, body, attempt)
     return result
+
+
+def _handle_once(name: str, handle: Callable[[Envelope, Ports], Outcome], event: Envelope, ports: Ports) -> Outcome:
+    """Run the handler under the idempotency ledger: a completed duplicate returns its stored outcome untouched."""
+    if ports.ledger is None:
+        return handle(event, ports)
+    with ports.ledger.claim(name, event) as claim:  # literal NAME, never derived from code location
+        if claim.completed and claim.result is not None:
+            return Outcome.from_json(claim.result)
+        outcome = handle(event, ports)
+        claim.complete(outcome.to_json())
+        return outcome
 
 
 def _log(result: Result, body: bytes, attempt: int) -> None:

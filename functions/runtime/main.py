@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from functions._core.config import Settings, StoreSettings
 from functions._core.errors import ConfigError
+from functions._core.idempotency import Ledger, default_owner
 from functions._core.ports import ObjectStore, Ports
 
 
@@ -45,13 +47,21 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
     from functions.adapters.mailcow import MailcowClient
     from functions.adapters.pmg import PmgClient
 
+    state = build_store(settings.store, settings.store.state_bucket, probe=probe)
+    ledger = Ledger(
+        state,
+        owner=default_owner(),
+        lease=dt.timedelta(seconds=settings.broker.lease_seconds),
+        keep=dt.timedelta(days=2),
+    )
     return Ports(
         mail=MailcowClient(settings.mailcow),
         gateway=PmgClient(settings.pmg, settings.provider.mx_hosts),
         dns=Rfc2136Dns(settings.dns),
-        state=build_store(settings.store, settings.store.state_bucket, probe=probe),
+        state=state,
         web=build_store(settings.store, settings.store.web_bucket, probe=False),
         settings=settings,
+        ledger=ledger,
     )
 
 

@@ -40,7 +40,7 @@ class Settler:
         self.publisher, self.broker = publisher, broker
 
     def settle(self, result: dispatch.Result, msg: Incoming) -> str:
-        """Publish what the verdict needs; return "ack" (done or parked) or "reject" (next retry rung).
+        """Publish what the verdict needs; return "ack" (done or parked), "reject" (next retry rung) or "requeue".
 
         Raises:
             pika.exceptions.AMQPError: the broker did not confirm; the caller must not ack.
@@ -51,6 +51,8 @@ class Settler:
             return "ack"
         if result.verdict == "retry":
             return "reject"
+        if result.verdict == "requeue":
+            return "requeue"
         self.park(result, msg)
         return "ack"
 
