@@ -153,6 +153,7 @@ class BrokerSettings:
     parked_queue: str = "q.parked"
     retry_delays: tuple[int, ...] = (10, 60, 300, 1800, 7200, 21600)
     lease_seconds: int = 300  # idempotency lease: well above a handler's run time, well below the retry ladder
+    replayer: str = "operator"  # may re-inject parked events; they keep their original publisher
     prefetch: int = 32
     heartbeat: int = 30
     # event type -> publishers (validated AMQP user_id) allowed to send it

@@ -34,15 +34,20 @@ def worker(
     config: ConfigOpt = None,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="exit once the queues are drained")] = False,
     pool: Annotated[int, typer.Option(help="handler threads")] = 4,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics on 127.0.0.1:PORT (0: off)")] = 0,
 ) -> None:
     """Consume the work queues and run the functions."""
     from functions.runtime.consumer import Worker
+    from functions.runtime.metrics import Metrics
 
     main.setup_logging()
+    metrics = Metrics()
     try:
-        w = Worker(main.build_ports(main.load_settings(config)), pool_size=pool, until_idle=until_idle)
+        w = Worker(main.build_ports(main.load_settings(config)), pool_size=pool, until_idle=until_idle, metrics=metrics)
     except AutomationError as exc:
         _fail(exc)
+    if metrics_port:
+        metrics.serve(metrics_port)
     raise typer.Exit(w.run())
 
 
@@ -160,6 +165,15 @@ def demo(config: ConfigOpt = None) -> None:
         _fail(exc)
     raise typer.Exit(code)
 
+
+def _register_subcommands() -> None:
+    from functions.runtime import cli_dlq
+
+    for module in (cli_dlq,):
+        module.register(app)
+
+
+_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

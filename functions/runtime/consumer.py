@@ -1,14 +1,18 @@
 """The worker: the only consuming pika code. decode -> route -> handle -> ack / reject (retry rung) / park.
 
 The main thread owns the consuming connection; handlers run in a bounded pool and hand their verdicts back
-through ``add_callback_threadsafe`` (heartbeats never starve). Acks happen only after the outcome is published
-with confirms, so a crash at any point redelivers the event and the idempotent handler converges again.
+through ``add_callback_threadsafe`` (heartbeats never starve; prefetch bounds memory). Acks happen only after the
+outcome is published with confirms, so a crash at any point redelivers the event and the idempotent handler (plus
+the ledger) converges again. A lost connection is re-opened with jittered backoff; verdicts for deliveries of the
+old connection are dropped (their tags are invalid; the broker redelivers them). SIGTERM stops consuming, lets
+in-flight work finish within the grace period, and exits 0 with nothing unacked.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import random
 import signal
 import threading
 import time
@@ -22,43 +26,99 @@ import pika.exceptions
 from functions._core.ports import Ports
 from functions.runtime import dispatch
 from functions.runtime.amqp import Publisher, params
-from functions.runtime.settle import Incoming, Settler
+from functions.runtime.metrics import Metrics
+from functions.runtime.settle import Incoming, Settler, effective_publisher
 
 log = logging.getLogger("mailplane.worker")
+FATAL_CLOSE_CODES = {403, 530}  # access refused, not allowed: never retried
 
 
 class Worker:
     """Consume every rung of the work queue ladder until stopped (or, with ``until_idle``, until drained)."""
 
-    def __init__(self, ports: Ports, *, pool_size: int = 4, until_idle: bool = False, idle_seconds: float = 1.5):
+    def __init__(
+        self,
+        ports: Ports,
+        *,
+        pool_size: int = 4,
+        until_idle: bool = False,
+        idle_seconds: float = 1.5,
+        grace_seconds: float = 30.0,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.ports = ports
         self.broker = ports.settings.broker
         self.rungs = len(self.broker.retry_delays)
         self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="handler")
         self.publisher = Publisher(params(self.broker))
         self.settler = Settler(self.publisher, self.broker)
-        self.until_idle, self.idle_seconds = until_idle, idle_seconds
-        self.in_flight = 0
+        self.until_idle, self.idle_seconds, self.grace = until_idle, idle_seconds, grace_seconds
         self.stopping = threading.Event()
+        self._in_flight = 0
+        self._guard = threading.Lock()
         self.locks: dict[str, threading.Lock] = {}
-        self.locks_guard = threading.Lock()
-        self.counts = {"done": 0, "retry": 0, "park": 0}
+        self.counts = {"done": 0, "retry": 0, "park": 0, "requeue": 0, "reconnects": 0}
         self.on_result: Callable[[dispatch.Result], None] | None = None
+        self.metrics = metrics
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _flight(self, delta: int) -> None:
+        with self._guard:
+            self._in_flight += delta
+        if self.metrics is not None:
+            self.metrics.in_flight.inc(delta)
 
     def queue(self, rung: int) -> str:
         return f"{self.broker.work_queue_prefix}.{rung}"
 
+    def stop(self) -> None:
+        self.stopping.set()
+
     def run(self) -> int:
-        """Consume until SIGTERM/SIGINT (or idle); returns the process exit code."""
+        """Consume until SIGTERM/SIGINT (or idle), reconnecting after connection loss; returns the exit code."""
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
-        conn = pika.BlockingConnection(params(self.broker))
-        ch = conn.channel()
-        ch.basic_qos(prefetch_count=self.broker.prefetch)
-        for rung in range(self.rungs + 1):
-            ch.basic_consume(self.queue(rung), functools.partial(self._on_message, conn, rung), auto_ack=False)
-        idle_since: float | None = None
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        delay = 0.5
         try:
+            while not self.stopping.is_set():
+                try:
+                    if self._session():
+                        break
+                    delay = 0.5
+                except pika.exceptions.ConnectionClosedByBroker as exc:
+                    if exc.reply_code in FATAL_CLOSE_CODES:
+                        raise
+                    delay = self._backoff(exc, delay)
+                except (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError, OSError) as exc:
+                    delay = self._backoff(exc, delay)
+        finally:
+            self.pool.shutdown(wait=True)
+            self.publisher.close()
+        return 0
+
+    def _backoff(self, exc: BaseException, delay: float) -> float:
+        self.counts["reconnects"] += 1
+        pause = random.uniform(0.5, 1.0) * delay
+        log.warning("broker connection lost (%s); reconnecting in %.1f s", type(exc).__name__, pause)
+        self.stopping.wait(pause)
+        return min(delay * 2, 4.0)  # capped: back within seconds of the broker's return
+
+    def _session(self) -> bool:
+        """One connection's life: consume until stopped or idle (True), or raise on connection loss."""
+        conn = pika.BlockingConnection(params(self.broker))
+        try:
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=self.broker.prefetch)
+            for rung in range(self.rungs + 1):
+                ch.basic_consume(self.queue(rung), functools.partial(self._on_message, conn, rung), auto_ack=False)
+            log.info(
+                "consuming %s.0..%d (prefetch %d)", self.broker.work_queue_prefix, self.rungs, self.broker.prefetch
+            )
+            idle_since: float | None = None
             while not self.stopping.is_set():
                 conn.process_data_events(time_limit=0.2)
                 if self.until_idle:
@@ -67,18 +127,16 @@ class Worker:
                     if idle_since is not None and time.monotonic() - idle_since >= self.idle_seconds:
                         break
             self._drain(conn, ch)
+            return True
         finally:
-            self.pool.shutdown(wait=True)
             if conn.is_open:
-                conn.close()
-            self.publisher.close()
-        return 0
+                conn.close()  # whatever is still unacked goes back to its queue
 
     def _drain(self, conn: Any, ch: Any) -> None:
-        """Stop consuming; let in-flight work finish (their acks run here), give back nothing unprocessed."""
+        """Stop consuming; let in-flight work finish (their acks run here) within the grace period."""
         for tag in list(ch.consumer_tags):
             ch.basic_cancel(tag)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.grace
         while self.in_flight and time.monotonic() < deadline:
             conn.process_data_events(time_limit=0.1)
 
@@ -93,18 +151,20 @@ class Worker:
                 ch.close()
 
     def _on_message(self, conn: Any, rung: int, ch: Any, method: Any, props: Any, body: bytes) -> None:
-        self.in_flight += 1
+        self._flight(+1)
         self.pool.submit(self._work, conn, ch, rung, method.delivery_tag, props, body)
 
     def _lock(self, subject: str) -> threading.Lock:
-        with self.locks_guard:
+        with self._guard:
             return self.locks.setdefault(subject, threading.Lock())
 
     def _work(self, conn: Any, ch: Any, rung: int, tag: int, props: Any, body: bytes) -> None:
-        subject = str((props.headers or {}).get("ce-subject", ""))
-        with self._lock(subject):  # two events for one domain never run at once in this process
-            result = dispatch.run(body, props.user_id, self.ports, attempt=rung, last_attempt=rung >= self.rungs)
-        msg = Incoming(body, props.user_id, rung, props.message_id, props.content_type, props.type, props.headers or {})
+        headers = props.headers or {}
+        publisher = effective_publisher(props.user_id, headers, self.broker)
+        subject = str(headers.get("ce-subject", "")).lower()
+        with self._lock(subject):  # two events for one subject never run at once in this process
+            result = dispatch.run(body, publisher, self.ports, attempt=rung, last_attempt=rung >= self.rungs)
+        msg = Incoming(body, publisher, rung, props.message_id, props.content_type, props.type, headers)
         try:
             verdict = self.settler.settle(result, msg)
         except pika.exceptions.AMQPError as exc:
@@ -112,10 +172,13 @@ class Worker:
             verdict = "requeue"
         if verdict == "requeue":
             time.sleep(1.0)  # given back unprocessed: do not spin while another worker holds the lease
-        conn.add_callback_threadsafe(functools.partial(self._finish, ch, tag, verdict, result))
+        try:
+            conn.add_callback_threadsafe(functools.partial(self._finish, ch, tag, verdict, result))
+        except pika.exceptions.AMQPError:  # the connection is gone: the broker redelivers this event
+            self._flight(-1)
 
     def _finish(self, ch: Any, tag: int, verdict: str, result: dispatch.Result) -> None:
-        self.in_flight -= 1
+        self._flight(-1)
         if not ch.is_open:  # the channel died: the broker redelivers; never ack a stale tag
             return
         if verdict == "ack":
@@ -124,7 +187,8 @@ class Worker:
             ch.basic_reject(tag, requeue=False)  # dead-lettered to the next rung of the retry ladder
         else:
             ch.basic_nack(tag, requeue=True)
-        if verdict != "requeue":
-            self.counts["retry" if verdict == "reject" else result.verdict] += 1
+        self.counts[{"reject": "retry", "requeue": "requeue"}.get(verdict, result.verdict)] += 1
+        if self.metrics is not None:
+            self.metrics.observe(result)
         if self.on_result is not None:
             self.on_result(result)

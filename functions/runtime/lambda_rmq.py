@@ -44,7 +44,7 @@ from functions._core.errors import ConfigError, EventInvalid, TransientError
 from functions._core.ports import Ports
 from functions.runtime import dispatch, main
 from functions.runtime.amqp import Publisher, params
-from functions.runtime.settle import Incoming, Settler
+from functions.runtime.settle import Incoming, Settler, effective_publisher
 
 __all__ = ["BatchRetryError", "Record", "Runtime", "decode", "handler", "process", "rung_of"]
 
@@ -149,7 +149,8 @@ def _one(rec: Record, rt: Runtime, last_rung: int) -> str:
         result = dispatch.Result("park", error=rec.error)
         log.warning("undecodable record on %s: %s", rec.queue, rec.error.reason)
     else:
-        result = rt.run(msg.body, msg.user_id, rt.ports, attempt=msg.rung, last_attempt=msg.rung >= last_rung)
+        publisher = effective_publisher(msg.user_id, msg.headers, rt.ports.settings.broker)
+        result = rt.run(msg.body, publisher, rt.ports, attempt=msg.rung, last_attempt=msg.rung >= last_rung)
     if result.verdict not in SETTLED:
         return "retry"
     try:

@@ -20,6 +20,15 @@ from functions.runtime import dispatch
 from functions.runtime.amqp import Publisher
 
 SOURCE = "urn:mailplane:worker"
+REPLAY_HEADER = "x-mailplane-publisher"  # the original validated publisher, kept on parked copies
+
+
+def effective_publisher(user_id: str | None, headers: Mapping[str, Any], broker: BrokerSettings) -> str | None:
+    """The broker-validated user_id; for an operator's replay from the parked queue, the original publisher
+    recorded in the parked copy (so a replay never authorizes what the original publisher could not send)."""
+    if user_id and user_id == broker.replayer and REPLAY_HEADER in headers:
+        return str(headers[REPLAY_HEADER]) or None
+    return user_id or None
 
 
 @dataclass(frozen=True)
