@@ -203,3 +203,16 @@ def test_asyncapi_structure() -> None:
                 target = target[part]
         else:
             assert (SCHEMAS / ref).is_file(), ref
+
+
+def test_retry_ladder_matches_the_local_settings() -> None:
+    """The worker counts rungs from the settings; the broker's wait queues must have the same delays."""
+    from tests.fakes.settings import make_settings
+
+    defs = json.loads((REPO / "infra" / "rabbitmq" / "definitions.json").read_text())
+    ttls = {p["pattern"]: p["definition"].get("message-ttl") for p in defs["policies"]}
+    delays = make_settings().broker.retry_delays
+    assert [ttls.get(rf"^q\.wait\.{k}$") for k in range(1, len(delays) + 1)] == [d * 1000 for d in delays]
+    work = {p["pattern"]: p["definition"] for p in defs["policies"]}
+    assert work[rf"^q\.work\.{len(delays)}$"]["dead-letter-exchange"] == "parked"
+    assert {q["name"] for q in defs["queues"]} >= {f"q.work.{k}" for k in range(len(delays) + 1)}
