@@ -21,7 +21,7 @@ from functions._core.mailset import customer_lines, desired_records
 from functions._core.names import normalize_domain
 from functions.runtime import main
 from functions.runtime.amqp import Publisher, params
-from functions.runtime.cli import render_checks
+from functions.runtime.cli import render_summary
 from functions.runtime.consumer import Worker
 from functions.runtime.status import domain_status
 
@@ -79,21 +79,22 @@ def run_demo(settings: Settings, out: Console) -> int:
         worker.run()
     out.print(f"[bold]3.[/bold] worker drained the queues: {worker.counts}")
 
-    ports, ok = main.build_ports(settings, probe=False), True
+    ports, ok, rows = main.build_ports(settings, probe=False), True, []
     for domain in hosted + external:
         overall, checks = domain_status(domain, ports)
-        out.print(render_checks(domain, overall, checks))
+        rows.append((domain, overall, checks))
         ok &= overall == ("provisioned" if domain in hosted else "awaiting_dns")
+    out.print(render_summary(rows))
     for domain in external:
         cur = state.load(ports.state, domain).current
         lines = customer_lines(desired_records(domain, settings, cur.selector, cur.public_b64)) if cur else []
-        out.print(f"[yellow]{domain}[/yellow] is hosted elsewhere; the customer must publish:\n" + "\n".join(lines))
-
+        out.print(f"[yellow]{domain}[/yellow] is hosted elsewhere (awaiting_dns); the customer must publish:")
+        out.print("\n".join(lines), soft_wrap=True, highlight=False)
     parked = _parked(settings)
     table = Table(title=f"parked queue {settings.broker.parked_queue}")
     table.add_column("event id")
     table.add_column("reason")
-    for row in parked:
+    for row in dict.fromkeys(parked):  # the same sample parked by earlier demo runs is shown once
         table.add_row(*row)
     out.print(table)
     ok &= any(mid == bad["event"]["id"] for mid, _ in parked)
