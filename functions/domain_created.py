@@ -6,6 +6,8 @@ nothing anywhere. An empty plan is success, so a replayed event writes nothing.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,6 +26,14 @@ from functions._core.verify import external_missing, verify_zone
 NAME = "domain_created"
 SOURCE = "urn:mailplane:worker"
 MANAGED = "managed-by mailplane"
+TIME_KEY = "_event_time"  # in the stored request: the time of the domain.created it came from
+log = logging.getLogger(__name__)
+
+
+def _stale(event: Envelope, before: state.DomainState) -> bool:
+    """An event older than the one already applied (retries can reorder events) must not undo it."""
+    applied = before.request.get(TIME_KEY)
+    return applied is not None and event.time < dt.datetime.fromisoformat(applied)
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,9 @@ def handle(event: Envelope, ports: Ports) -> Outcome:
     """
     domain = event.subject
     before, cur, pair = _key(event, ports)
+    if _stale(event, before):
+        log.info("stale: %s %s is older than the applied %s; ignored", NAME, event.id, before.request[TIME_KEY])
+        return Outcome(NAME, event.id, domain, "stale", {}, (), {"applied": before.request[TIME_KEY]})
     plans = plan_all(event, ports, pair)  # raises, with nothing written, when the event must be refused
     changes: dict[str, list[str]] = {"mailcow": [], "pmg": plans.gateway.summary(), "dns": [], "store": []}
     current = before
@@ -172,7 +185,7 @@ def handle(event: Envelope, ports: Ports) -> Outcome:
     if status == "provisioned" and plans.mail.dkim_import:
         ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
         changes["mailcow"].append(f"+ dkim {pair.selector}")
-    new = replace(current, request=dict(event.data), status=status)
+    new = replace(current, request={**event.data, TIME_KEY: event.time.isoformat()}, status=status)
     new = new.with_key_status(pair.selector, "ACTIVE" if status == "provisioned" else "PUBLISHED")
     if new.body() != current.body():
         state.save(ports.state, new, current)

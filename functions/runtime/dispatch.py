@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,8 @@ def _handle_once(name: str, handle: Callable[[Envelope, Ports], Outcome], event:
     with ports.ledger.claim(name, event) as claim:  # literal NAME, never derived from code location
         if claim.completed and claim.result is not None:
             return Outcome.from_json(claim.result)
-        outcome = handle(event, ports)
+        with ports.locks.hold(event.subject) if ports.locks else nullcontext():
+            outcome = handle(event, ports)
         claim.complete(outcome.to_json())
         return outcome
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from functions._core.config import Settings, StoreSettings
 from functions._core.errors import ConfigError
 from functions._core.idempotency import Ledger, default_owner
+from functions._core.locks import SubjectLocks
 from functions._core.ports import ObjectStore, Ports
 
 
@@ -62,6 +63,7 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         web=build_store(settings.store, settings.store.web_bucket, probe=False),
         settings=settings,
         ledger=ledger,
+        locks=SubjectLocks(state, lease=dt.timedelta(seconds=settings.broker.lease_seconds)),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 
 from functions._core.errors import AutomationError, PreconditionFailed
@@ -21,6 +22,7 @@ class MemoryStore:
         self.puts = 0  # successful puts
         self.gets = 0
         self.faults: list[AutomationError] = []
+        self._atomic = threading.Lock()
 
     def get(self, key: str) -> StoredObject | None:
         self._fault()
@@ -40,6 +42,10 @@ class MemoryStore:
         key = _checked(key)
         if if_none_match and if_match is not None:
             raise ValueError("if_none_match and if_match are exclusive")
+        with self._atomic:  # a conditional write is atomic, as on S3
+            return self._put(key, body, if_none_match, if_match, content_type)
+
+    def _put(self, key: str, body: bytes, if_none_match: bool, if_match: str | None, content_type: str) -> str:
         current = self.objects.get(key)
         if if_none_match and current is not None:
             raise PreconditionFailed(f"put {key}: object exists")

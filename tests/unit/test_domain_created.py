@@ -170,3 +170,18 @@ def test_unpropagated_secondary_is_transient_then_converges(world: World) -> Non
     fake.sync()
     assert domain_created.handle(event(), ports).status == "provisioned"
     assert fake.updates == 1  # the retry re-planned and found nothing left to write
+
+
+def test_an_older_event_does_not_undo_a_newer_one(world: World) -> None:
+    newer = load_event("domain.created")
+    newer["id"], newer["time"] = "newer", "2026-11-27T10:00:00Z"
+    newer["data"]["plan"]["mailboxes"] = 40
+    domain_created.handle(parse(json.dumps(newer).encode(), publisher="billing"), world.ports)
+    world.reset()
+    older = load_event("domain.created")
+    older["id"], older["time"] = "older", "2026-11-27T09:00:00Z"
+    out = domain_created.handle(parse(json.dumps(older).encode(), publisher="billing"), world.ports)
+    assert out.status == "stale" and out.emit == ()
+    assert world.writes() == {"mail": [], "gateway": [], "dns": [], "state": [], "web": []}
+    dom = world.ports.mail.get_domain("alpha.test")
+    assert dom is not None and dom.mailboxes == 40
