@@ -16,6 +16,7 @@ from functions._core.records import Key, RecordSet
 
 if TYPE_CHECKING:
     from functions._core.idempotency import Ledger
+    from functions._core.locks import SubjectLocks
 
 # ---------------------------------------------------------------- Mailcow
 
@@ -215,3 +216,4 @@ class Ports:
     settings: Settings
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
     ledger: Ledger | None = None  # idempotency ledger (A7); None = handlers alone (tests, dry runs)
+    locks: SubjectLocks | None = None  # per-subject leases across workers; None = no cross-process guard
