@@ -1,0 +1,151 @@
+"""infra/deploy: every manifest parses and names its kind, KEDA counts unacked messages, the units run mailplane,
+and the Kubernetes settings file stays the production sample with secrets from the environment."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from functions._core.config import Settings
+from tests.stackenv import REPO
+
+DEPLOY = REPO / "infra" / "deploy"
+MANIFESTS = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
+UNITS = sorted([*DEPLOY.rglob("*.service"), *DEPLOY.rglob("*.timer")])
+DRAIN_GRACE_S = 30  # functions/runtime/consumer.py Worker._drain
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def by_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for p in MANIFESTS for d in documents(p) if d["kind"] == kind]
+
+
+def unit(path: Path) -> dict[str, list[str]]:
+    """``Key`` -> every value it is given (systemd allows repeats), across sections."""
+    keys: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, sep, value = line.partition("=")
+            assert sep, f"{path.name}: not a key=value line: {line!r}"
+            keys.setdefault(key.strip(), []).append(value.strip())
+    return keys
+
+
+def seconds(value: str) -> float:
+    """A systemd time span such as ``90s``, ``15min`` or ``1min 30s``."""
+    units = {"": 1, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value))
+
+
+def test_there_is_something_to_check() -> None:
+    assert len(MANIFESTS) >= 5 and len(UNITS) == 4
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_parses_and_names_its_kind(path: Path) -> None:
+    docs = documents(path)
+    assert docs
+    for doc in docs:
+        assert isinstance(doc.get("apiVersion"), str) and isinstance(doc.get("kind"), str), path.name
+
+
+def test_kustomization_lists_existing_files() -> None:
+    (kust,) = by_kind("Kustomization")
+    for name in kust["resources"] + kust["configMapGenerator"][0]["files"]:
+        assert (DEPLOY / "k8s" / name).is_file(), name
+
+
+def test_keda_scales_on_ready_plus_unacked_of_the_work_queue() -> None:
+    (scaled,) = by_kind("ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "mailplane-worker"
+    triggers = scaled["spec"]["triggers"]
+    assert triggers and all(t["type"] == "rabbitmq" for t in triggers)
+    for t in triggers:
+        assert t["metadata"]["protocol"] == "http"  # amqp counts only ready messages (broker.md §14)
+        assert t["metadata"].get("excludeUnacknowledged", "false") == "false"
+        assert t["metadata"]["vhostName"] == "mailplane"
+    assert "q.work.0" in {t["metadata"]["queueName"] for t in triggers}
+
+
+def test_worker_deployment_outlives_the_drain_grace() -> None:
+    deployments = {d["metadata"]["name"]: d for d in by_kind("Deployment")}
+    pod = deployments["mailplane-worker"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > DRAIN_GRACE_S
+    (worker,) = pod["containers"]
+    assert worker["command"] == ["mailplane"] and worker["args"] == ["worker"]
+    assert {"name": "MAILPLANE_CONFIG", "value": "/etc/mailplane/platform.toml"} in worker["env"]
+    assert {"secretRef": {"name": "mailplane-secrets"}} in worker["envFrom"]
+
+
+def test_rotate_due_cronjob_runs_one_at_a_time() -> None:
+    (cron,) = by_kind("CronJob")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["mailplane"] and container["args"] == ["rotate-due"]
+
+
+@pytest.mark.parametrize("path", [p for p in UNITS if p.suffix == ".service"], ids=lambda p: p.name)
+def test_service_runs_mailplane_hardened(path: Path) -> None:
+    keys = unit(path)
+    (exec_start,) = keys["ExecStart"]
+    assert re.search(r"/mailplane \S", exec_start), exec_start
+    assert keys["NoNewPrivileges"] == ["yes"] and keys["ProtectSystem"] == ["strict"]
+    for env_file in keys["EnvironmentFile"]:
+        example = DEPLOY / "systemd" / (Path(env_file.lstrip("-")).name + ".example")
+        assert example.is_file(), f"{path.name}: no {example.name} for {env_file}"
+
+
+def test_worker_unit_stops_after_the_drain() -> None:
+    keys = unit(DEPLOY / "systemd" / "mailplane-worker.service")
+    assert keys["ExecStart"][0].endswith("mailplane worker")
+    assert keys["Restart"] == ["on-failure"] and keys["KillSignal"] == ["SIGTERM"]
+    assert seconds(keys["TimeoutStopSec"][0]) > DRAIN_GRACE_S
+    assert "/var/lib/mailplane" in keys["ReadWritePaths"]
+
+
+def test_rotate_due_timer_is_hourly_and_spread() -> None:
+    keys = unit(DEPLOY / "systemd" / "mailplane-rotate-due.timer")
+    assert keys["OnCalendar"] == ["hourly"] and seconds(keys["RandomizedDelaySec"][0]) > 0
+    assert keys["Unit"] == ["mailplane-rotate-due.service"]
+    service = unit(DEPLOY / "systemd" / "mailplane-rotate-due.service")
+    assert service["Type"] == ["oneshot"] and service["ExecStart"][0].endswith("mailplane rotate-due")
+
+
+def _without_secret_references(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) in ({"env"}, {"file"}):
+            return "<reference>"
+        return {k: _without_secret_references(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_secret_references(v) for v in value]
+    return value
+
+
+def test_k8s_settings_are_the_production_sample_with_env_secrets() -> None:
+    k8s = tomllib.loads((DEPLOY / "k8s" / "platform.toml").read_text())
+    prod = tomllib.loads((REPO / "infra" / "platform.toml").read_text())
+    assert _without_secret_references(k8s) == _without_secret_references(prod)
+    assert "file =" not in (DEPLOY / "k8s" / "platform.toml").read_text()
+
+
+def test_every_referenced_variable_is_documented_and_in_the_secret() -> None:
+    text = (DEPLOY / "k8s" / "platform.toml").read_text()
+    names = set(re.findall(r'\{ env = "([A-Z0-9_]+)" \}', text))
+    settings = Settings.load(DEPLOY / "k8s" / "platform.toml", {n: "x" for n in names})  # loads with exactly these
+    assert settings.mailcow.api_key.reveal() == "x"
+    readme = (DEPLOY / "README.md").read_text()
+    secret = next(
+        d for d in documents(DEPLOY / "k8s" / "secrets.example.yaml") if d["metadata"]["name"] == "mailplane-secrets"
+    )
+    for name in names | {"MAILPLANE_CONFIG"}:
+        assert f"`{name}`" in readme, name
+    assert names == set(secret["stringData"])
