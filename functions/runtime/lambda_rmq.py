@@ -34,6 +34,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -116,6 +117,7 @@ def _container() -> Runtime:
     """Build ports, publisher and settler on first use; reuse them for the life of the container."""
     global _runtime
     if _runtime is None:
+        main.load_secret_env(os.environ)
         settings = main.load_settings()
         ports = main.build_ports(settings)
         _runtime = Runtime(ports, Settler(Publisher(params(settings.broker)), settings.broker))

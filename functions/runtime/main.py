@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 from functions._core.config import Settings, StoreSettings
 from functions._core.errors import ConfigError
@@ -25,6 +28,35 @@ def load_settings(path: str | None = None) -> Settings:
     if not chosen:
         raise ConfigError("no settings file: pass --config or set MAILPLANE_CONFIG")
     return Settings.load(chosen)
+
+
+def load_secret_env(env: MutableMapping[str, str], client: Any = None) -> list[str]:
+    """Resolve $MAILPLANE_SECRETS (JSON ``{"ENV_NAME": {"secret": arn, "key": optional}}``, set by the Terraform
+    Lambda module) from Secrets Manager into ``env``, so the settings file can keep ``{ env = "ENV_NAME" }``
+    references. Variables already set win. Returns the names it set (never the values).
+
+    Raises:
+        ConfigError: malformed $MAILPLANE_SECRETS, or a secret (or its key) that cannot be read.
+    """
+    raw = env.get("MAILPLANE_SECRETS")
+    if not raw:
+        return []
+    try:
+        refs = json.loads(raw)
+        wanted = {name: (ref["secret"], ref.get("key")) for name, ref in refs.items() if name not in env}
+    except (ValueError, AttributeError, KeyError, TypeError):
+        raise ConfigError("MAILPLANE_SECRETS must be a JSON object of {ENV: {secret, key?}}") from None
+    if client is None and wanted:
+        import boto3
+
+        client = boto3.client("secretsmanager")
+    for name, (arn, key) in wanted.items():
+        try:
+            value = client.get_secret_value(SecretId=arn)["SecretString"]
+            env[name] = str(json.loads(value)[key]) if key else value
+        except Exception as exc:  # noqa: BLE001 - any failure here is a configuration problem; no secret in the text
+            raise ConfigError(f"cannot read secret for {name}: {type(exc).__name__}") from None
+    return sorted(wanted)
 
 
 def build_store(settings: StoreSettings, bucket: str, *, probe: bool) -> ObjectStore:

@@ -270,10 +270,11 @@ def test_undecodable_data_is_parked_without_running() -> None:
 
 def test_rung_and_last_attempt_come_from_the_queue() -> None:
     script = Script()
-    rt, _ = runtime(script)  # three retry delays: rung 3 is the last
-    for queue in ("q.work.2", "q.work.3"):
+    rt, _ = runtime(script)
+    last = len(rt.ports.settings.broker.retry_delays)  # the rung after the last retry delay is the last attempt
+    for queue in (f"q.work.{last - 1}", f"q.work.{last}"):
         process(rmq_batch(rmq_record("domain.created", **INVALID), queue=queue), rt)
-    assert [c[2:] for c in script.calls] == [(2, False), (3, True)]
+    assert [c[2:] for c in script.calls] == [(last - 1, False), (last, True)]
 
 
 def test_unconfirmed_settle_retries_the_batch() -> None:
