@@ -16,6 +16,7 @@ import random
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,7 +57,7 @@ class Worker:
         self.stopping = threading.Event()
         self._in_flight = 0
         self._guard = threading.Lock()
-        self.locks: dict[str, threading.Lock] = {}
+        self.locks = [threading.Lock() for _ in range(64)]
         self.counts = {"done": 0, "retry": 0, "park": 0, "requeue": 0, "reconnects": 0}
         self.on_result: Callable[[dispatch.Result], None] | None = None
         self.metrics = metrics
@@ -155,8 +156,8 @@ class Worker:
         self.pool.submit(self._work, conn, ch, rung, method.delivery_tag, props, body)
 
     def _lock(self, subject: str) -> threading.Lock:
-        with self._guard:
-            return self.locks.setdefault(subject, threading.Lock())
+        """A striped lock: one subject always maps to the same lock; memory stays bounded."""
+        return self.locks[zlib.crc32(subject.encode()) % len(self.locks)]
 
     def _work(self, conn: Any, ch: Any, rung: int, tag: int, props: Any, body: bytes) -> None:
         headers = props.headers or {}

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from functions import ROUTES
@@ -91,6 +92,8 @@ def _log(result: Result, body: bytes, attempt: int) -> None:
     """One JSON line per outcome, fit for Wazuh: no payload, no secrets."""
     ev, out = result.event, result.outcome
     line: dict[str, Any] = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "program": "mailplane",
         "event_id": ev.id if ev else peek(body, "id"),
         "type": ev.type if ev else peek(body, "type"),
         "subject": ev.subject if ev else peek(body, "subject"),
