@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from functions import domain_created
+from functions import domain_created, domain_deleted, key_rotate, node_down, node_up
 
 if TYPE_CHECKING:
     from functions._core.envelope import Envelope
@@ -25,4 +25,8 @@ class Route:
 
 ROUTES: dict[str, Route] = {
     "domain.created": Route(domain_created.NAME, domain_created.handle),
+    "domain.deleted": Route(domain_deleted.NAME, domain_deleted.handle),
+    "key.rotate": Route(key_rotate.NAME, key_rotate.handle),
+    "node.down": Route(node_down.NAME, node_down.handle),
+    "node.up": Route(node_up.NAME, node_up.handle),
 }

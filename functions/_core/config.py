@@ -116,6 +116,12 @@ class DkimSettings:
     keep_days: int = 30
     propagation_seconds: int = 3600
     key_encryption_key: Secret = field(default_factory=lambda: Secret(""))
+    # rotation (functions/_core/rotation.py, `mailplane rotate-due`)
+    rotate_jitter_days: int = 30  # per-domain offset in [0, N) days added to rotate_after_days (hash of the name)
+    rotate_max_per_run: int = 100  # new rotations one rotate-due run starts at most (it runs hourly)
+    revoke_hours: int = 0  # a retired key is served revoked (empty p=) this long before it is withdrawn; 0 = none
+    emergency_propagation_seconds: int = 300  # T_prop for a key replacing a compromised one (the smaller one wins)
+    emergency_revoke_hours: int = 48  # a compromised key is served revoked this long, then withdrawn
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,34 @@ class BrokerSettings:
 
 
 @dataclass(frozen=True)
+class NodeSettings:
+    """[nodes]: failover of a gateway node (node.down / node.up), the health prober and planned retirement.
+
+    The quorum minimum is ``provider.min_mx_in_rotation``.
+    """
+
+    hold_down_seconds: int = 300  # a node.up within this time of the last transition is retried later
+    smarthost: str = "relayhost"  # how Mailcow sends through the nodes: "relayhost" | "transport" | "none"
+    smarthost_format: str = "[{host}]:25"  # Mailcow relayhost hostname / transport nexthop of a node
+    rotation_names: tuple[str, ...] = ()  # round-robin names in the provider zone holding every node's addresses
+    probe_interval: float = 10.0  # seconds between probe rounds
+    probe_timeout: float = 5.0  # per check (SMTP banner, API)
+    fail_after: int = 3  # consecutive failed rounds before node.down
+    recover_after: int = 5  # consecutive good rounds before node.up
+    require_api: bool = False  # a failing PMG API alone also counts as a failure
+    observer: str = ""  # observer name in the events; "" = this host's name
+    retire_waves: tuple[int, ...] = (1, 10, 100)  # zones per wave before "the rest"
+    retire_error_budget: int = 3  # failed zones that halt a retirement run
+
+
+@dataclass(frozen=True)
+class DeletionSettings:
+    """[deletion]: domain.deleted suspends a domain first and removes it once the grace period has passed."""
+
+    grace_days: int = 30  # used when the event carries no grace_days; 0 = remove at once
+
+
+@dataclass(frozen=True)
 class Settings:
     provider: ProviderSettings
     mailcow: MailcowSettings
@@ -171,6 +205,8 @@ class Settings:
     dkim: DkimSettings = field(default_factory=DkimSettings)
     ttl: TtlSettings = field(default_factory=TtlSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    deletion: DeletionSettings = field(default_factory=DeletionSettings)
+    nodes: NodeSettings = field(default_factory=NodeSettings)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:

@@ -34,6 +34,7 @@ class MailDomain:
     defquota_mib: int  # default per mailbox
     active: bool = True
     relayhost: int = 0  # relayhost id, 0 = none
+    mailboxes_in_use: int = 0  # mailboxes that exist now (read-only; Mailcow refuses to delete a domain that has any)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class MailPort(Protocol):
     def delete_domain(self, domain: str) -> None: ...
     def get_dkim(self, domain: str) -> DkimKey | None: ...
     def import_dkim(self, domain: str, selector: str, private_pem: str, *, overwrite: bool) -> None: ...
+    def delete_dkim(self, domain: str) -> None: ...  # success if absent; delete/domain leaves the key behind
+    def list_mailboxes(self, domain: str) -> list[str]: ...  # usernames (local@domain)
+    def delete_mailbox(self, username: str) -> None: ...  # success if absent
     def list_relayhosts(self) -> list[Relayhost]: ...
     def add_relayhost(self, hostname: str) -> int: ...  # returns the new id (found by re-reading)
     def edit_relayhost(self, relayhost_id: int, *, hostname: str | None = None, active: bool | None = None) -> None: ...

@@ -24,8 +24,18 @@ from functions._core.ports import ObjectStore
 class KeyRecord:
     selector: str
     public_b64: str
-    status: str  # GENERATED | PUBLISHED | ACTIVE | RETIRING | WITHDRAWN | DESTROYED
+    status: str  # GENERATED | PUBLISHED | VISIBLE | READY | ACTIVE | RETIRING | REVOKED | WITHDRAWN | DESTROYED
     created_at: str
+    # rotation (functions/_core/rotation.py); optional, written only when set
+    changed_at: str | None = None  # ISO time of the last status change
+    serial: int | None = None  # primary's SOA serial right after the TXT was published
+    replaces: str | None = None  # selector this key replaces
+    event: str | None = None  # id of the key.rotate event that created this key
+    compromised_by: str | None = None  # id of the key.rotate that declared it compromised: revoke, then withdraw
+
+    def to_json(self) -> dict[str, Any]:
+        optional = ("changed_at", "serial", "replaces", "event", "compromised_by")
+        return {k: v for k, v in self.__dict__.items() if k not in optional or v is not None}
 
 
 @dataclass(frozen=True)
@@ -33,8 +43,11 @@ class DomainState:
     domain: str
     request: dict[str, Any] = field(default_factory=dict)  # last applied domain.created data (no secrets)
     keys: tuple[KeyRecord, ...] = ()
-    status: str = "new"
+    status: str = "new"  # new | provisioned | awaiting_dns | suspended | deleted
     etag: str | None = None
+    suspended_at: str | None = None  # ISO time domain.deleted suspended the domain
+    delete_after: str | None = None  # ISO time its removal becomes due (suspended_at + grace days)
+    history: tuple[dict[str, str], ...] = ()  # rotation transitions, newest last (bounded; see rotation.py)
 
     @property
     def current(self) -> KeyRecord | None:
@@ -52,8 +65,11 @@ class DomainState:
             "domain": self.domain,
             "request": self.request,
             "status": self.status,
-            "keys": [k.__dict__ for k in self.keys],
+            "keys": [k.to_json() for k in self.keys],
         }
+        data.update({k: v for k, v in (("suspended_at", self.suspended_at), ("delete_after", self.delete_after)) if v})
+        if self.history:
+            data["history"] = list(self.history)
         return json.dumps(data, sort_keys=True, indent=1, default=dict).encode()
 
 
@@ -76,6 +92,9 @@ def load(store: ObjectStore, domain: str) -> DomainState:
         keys=tuple(KeyRecord(**k) for k in raw.get("keys", [])),
         status=raw.get("status", "new"),
         etag=obj.etag,
+        suspended_at=raw.get("suspended_at"),
+        delete_after=raw.get("delete_after"),
+        history=tuple(raw.get("history", ())),
     )
 
 

@@ -68,7 +68,7 @@ class _Add:
     """A non-idempotent add: ``found`` tells whether an earlier attempt landed although its answer was lost."""
 
     path: str
-    body: dict[str, Any]
+    body: Any  # an object, or the list of items of a delete/*
     expect: str
     found: Callable[[], bool]
     sent: bool = False
@@ -218,6 +218,41 @@ class MailcowClient:
     def _signs_with(self, domain: str, selector: str, private_pem: str) -> bool:
         have = self.get_dkim(domain)
         return have is not None and have == DkimKey(selector, _public_b64(private_pem))
+
+    def delete_dkim(self, domain: str) -> None:
+        """Delete the domain's DKIM key (``delete/dkim``; ``dkim_removed`` even if none existed).
+
+        Raises:
+            MailcowUnavailable: Mailcow did not answer (after retries).
+            MailcowRejected: refused (``dkim_domain_or_sel_invalid``: a bad name).
+        """
+        self._write_again("delete/dkim", [_domain(domain)], "dkim_removed")
+
+    # -- mailboxes -------------------------------------------------------------------------
+
+    def list_mailboxes(self, domain: str) -> list[str]:
+        """The usernames of the domain's mailboxes (``get/mailbox/all/<domain>``).
+
+        Raises:
+            MailcowUnavailable: Mailcow did not answer (after retries).
+            MailcowRejected: Mailcow refused the request or answered something unexpected.
+        """
+        rows = self._get_list(f"get/mailbox/all/{_seg(_domain(domain))}")
+        return sorted(_str(r, "username").lower() for r in rows)
+
+    def delete_mailbox(self, username: str) -> None:
+        """Delete a mailbox and its mail; an absent mailbox is success (Mailcow itself answers ``access_denied``).
+
+        Raises:
+            MailcowUnavailable: Mailcow did not answer (after retries).
+            MailcowRejected: refused.
+        """
+        user = username.strip().lower()
+        path = f"get/mailbox/{_seg(user)}"
+        if self._get_object(path) is None:
+            return
+        # not idempotent: after a lost answer, re-read before sending again
+        self._add(_Add("delete/mailbox", [user], "mailbox_removed", lambda: self._get_object(path) is None))
 
     # -- relayhosts ------------------------------------------------------------------------
 
@@ -600,4 +635,5 @@ def _to_domain(data: dict[str, Any]) -> MailDomain:
         defquota_mib=_int(data, "def_quota_for_mbox") // MIB,
         active=_int(data, active) == 1,
         relayhost=_int(data, "relayhost"),
+        mailboxes_in_use=_int(data, "mboxes_in_domain") if "mboxes_in_domain" in data else 0,
     )

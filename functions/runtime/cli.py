@@ -101,9 +101,9 @@ def invoke(
         publisher = as_user or settings.broker.publishers.get(event.type, ("",))[0]
         ports = main.build_ports(settings)
         if dry_run:
-            from functions.domain_created import dry_run as plan
+            from functions.runtime.plan import dry_run_for
 
-            out.print_json(data=plan(parse(body, publisher=publisher), ports))
+            out.print_json(data=dry_run_for(event.type)(parse(body, publisher=publisher), ports))
             return
     except AutomationError as exc:
         _fail(exc)
@@ -179,9 +179,9 @@ def demo(config: ConfigOpt = None) -> None:
 
 
 def _register_subcommands() -> None:
-    from functions.runtime import cli_dlq
+    from functions.runtime import cli_dlq, cli_nodes, cli_ops, cli_rotate
 
-    for module in (cli_dlq,):
+    for module in (cli_ops, cli_nodes, cli_rotate, cli_dlq):  # cli_nodes' `plan` extends cli_ops' one
         module.register(app)
 
 
