@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 from functions._core.config import Settings
 from functions._core.errors import OwnershipConflict, PermanentError
-from functions._core.keys import dkim_txt
+from functions._core.keys import REVOKED_TXT, dkim_txt
 from functions._core.mailset import desired_records
 from functions._core.ports import DkimKey, DnsChange, GatewayTransport, MailDomain, RelayDomain
 from functions._core.records import Key, RecordSet
 from functions._core.state import KeyRecord
 
 MANAGED_MARK = "managed-by mailplane"  # what the adapters write into Mailcow descriptions and PMG comments
-REVOKED_TXT = "v=DKIM1;k=rsa;p="  # a key of ours served revoked during rotation (rotation.py, RFC 6376 §3.6.1)
 
 
 class DomainNotEmptyError(PermanentError):

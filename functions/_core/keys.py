@@ -44,6 +44,9 @@ def generate(selector: str, bits: int) -> KeyPair:
     return KeyPair(selector, base64.b64encode(spki).decode("ascii"), Secret(pem.decode("ascii")))
 
 
+REVOKED_TXT = "v=DKIM1;k=rsa;p="  # RFC 6376 §3.6.1: an empty p= means the key is revoked
+
+
 def dkim_txt(public_b64: str) -> str:
     """The DKIM TXT value in Mailcow's format."""
     return f"v=DKIM1;k=rsa;t=s;s=email;p={public_b64}"

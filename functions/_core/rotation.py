@@ -32,6 +32,7 @@ from functions._core.errors import (
     PermanentError,
     PreconditionFailed,
 )
+from functions._core.keys import REVOKED_TXT
 from functions._core.ports import DkimKey, DnsChange, Ports
 from functions._core.records import RecordSet
 from functions._core.state import DomainState, KeyRecord
@@ -42,7 +43,6 @@ SERVED = ("PUBLISHED", "VISIBLE", "READY", "ACTIVE", "RETIRING", "REVOKED")  # i
 MAX_PUBLISHED = 2
 MAX_STEPS = 16  # one run never loops forever, whatever the state says
 HISTORY = 60  # transitions kept in the state (the audit objects keep the emergencies for good)
-REVOKED_TXT = "v=DKIM1;k=rsa;p="  # RFC 6376 §3.6.1: an empty p= means revoked
 
 
 class RotationRefused(PermanentError):
