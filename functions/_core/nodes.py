@@ -31,7 +31,7 @@ from functions._core.errors import (
     PreconditionFailed,
     TransientError,
 )
-from functions._core.ports import DnsChange, MailPort, ObjectStore, Ports
+from functions._core.ports import DnsChange, MailPort, ObjectStore, Ports, put_over
 from functions._core.records import Key, RecordSet
 from functions._core.verify import serial_before
 
@@ -138,10 +138,7 @@ def save(store: ObjectStore, new: NodeState, before: NodeState) -> NodeState:
     if before.etag is not None and new.body() == before.body():
         return before
     try:
-        if before.etag is None:
-            etag = store.put(state_key(new.node), new.body(), if_none_match=True)
-        else:
-            etag = store.put(state_key(new.node), new.body(), if_match=before.etag)
+        etag = put_over(store, state_key(new.node), new.body(), before.etag)
     except PreconditionFailed:
         raise NodeStateConflict(f"state of node {new.node} changed concurrently; re-planning") from None
     return replace(new, etag=etag)

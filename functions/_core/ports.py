@@ -205,6 +205,17 @@ class ObjectStore(Protocol):
     def list(self, prefix: str) -> Iterator[str]: ...
 
 
+def put_over(store: ObjectStore, key: str, body: bytes, etag: str | None) -> str:
+    """Compare-and-set write of one object: create it when ``etag`` is None, else replace exactly that version.
+
+    Raises:
+        PreconditionFailed: the object exists (create) or changed since it was read (replace).
+    """
+    if etag is None:
+        return store.put(key, body, if_none_match=True)
+    return store.put(key, body, if_match=etag)
+
+
 # ---------------------------------------------------------------- the bundle
 
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from functions._core import keys
 from functions._core.config import Settings
 from functions._core.errors import DnsConflict, PreconditionFailed
-from functions._core.ports import ObjectStore
+from functions._core.ports import ObjectStore, put_over
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,7 @@ def save(store: ObjectStore, st: DomainState, before: DomainState) -> DomainStat
     if st.body() == before.body() and before.etag is not None:
         return before
     try:
-        if before.etag is None:
-            etag = store.put(state_key(st.domain), st.body(), if_none_match=True)
-        else:
-            etag = store.put(state_key(st.domain), st.body(), if_match=before.etag)
+        etag = put_over(store, state_key(st.domain), st.body(), before.etag)
     except PreconditionFailed:
         raise DnsConflict(f"state of {st.domain} changed concurrently; re-planning") from None
     return replace(st, etag=etag)

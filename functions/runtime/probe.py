@@ -32,7 +32,7 @@ import httpx
 from functions._core.config import MxHost, PmgSettings, Settings
 from functions._core.envelope import build
 from functions._core.errors import PreconditionFailed
-from functions._core.ports import ObjectStore
+from functions._core.ports import ObjectStore, put_over
 
 SOURCE = "urn:mailplane:monitoring"
 PUBLISHER = "monitoring"
@@ -145,10 +145,7 @@ def save(store: ObjectStore, new: ProbeState, before: ProbeState) -> ProbeState:
     if new.body() == before.body() and before.etag is not None:
         return before
     try:
-        if before.etag is None:
-            etag = store.put(state_key(new.host), new.body(), if_none_match=True)
-        else:
-            etag = store.put(state_key(new.host), new.body(), if_match=before.etag)
+        etag = put_over(store, state_key(new.host), new.body(), before.etag)
     except PreconditionFailed:
         log.warning("probe: state of %s changed concurrently (another prober?); keeping theirs", new.host)
         return load(store, new.host)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functions._core import nodes, state
 from functions._core.errors import AutomationError, EventInvalid, PermanentError, PreconditionFailed
 from functions._core.mailset import MARKER_NAME, MARKER_VALUE
-from functions._core.ports import DnsChange, Ports
+from functions._core.ports import DnsChange, Ports, put_over
 from functions._core.records import RecordSet
 
 log = logging.getLogger("mailplane.retire")
@@ -172,9 +172,7 @@ def _record(ports: Ports, plan: RetirePlan, applied: list[str], etag: str | None
     """Store the undo plan (the inverse of every change) and the zones applied so far; conditional write."""
     body = json.dumps({"plan": plan.as_json(), "digest": plan.digest, "applied": applied}, sort_keys=True, indent=1)
     key = undo_key(plan)
-    if etag is None:
-        return ports.state.put(key, body.encode(), if_none_match=True)
-    return ports.state.put(key, body.encode(), if_match=etag)
+    return put_over(ports.state, key, body.encode(), etag)
 
 
 def _start(ports: Ports, plan: RetirePlan) -> tuple[list[str], str]:
