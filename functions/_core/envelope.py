@@ -161,10 +161,16 @@ def schemas_dir() -> Path:
     """
     override = os.environ.get(SCHEMAS_ENV)
     if override is None:
-        return Path(__file__).resolve().parents[2] / "schemas"
+        return _repo_schemas()
     if not override:
         raise ConfigError(f"{SCHEMAS_ENV} is set but empty")
     return Path(override)
+
+
+@cache
+def _repo_schemas() -> Path:
+    """The repository's ``schemas/`` (resolved once: ``resolve()`` costs a syscall per path part on every event)."""
+    return Path(__file__).resolve().parents[2] / "schemas"
 
 
 # --- decoding -------------------------------------------------------------------------------------------------------

@@ -158,10 +158,11 @@ class PmgClient:
         self._session.auth = self._auth
         self._session.headers["accept"] = JsonSerializer().get_accept_types()
         self._login_session = requests.Session()
-        if session_adapter is not None:
-            for session in (self._session, self._login_session):
-                session.mount("https://", session_adapter)
-                session.mount("http://", session_adapter)
+        # kept-alive connections for every handler thread (requests keeps 10 per host, then reconnects with TLS)
+        adapter = session_adapter if session_adapter is not None else requests.adapters.HTTPAdapter(pool_maxsize=64)
+        for session in (self._session, self._login_session):
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
         self._serializer = JsonSerializer()
 
     def __repr__(self) -> str:

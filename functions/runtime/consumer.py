@@ -61,6 +61,7 @@ class Worker:
         self.counts = {"done": 0, "retry": 0, "park": 0, "requeue": 0, "reconnects": 0}
         self.on_result: Callable[[dispatch.Result], None] | None = None
         self.metrics = metrics
+        self._consumed = False  # the current session got as far as consuming (a later loss backs off from 0.5 s)
 
     @property
     def in_flight(self) -> int:
@@ -93,11 +94,13 @@ class Worker:
                 except pika.exceptions.ConnectionClosedByBroker as exc:
                     if exc.reply_code in FATAL_CLOSE_CODES:
                         raise
-                    delay = self._backoff(exc, delay)
+                    delay = self._backoff(exc, 0.5 if self._consumed else delay)
                 except (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError, OSError) as exc:
-                    delay = self._backoff(exc, delay)
+                    delay = self._backoff(exc, 0.5 if self._consumed else delay)
         finally:
-            self.pool.shutdown(wait=True)
+            # deliveries still queued in the pool went back to the broker with the connection: never run them now
+            # (their acks could only be dropped); wait only for the handlers already running
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.publisher.close()
         return 0
 
@@ -110,6 +113,7 @@ class Worker:
 
     def _session(self) -> bool:
         """One connection's life: consume until stopped or idle (True), or raise on connection loss."""
+        self._consumed = False
         conn = pika.BlockingConnection(params(self.broker))
         try:
             ch = conn.channel()
@@ -119,6 +123,7 @@ class Worker:
             log.info(
                 "consuming %s.0..%d (prefetch %d)", self.broker.work_queue_prefix, self.rungs, self.broker.prefetch
             )
+            self._consumed = True
             idle_since: float | None = None
             while not self.stopping.is_set():
                 conn.process_data_events(time_limit=0.2)
@@ -160,6 +165,9 @@ class Worker:
         return self.locks[zlib.crc32(subject.encode()) % len(self.locks)]
 
     def _work(self, conn: Any, ch: Any, rung: int, tag: int, props: Any, body: bytes) -> None:
+        if not ch.is_open:  # its connection is gone: the broker redelivers it; running it now is wasted work
+            self._flight(-1)
+            return
         headers = props.headers or {}
         publisher = effective_publisher(props.user_id, headers, self.broker)
         subject = str(headers.get("ce-subject", "")).lower()

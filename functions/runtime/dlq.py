@@ -45,6 +45,15 @@ class Parked:
         return {k: v for k, v in self.__dict__.items() if k not in ("tag", "body")}
 
 
+def _broker_reason(headers: dict[str, Any]) -> str:
+    """Messages the broker dead-lettered itself (delivery limit of the last rung) carry only x-death."""
+    deaths = headers.get("x-death") or []
+    if not deaths:
+        return ""
+    first = deaths[0]
+    return f"dead-lettered by the broker: {first.get('reason', '?')} in {first.get('queue', '?')}"
+
+
 def _parked(method: Any, props: Any, body: bytes) -> Parked:
     h = props.headers or {}
     try:
@@ -56,7 +65,7 @@ def _parked(method: Any, props: Any, body: bytes) -> Parked:
         props.message_id or "",
         etype,
         str(h.get("ce-subject", "")),
-        str(h.get("x-mailplane-reason", "")),
+        str(h.get("x-mailplane-reason", "")) or _broker_reason(h),
         str(h.get("x-mailplane-error", "")),
         int(h.get("x-mailplane-attempt", 0)),
         str(h.get("x-mailplane-publisher", "")),
