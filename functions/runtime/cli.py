@@ -170,7 +170,7 @@ def demo(config: ConfigOpt = None) -> None:
     """On the local stack: provision sample domains through the real worker and show the result."""
     from functions.runtime.demo import run_demo
 
-    main.setup_logging("WARNING")
+    main.setup_logging("WARNING", outcomes=False)  # the demo shows its own progress and tables
     try:
         code = run_demo(main.load_settings(config), out)
     except AutomationError as exc:

@@ -99,7 +99,7 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
     )
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", *, outcomes: bool = True) -> None:
     """Plain lines on stderr; outcome lines are JSON (see dispatch)."""
     logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     outcome = logging.getLogger("mailplane.outcome")  # pure JSON lines on stdout, for Wazuh / log shippers
@@ -108,6 +108,6 @@ def setup_logging(level: str = "INFO") -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         outcome.addHandler(handler)
         outcome.propagate = False
-        outcome.setLevel(logging.INFO)
+    outcome.setLevel(logging.INFO if outcomes else logging.WARNING)
     for noisy in ("pika", "botocore", "urllib3", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
