@@ -84,17 +84,19 @@ class CountingWire:
     def __init__(self, inner: DnsWire, tally: Tally) -> None:
         self._inner, self._tally = inner, tally
 
-    def transfer(self, zone: str) -> dns.zone.Zone:
+    def transfer(self, zone: str, server: tuple[str, int] | None = None) -> dns.zone.Zone:
         self._tally.add("dns", READ)
-        return self._inner.transfer(zone)
+        return self._inner.transfer(zone, server)
 
     def send(self, update: dns.update.UpdateMessage) -> int:
         self._tally.add("dns", WRITE)
         return self._inner.send(update)
 
-    def query(self, server: str, port: int, name: str, rtype: str, tcp: bool) -> dns.message.Message:
+    def query(
+        self, server: str, port: int, name: str, rtype: str, tcp: bool, recursive: bool = False
+    ) -> dns.message.Message:
         self._tally.add("dns", READ)
-        return self._inner.query(server, port, name, rtype, tcp)
+        return self._inner.query(server, port, name, rtype, tcp, recursive)
 
 
 def counted(ports: Ports, tally: Tally) -> Ports:

@@ -14,14 +14,14 @@ from typing import Any
 
 from functions._core import keys, state
 from functions._core.envelope import Envelope, build
-from functions._core.errors import EventInvalid
-from functions._core.mailset import customer_lines, desired_records, mta_sts_policy, policy_key
+from functions._core.errors import DnsRefused, EventInvalid
+from functions._core.mailset import customer_lines, delegated, desired_records, dkim_record, mta_sts_policy, policy_key
 from functions._core.names import is_within
 from functions._core.outcome import Outcome
 from functions._core.plans import DnsPlan, GatewayPlan, MailPlan, plan_dns, plan_gateway, plan_mail
 from functions._core.ports import DkimKey, GatewayTransport, MailDomain, Ports, RelayDomain, TrustedNetwork
 from functions._core.records import Key, RecordSet
-from functions._core.verify import external_missing, verify_zone
+from functions._core.verify import external_missing, verify_delegated, verify_zone
 
 NAME = "domain_created"
 SOURCE = "urn:mailplane:worker"
@@ -41,6 +41,7 @@ class Plans:
     mail: MailPlan
     gateway: GatewayPlan
     dns: DnsPlan | None  # None: the zone is hosted elsewhere
+    key_dns: DnsPlan | None  # delegated DKIM: the key's TXT in the delegation zone (None: not delegated)
     want_dns: dict[Key, RecordSet]
     policy: bytes | None  # new MTA-STS policy body, None when unchanged
 
@@ -70,9 +71,15 @@ def _key(event: Envelope, ports: Ports) -> tuple[state.DomainState, state.KeyRec
     domain, s = event.subject, ports.settings
     _refuse_protected(domain, ports)
     before = state.load(ports.state, domain)
-    cur = before.current
-    pair = state.load_key(ports.state, domain, cur.selector, s) if cur else state.new_key(before, s, ports.clock())
-    return before, cur, pair
+    cur, wanted = before.current, delegated(event.data)
+    if cur is not None and before.request and delegated(before.request) != wanted:
+        raise EventInvalid(
+            f"{domain}: DKIM delegation cannot be switched {'on' if wanted else 'off'} for a provisioned domain "
+            "(dns.hosted / dkim.delegate differ from the applied request); delete and re-create the domain"
+        )
+    if cur is not None:
+        return before, cur, state.load_key(ports.state, domain, cur.selector, s)
+    return before, cur, state.new_key(before, s, ports.clock(), delegated=wanted)
 
 
 def dry_run(event: Envelope, ports: Ports) -> dict[str, list[str]]:
@@ -86,6 +93,7 @@ def dry_run(event: Envelope, ports: Ports) -> dict[str, list[str]]:
         if plans.dns
         else [f"(hosted elsewhere) {ln}" for ln in customer_lines(plans.want_dns)],
         "store": ([] if cur else [f"+ sealed key {pair.selector}"]) + (["+ mta-sts policy"] if plans.policy else []),
+        **({"dns (delegation zone)": plans.key_dns.summary()} if plans.key_dns else {}),
     }
 
 
@@ -105,15 +113,37 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
     )
     want_key = DkimKey(pair.selector, pair.public_b64)
     mail = plan_mail(desired_mail(domain, data), ports.mail.get_domain(domain), want_key, ports.mail.get_dkim(domain))
-    want = desired_records(domain, s, pair.selector, pair.public_b64)
-    dns = None
+    deleg = delegated(data)
+    want = desired_records(domain, s, pair.selector, pair.public_b64, delegated=deleg)
+    dns = key_dns = None
     if data["dns"]["hosted"]:
         if not ports.dns.hosts_zone(domain):
             raise EventInvalid(f"zone {domain} is not served by our DNS (dns.hosted is true)")
         dns = plan_dns(domain, ports.dns.read_zone(domain), want)
+    elif deleg:
+        key_dns = plan_delegated_key(domain, ports, pair)
     body = mta_sts_policy(s).encode()
     have_policy = ports.web.get(policy_key(domain))
-    return Plans(mail, gateway, dns, want, None if have_policy and have_policy.body == body else body)
+    return Plans(mail, gateway, dns, key_dns, want, None if have_policy and have_policy.body == body else body)
+
+
+def plan_delegated_key(domain: str, ports: Ports, pair: keys.KeyPair) -> DnsPlan:
+    """The key's TXT at ``<slot>.<domain>.<delegation zone>``: added, or already there; anything else is foreign.
+
+    Raises:
+        EventInvalid: delegation is not offered, the name is too long, or our DNS does not serve the zone.
+        OwnershipConflict: the name holds data mailplane did not publish for this key.
+    """
+    zone = ports.settings.dkim.delegation_zone
+    want = dkim_record(domain, ports.settings, pair.selector, pair.txt, delegated=True)
+    try:  # one NS query: the delegation zone holds every delegated domain's keys, too large to transfer per event
+        served = ports.dns.read_rrset(zone, "NS") is not None
+    except DnsRefused:
+        served = False
+    if not served:
+        raise EventInvalid(f"{domain}: the DKIM delegation zone {zone} is not served by our DNS")
+    have = ports.dns.read_rrset(want.name, "TXT")
+    return plan_dns(zone, {want.key: have} if have else {}, {want.key: want})
 
 
 def apply_before_gate(plans: Plans, domain: str, ports: Ports) -> int | None:
@@ -133,8 +163,9 @@ def apply_before_gate(plans: Plans, domain: str, ports: Ports) -> int | None:
         ports.gateway.update_transport(g.update_transport)
     if plans.policy is not None:
         ports.web.put(policy_key(domain), plans.policy, content_type="text/plain")
-    if plans.dns and plans.dns.changes:
-        return ports.dns.apply(domain, list(plans.dns.changes))
+    for plan in (plans.dns, plans.key_dns):
+        if plan and plan.changes:
+            return ports.dns.apply(plan.zone, list(plan.changes))
     return None
 
 
@@ -148,7 +179,7 @@ def _claim_key(
         pair, plans = stored, plan_all(event, ports, stored)
     created = ports.clock().isoformat(timespec="seconds")
     record = state.KeyRecord(pair.selector, pair.public_b64, "GENERATED", created)
-    return state.save(ports.state, replace(before, keys=(*before.keys, record)), before), pair, plans
+    return state.save(ports.state, state.with_new_key(before, record), before), pair, plans
 
 
 def handle(event: Envelope, ports: Ports) -> Outcome:
@@ -172,7 +203,7 @@ def handle(event: Envelope, ports: Ports) -> Outcome:
         changes["store"].append(f"+ sealed key {pair.selector}")
     changes["mailcow"] = [c for c in plans.mail.summary() if not c.startswith("+ dkim")]
     serial = apply_before_gate(plans, domain, ports)
-    changes["dns"] = plans.dns.summary() if plans.dns else []
+    changes["dns"] = [*(plans.dns.summary() if plans.dns else []), *(plans.key_dns.summary() if plans.key_dns else [])]
     changes["store"] += ["+ mta-sts policy"] if plans.policy is not None else []
     if plans.dns is not None:
         # A replay that changed nothing of a domain that already passed the gate needs no second gate.
@@ -180,8 +211,12 @@ def handle(event: Envelope, ports: Ports) -> Outcome:
         servers = [] if passed else verify_zone(ports, domain, plans.dns.expected, serial, pair)
         status = "provisioned"
     else:
+        servers = []
+        if plans.key_dns is not None:
+            key = next(iter(plans.key_dns.expected.values()))
+            servers = verify_delegated(ports, domain, key, serial, pair)
         missing = external_missing(ports, plans.want_dns, pair)
-        servers, status = [], "awaiting_dns" if missing else "provisioned"
+        status = "awaiting_dns" if missing else "provisioned"
     if status == "provisioned" and plans.mail.dkim_import:
         ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
         changes["mailcow"].append(f"+ dkim {pair.selector}")

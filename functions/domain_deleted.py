@@ -24,7 +24,7 @@ from typing import Any
 from functions._core import deletion, state
 from functions._core.envelope import Envelope
 from functions._core.errors import EventInvalid
-from functions._core.mailset import customer_lines, policy_key, spf_value
+from functions._core.mailset import customer_lines, delegated, policy_key, spf_value
 from functions._core.names import is_within
 from functions._core.outcome import Outcome
 from functions._core.ports import Ports
@@ -57,7 +57,15 @@ def _load(event: Envelope, ports: Ports) -> state.DomainState:
 def _dns(
     domain: str, st: state.DomainState, ports: Ports, managed: dict[Key, RecordSet]
 ) -> tuple[deletion.DnsRemoval | None, tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """The DNS removal (None: not our zone to change), lines for a customer hosting the zone, kept lines."""
+    """The DNS removal (None: not our zone to change), lines for a customer hosting the zone, kept lines. A delegated
+    domain's keys are removed from the delegation zone; the customer may remove the slot CNAMEs."""
+    if delegated(st.request):
+        zone = ports.settings.dkim.delegation_zone
+        ours = {k: rs for k, rs in managed.items() if k[0].endswith(f".{zone}")}
+        theirs = {k: rs for k, rs in managed.items() if k not in ours}
+        have = {k: rs for k in ours if (rs := ports.dns.read_rrset(*k)) is not None}
+        dns, kept = deletion.plan_dns_removal(zone, have, ours, spf_value(ports.settings))
+        return dns, tuple(customer_lines(theirs)), tuple(("dns", k) for k in kept)
     if not st.request.get("dns", {}).get("hosted", True):
         return None, tuple(customer_lines(managed)), ()
     if not ports.dns.hosts_zone(domain):
@@ -74,7 +82,8 @@ def plan_removal(event: Envelope, st: state.DomainState, ports: Ports) -> deleti
     mail, kept_mail = deletion.plan_mail_removal(domain, have, ports.mail.get_dkim(domain), st.keys, boxes, force=force)
     gw = ports.gateway
     gateway, kept_gw = deletion.plan_gateway_removal(domain, gw.list_relay_domains(), gw.list_transports())
-    dns, instructions, kept_dns = _dns(domain, st, ports, deletion.managed_records(domain, ports.settings, st.keys))
+    managed = deletion.managed_records(domain, ports.settings, st.keys, delegated=delegated(st.request))
+    dns, instructions, kept_dns = _dns(domain, st, ports, managed)
     kept = (*(("mailcow", k) for k in kept_mail), *(("pmg", k) for k in kept_gw), *kept_dns)
     policy = ports.web.get(policy_key(domain)) is not None
     return deletion.Removal(mail, gateway, dns, policy, tuple(ports.state.list(f"keys/{domain}/")), kept, instructions)
@@ -144,7 +153,7 @@ def apply_removal(domain: str, r: deletion.Removal, ports: Ports) -> None:
     if r.gateway.relay_domain:
         ports.gateway.delete_relay_domain(r.gateway.relay_domain)
     if r.dns and r.dns.changes:
-        ports.dns.apply(domain, list(r.dns.changes))
+        ports.dns.apply(r.dns.zone, list(r.dns.changes))
     if r.policy:
         ports.web.delete(policy_key(domain))
     for blob in r.blobs:

@@ -10,11 +10,13 @@ logs: they live only sealed (AES-GCM) in the object store.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from functions._core import rotation
 from functions._core.envelope import Envelope, build
 from functions._core.errors import EventInvalid
+from functions._core.mailset import delegated, dkim_record
 from functions._core.names import is_within, normalize_domain
 from functions._core.outcome import Outcome
 from functions._core.ports import Ports
@@ -23,12 +25,12 @@ from functions._core.state import DomainState
 NAME = "key_rotate"
 SOURCE = "urn:mailplane:worker"
 
-_EFFECTS = {  # transition target -> (system, change line); {s} = selector, {d} = domain
+_EFFECTS = {  # transition target -> (system, change line); {s} = selector, {n} = the DKIM TXT's name
     "GENERATED": ("store", "+ sealed key {s}"),
-    "PUBLISHED": ("dns", "+ TXT {s}._domainkey.{d}"),
+    "PUBLISHED": ("dns", "+ TXT {n}"),
     "ACTIVE": ("mailcow", "~ dkim {s}"),
-    "REVOKED": ("dns", "~ TXT {s}._domainkey.{d} revoked (p=)"),
-    "WITHDRAWN": ("dns", "- TXT {s}._domainkey.{d}"),
+    "REVOKED": ("dns", "~ TXT {n} revoked (p=)"),
+    "WITHDRAWN": ("dns", "- TXT {n}"),
     "DESTROYED": ("store", "- sealed key {s}"),
 }
 
@@ -72,17 +74,22 @@ def handle(event: Envelope, ports: Ports) -> Outcome:
     }
     if wait.instructions:
         detail["instructions"] = list(wait.instructions)
-    return Outcome(NAME, event.id, event.subject, wait.status, _changes(event.subject, done), emit, detail)
+    deleg = delegated(st.request)
+
+    def txt_name(selector: str) -> str:
+        return dkim_record(event.subject, ports.settings, selector, "-", delegated=deleg).name
+
+    return Outcome(NAME, event.id, event.subject, wait.status, _changes(txt_name, done), emit, detail)
 
 
-def _changes(domain: str, done: list[dict[str, str]]) -> dict[str, tuple[str, ...]]:
+def _changes(txt_name: Callable[[str], str], done: list[dict[str, str]]) -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
     for h in done:
         target = h["transition"].split("->")[1]
         out.setdefault("state", []).append(f"~ {h['selector']} {h['transition']}")
         if target in _EFFECTS:
             system, line = _EFFECTS[target]
-            out.setdefault(system, []).append(line.format(s=h["selector"], d=domain))
+            out.setdefault(system, []).append(line.format(s=h["selector"], n=txt_name(h["selector"])))
     return {k: tuple(v) for k, v in out.items()}
 
 

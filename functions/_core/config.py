@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from functions._core.errors import ConfigError
+
+_SLOT = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")  # a DKIM delegation slot (a selector label)
 
 
 class Secret:
@@ -93,6 +96,9 @@ class DnsSettings:
     timeout: float = 5.0
     # Authoritative servers to verify; empty = the zone's NS names resolved at the primary.
     servers: tuple[str, ...] = ()
+    # Recursive resolvers for the public view of zones hosted elsewhere ("host" or "host:port"; the first is asked);
+    # empty = the first name server in /etc/resolv.conf.
+    resolvers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,17 @@ class DkimSettings:
     revoke_hours: int = 0  # a retired key is served revoked (empty p=) this long before it is withdrawn; 0 = none
     emergency_propagation_seconds: int = 300  # T_prop for a key replacing a compromised one (the smaller one wins)
     emergency_revoke_hours: int = 48  # a compromised key is served revoked this long, then withdrawn
+    # DKIM delegation (domain.created ``dkim.delegate`` for zones hosted elsewhere, reference/dns.md §5.4): the
+    # customer publishes ``<slot>._domainkey.<domain> CNAME <slot>.<domain>.<delegation_zone>.`` once per slot;
+    # mailplane then publishes and rotates the keys in ``delegation_zone`` (a zone our DNS serves). "" = not offered.
+    delegation_zone: str = ""
+    delegation_slots: tuple[str, ...] = ("mpa", "mpb", "mpc")  # selectors, used round robin (>= 3: see rotation.py)
+
+    def __post_init__(self) -> None:
+        slots = self.delegation_slots
+        bad = [s for s in slots if not _SLOT.fullmatch(s)]
+        if bad or len(set(slots)) != len(slots) or len(slots) < 3:
+            raise ConfigError("dkim.delegation_slots must be at least 3 distinct lowercase DNS labels (e.g. mpa, mpb)")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functions._core.config import Settings
 from functions._core.errors import OwnershipConflict, PermanentError
 from functions._core.keys import REVOKED_TXT, dkim_txt
-from functions._core.mailset import desired_records
+from functions._core.mailset import desired_records, dkim_record
 from functions._core.ports import DkimKey, DnsChange, GatewayTransport, MailDomain, RelayDomain
 from functions._core.records import Key, RecordSet
 from functions._core.state import KeyRecord
@@ -81,12 +81,15 @@ class Removal:
         return {"mailcow": self.mail.summary(), "pmg": self.gateway.summary(), "dns": dns, "store": store}
 
 
-def managed_records(domain: str, settings: Settings, keys: Iterable[KeyRecord]) -> dict[Key, RecordSet]:
-    """Every RRset mailplane may have published for ``domain``: the record set plus the DKIM TXT of every key."""
-    base = desired_records(domain, settings, "-", "")
-    out = {k: rs for k, rs in base.items() if not k[0].endswith(f"._domainkey.{domain}")}
+def managed_records(
+    domain: str, settings: Settings, keys: Iterable[KeyRecord], *, delegated: bool = False
+) -> dict[Key, RecordSet]:
+    """Every RRset mailplane may have published for ``domain``: the record set plus the DKIM TXT of every key (a
+    delegated domain: the slot CNAMEs in the customer's zone, the TXTs in the delegation zone)."""
+    base = desired_records(domain, settings, "-", "", delegated=delegated)
+    out = {k: rs for k, rs in base.items() if not (k[0].endswith(f"._domainkey.{domain}") and k[1] == "TXT")}
     for key in keys:
-        rs = RecordSet.of(f"{key.selector}._domainkey.{domain}", "TXT", settings.ttl.dkim, [dkim_txt(key.public_b64)])
+        rs = dkim_record(domain, settings, key.selector, dkim_txt(key.public_b64), delegated=delegated)
         out[rs.key] = rs
     return out
 
@@ -154,7 +157,7 @@ def plan_dns_removal(
             if len(rest) < len(cur.values):
                 after = RecordSet.of(cur.name, "TXT", cur.ttl, rest) if rest else None
                 changes.append(DnsChange(before=cur, after=after))
-        elif cur.values == want.values or (key[0].endswith(f"._domainkey.{zone}") and cur.values == (REVOKED_TXT,)):
+        elif cur.values == want.values or (want.values[0].startswith("v=DKIM1") and cur.values == (REVOKED_TXT,)):
             changes.append(DnsChange(before=cur, after=None))
         else:
             kept.append(f"= kept {key[1]} {key[0]} (holds data mailplane did not publish)")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import os
 import string
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import dkim
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from functions._core.config import Secret
@@ -99,13 +101,7 @@ def probe_verifies(domain: str, selector: str, private_pem: Secret, lookup: TxtL
         f"From: probe@{domain}\r\nTo: probe@{domain}\r\nSubject: mailplane DKIM probe\r\n"
         f"Date: {dt.datetime.now(dt.UTC):%a, %d %b %Y %H:%M:%S +0000}\r\n\r\nprobe\r\n"
     ).encode()
-    sig = dkim.sign(
-        msg,
-        selector.encode(),
-        domain.encode(),
-        private_pem.reveal().encode("ascii"),
-        include_headers=[b"from", b"to", b"subject", b"date"],
-    )
+    sig = _dkim_signature(msg, selector, domain, private_pem)
 
     def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes | None:
         return lookup(name.decode() if isinstance(name, bytes) else name)
@@ -114,3 +110,27 @@ def probe_verifies(domain: str, selector: str, private_pem: Secret, lookup: TxtL
         return bool(dkim.verify(sig + msg, dnsfunc=dnsfunc, minkey=2048))
     except dkim.DKIMException:
         return False
+
+
+def _dkim_signature(msg: bytes, selector: str, domain: str, private_pem: Secret) -> bytes:
+    """The DKIM-Signature header dkimpy's ``dkim.sign`` makes for ``msg`` (rsa-sha256, relaxed/simple, the same
+    tags), signed with cryptography's RSA instead of dkimpy's pure-Python one (~1 ms instead of 8-14 ms of CPU).
+
+    Only for the probe: its header values hold no folding and no runs of spaces, so relaxed header canonicalisation is
+    lowercasing the names. RFC 6376 §3.4, §3.5, §3.7.
+    """
+    head, _, body = msg.partition(b"\r\n\r\n")
+    signed = [line.split(b":", 1) for line in head.split(b"\r\n")]
+    tags = (
+        f"v=1; a=rsa-sha256; c=relaxed/simple; d={domain}; i=@{domain}; q=dns/txt; s={selector}; "
+        f"t={int(time.time())}; h={' : '.join(name.decode().lower() for name, _ in signed)}; "
+        f"bh={base64.b64encode(hashlib.sha256(body).digest()).decode()}; b="
+    ).encode()
+    hashed = b"".join(name.lower() + b":" + value.strip() + b"\r\n" for name, value in signed)
+    key = serialization.load_pem_private_key(
+        private_pem.reveal().encode("ascii"), password=None, unsafe_skip_rsa_key_validation=True
+    )
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise PermanentError("DKIM probe: the private key is not RSA")
+    b = key.sign(hashed + b"dkim-signature:" + tags, padding.PKCS1v15(), hashes.SHA256())
+    return b"DKIM-Signature: " + tags + base64.b64encode(b) + b"\r\n"

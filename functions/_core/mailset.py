@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 from functions._core.config import Settings
+from functions._core.errors import EventInvalid
 from functions._core.keys import dkim_txt
 from functions._core.records import Key, RecordSet
 
@@ -43,15 +46,55 @@ def spf_value(settings: Settings) -> str:
     return f"v=spf1 include:{settings.policy.spf_include} ~all"
 
 
-def desired_records(domain: str, settings: Settings, selector: str, public_b64: str) -> dict[Key, RecordSet]:
-    """Every RRset mailplane manages in a customer zone (apex TXT holds only the SPF value here)."""
+def delegated(request: Mapping[str, Any]) -> bool:
+    """domain.created asked for DKIM delegation by CNAME, which applies only to a zone hosted elsewhere."""
+    dns, dk = request.get("dns"), request.get("dkim")
+    hosted = isinstance(dns, Mapping) and dns.get("hosted") is True
+    return not hosted and isinstance(dk, Mapping) and dk.get("delegate") is True
+
+
+def delegation_target(domain: str, selector: str, settings: Settings) -> str:
+    """``<slot>.<domain>.<delegation_zone>``: where the key a delegated ``<slot>._domainkey.<domain>`` points lives.
+
+    Raises:
+        EventInvalid: delegation is not offered (no ``dkim.delegation_zone``) or the name would be too long.
+    """
+    zone = settings.dkim.delegation_zone
+    if not zone:
+        raise EventInvalid(f"{domain}: dkim.delegate is not offered (dkim.delegation_zone is not configured)")
+    name = f"{selector}.{domain}.{zone}"
+    if len(name) > 253:
+        raise EventInvalid(f"{domain} is too long to delegate DKIM into {zone} ({len(name)} > 253 characters)")
+    return name
+
+
+def dkim_record(domain: str, settings: Settings, selector: str, txt: str, *, delegated: bool) -> RecordSet:
+    """The DKIM TXT of one key: in the customer's zone, or for a delegated domain in the delegation zone."""
+    name = delegation_target(domain, selector, settings) if delegated else f"{selector}._domainkey.{domain}"
+    return RecordSet.of(name, "TXT", settings.ttl.dkim, [txt])
+
+
+def desired_records(
+    domain: str, settings: Settings, selector: str, public_b64: str, *, delegated: bool = False
+) -> dict[Key, RecordSet]:
+    """Every RRset mailplane manages in a customer zone (apex TXT holds only the SPF value here). A delegated
+    domain gets one CNAME per slot into the delegation zone instead of the DKIM TXT (see ``dkim_record``)."""
     t, mc = settings.ttl, settings.mailcow.host
     pref = settings.provider.mx_preference
     pid = policy_id(mta_sts_policy(settings))
     sets = [
         RecordSet.of(domain, "MX", t.mx, [f"{pref} {fqdn(h.name)}" for h in settings.provider.mx_hosts]),
         RecordSet.of(domain, "TXT", t.txt, [spf_value(settings)]),
-        RecordSet.of(f"{selector}._domainkey.{domain}", "TXT", t.dkim, [dkim_txt(public_b64)]),
+        *(
+            [
+                RecordSet.of(
+                    f"{slot}._domainkey.{domain}", "CNAME", t.cname, [fqdn(delegation_target(domain, slot, settings))]
+                )
+                for slot in settings.dkim.delegation_slots
+            ]
+            if delegated
+            else [dkim_record(domain, settings, selector, dkim_txt(public_b64), delegated=False)]
+        ),
         RecordSet.of(f"_dmarc.{domain}", "TXT", t.txt, [dmarc_value(settings)]),
         RecordSet.of(f"autoconfig.{domain}", "CNAME", t.cname, [fqdn(mc)]),
         RecordSet.of(f"autodiscover.{domain}", "CNAME", t.cname, [fqdn(mc)]),

@@ -169,9 +169,11 @@ class DnsPort(Protocol):
 
     def hosts_zone(self, zone: str) -> bool: ...  # the primary serves this zone and our key may update it
     def read_zone(self, zone: str) -> dict[Key, RecordSet]: ...  # every RRset in the zone (AXFR)
+    def read_rrset(self, name: str, rtype: str) -> RecordSet | None: ...  # one RRset as the primary serves it
     def apply(self, zone: str, changes: list[DnsChange]) -> int: ...  # ONE atomic UPDATE; returns the new serial
     def servers(self, zone: str) -> list[str]: ...  # authoritative servers to verify ("host" or "host:port")
     def serial(self, zone: str, server: str) -> int | None: ...
+    def read_zone_at(self, zone: str, server: str) -> tuple[int, dict[Key, RecordSet]] | None: ...  # AXFR from server
     def query(self, server: str, name: str, rtype: str) -> RecordSet | None: ...  # RD=0, TXT strings joined
     def resolve(self, name: str, rtype: str) -> RecordSet | None: ...  # public view (external zones)
 

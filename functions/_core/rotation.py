@@ -33,10 +33,11 @@ from functions._core.errors import (
     PreconditionFailed,
 )
 from functions._core.keys import REVOKED_TXT
+from functions._core.mailset import customer_lines, delegated, delegation_target, desired_records, dkim_record, fqdn
 from functions._core.ports import DkimKey, DnsChange, Ports
 from functions._core.records import RecordSet
 from functions._core.state import DomainState, KeyRecord
-from functions._core.verify import server_mismatches
+from functions._core.verify import delegated_lookup, external_missing, server_mismatches
 
 PENDING = ("GENERATED", "PUBLISHED", "VISIBLE", "READY")  # a successor on its way to ACTIVE
 SERVED = ("PUBLISHED", "VISIBLE", "READY", "ACTIVE", "RETIRING", "REVOKED")  # its TXT is in DNS
@@ -149,8 +150,13 @@ def _target(st: DomainState, req: Request) -> KeyRecord | None:
     return marked if marked is not None else active(st)
 
 
-def next_step(st: DomainState, req: Request, s: DkimSettings, now: dt.datetime) -> Step | Wait:
+def next_step(
+    st: DomainState, req: Request, s: DkimSettings, now: dt.datetime, *, delegated: bool = False
+) -> Step | Wait:
     """The one step that may run now for ``st``, or why none may."""
+    first = pending(st)
+    if st.status == "awaiting_dns" and first is not None and first.status == "PUBLISHED":
+        return Step("activate", first.selector)
     if st.status != "provisioned" or active(st) is None:
         return Wait("skipped", f"{st.domain} is {st.status} with no active DKIM key: nothing to rotate")
     target = _target(st, req)
@@ -168,9 +174,20 @@ def next_step(st: DomainState, req: Request, s: DkimSettings, now: dt.datetime) 
     if new is not None:
         return _successor_step(st, new, s, now, emergency)
     if target is not None and target.status == "ACTIVE":
-        blocker = _blocker(st, s, emergency)
+        blocker = _blocker(st, s, emergency) or _no_slot(st, s, delegated)
         return Step("generate") if blocker is None else blocker
     return _idle(st, s)
+
+
+def _no_slot(st: DomainState, s: DkimSettings, delegated: bool) -> Step | Wait | None:
+    """A delegated domain reuses its CNAME slots: a slot whose earlier key is only withdrawn (kept ``keep_days``
+    for the record) has that key destroyed early; a Wait when every slot still serves a key."""
+    if not delegated or state.next_slot(st, s.delegation_slots) is not None:
+        return None
+    withdrawn = next((k for k in st.keys if k.status == "WITHDRAWN" and k.selector in s.delegation_slots), None)
+    if withdrawn is not None:
+        return Step("destroy", withdrawn.selector)
+    return Wait("pending", f"every DKIM delegation slot ({', '.join(s.delegation_slots)}) still holds a served key")
 
 
 def _blocker(st: DomainState, s: DkimSettings, emergency: bool) -> Wait | None:
@@ -209,7 +226,9 @@ def _idle(st: DomainState, s: DkimSettings) -> Wait:
 
 def due(st: DomainState, s: DkimSettings) -> tuple[str, dt.datetime] | None:
     """When this domain next needs a key.rotate: ("nudge", t) to continue a rotation, ("start", t) to begin one."""
-    cur = active(st)
+    cur, first = active(st), pending(st)
+    if st.status == "awaiting_dns" and first is not None:  # checked at every run until the customer's DNS is there
+        return "nudge", since(first)
     if st.status != "provisioned" or cur is None:
         return None
     emergency = _emergency(st)
@@ -224,65 +243,90 @@ def due(st: DomainState, s: DkimSettings) -> tuple[str, dt.datetime] | None:
     return "start", start
 
 
-# ---------------------------------------------------------------- the zone: ours (CAS) or hosted elsewhere (manual)
+# ---------------------------------------------------------------- the zone: ours (CAS), delegated to us, or elsewhere
 
 
 TxtLookup = Callable[[str], bytes | None]
 
 
 class Zone:
-    """The DKIM names of one customer domain. Hosted by us: read from the primary, written with CAS, verified on
-    every authoritative server. Hosted elsewhere: read from the public DNS; every write is a manual action."""
+    """Where the DKIM TXT of one customer domain lives, in one of three places:
+
+    - hosted: the customer zone is ours: read from the primary, written with CAS, verified on every server;
+    - delegated: the customer CNAMEs each slot into our delegation zone (reference/dns.md §5.4): the TXT is read,
+      written (CAS) and verified there, and the canary also resolves it through the customer's CNAME;
+    - elsewhere: read from the public DNS; every write is a manual action for the customer.
+    """
 
     def __init__(self, ports: Ports, domain: str, hosted: bool, *, delegated: bool = False) -> None:
-        self.ports, self.domain, self.hosted, self.delegated = ports, domain, hosted, delegated
+        self.ports, self.domain, self.hosted = ports, domain, hosted
+        self.delegated = delegated and not hosted
+        self.managed = hosted or self.delegated  # mailplane writes the TXT itself
+        self.zone = ports.settings.dkim.delegation_zone if self.delegated else domain
 
     def name(self, selector: str) -> str:
+        if self.delegated:
+            return delegation_target(self.domain, selector, self.ports.settings)
         return f"{selector}._domainkey.{self.domain}"
 
     def want(self, selector: str, text: str) -> RecordSet:
-        return RecordSet.of(self.name(selector), "TXT", self.ports.settings.ttl.dkim, [text])
+        return dkim_record(self.domain, self.ports.settings, selector, text, delegated=self.delegated)
 
     def txt(self, selector: str) -> RecordSet | None:
-        name = self.name(selector)
+        name, dns = self.name(selector), self.ports.dns
         if self.hosted:
-            return self.ports.dns.read_zone(self.domain).get((name, "TXT"))
-        return self.ports.dns.resolve(name, "TXT")
+            return dns.read_zone(self.domain).get((name, "TXT"))
+        return dns.read_rrset(name, "TXT") if self.delegated else dns.resolve(name, "TXT")
 
     def write(self, before: RecordSet | None, after: RecordSet | None, manual: list[str]) -> int | Wait:
         """ONE CAS UPDATE (returns the serial), or for a zone hosted elsewhere the action the customer must take."""
-        if not self.hosted:
-            why = f"the zone {self.domain} is hosted elsewhere"
-            if self.delegated:  # domain.created dkim.delegate: the CNAME into the provider zone is not built yet
-                why += "; DKIM delegation by CNAME is not implemented, so the customer publishes the key"
-            return Wait("manual_action", why, None, tuple(manual))
-        return self.ports.dns.apply(self.domain, [DnsChange(before=before, after=after)])
+        if not self.managed:
+            return Wait("manual_action", f"the zone {self.domain} is hosted elsewhere", None, tuple(manual))
+        return self.ports.dns.apply(self.zone, [DnsChange(before=before, after=after)])
 
-    def lookups(self) -> list[tuple[str, TxtLookup]]:
-        """(server, TXT lookup) for every authoritative server, or the public view for a zone hosted elsewhere."""
+    def lookups(self, selector: str) -> list[tuple[str, TxtLookup]]:
+        """(where, TXT lookup) for every authoritative server, and the public view where the customer's DNS is
+        involved (a zone hosted elsewhere; a delegated one, through the customer's CNAME)."""
         dns = self.ports.dns
 
         def public(name: str) -> bytes | None:
             return _one(dns.resolve(name.rstrip("."), "TXT"))
 
-        if not self.hosted:
+        if not self.managed:
             return [("public DNS", public)]
+        target = self.name(selector)
 
         def at(server: str) -> TxtLookup:
+            if self.delegated:
+                return delegated_lookup(lambda n: dns.query(server, n, "TXT"), self.domain, selector, target)
             return lambda name: _one(dns.query(server, name.rstrip("."), "TXT"))
 
-        return [(server, at(server)) for server in dns.servers(self.domain)]
+        found = [(server, at(server)) for server in dns.servers(self.zone)]
+        return [*found, ("public DNS via the customer's CNAME", public)] if self.delegated else found
 
     def mismatches(self, want: RecordSet, min_serial: int | None) -> list[str]:
-        if not self.hosted:
+        if not self.managed:
             got = self.ports.dns.resolve(want.name, "TXT")
             return [] if want.same_data(got) else [f"public DNS: TXT {want.name} is not published yet"]
         dns = self.ports.dns
         return [
             problem
-            for server in dns.servers(self.domain)
-            for problem in server_mismatches(dns, self.domain, server, {want.key: want}, min_serial)
+            for server in dns.servers(self.zone)
+            for problem in server_mismatches(dns, self.zone, server, {want.key: want}, min_serial)
         ]
+
+    def cname_problem(self, selector: str) -> Wait | None:
+        """Delegated: a manual action when the customer's ``<selector>._domainkey`` CNAME is gone or points
+        elsewhere (checked before every switch; the customer publishes it once, at domain.created)."""
+        if not self.delegated:
+            return None
+        name, target = f"{selector}._domainkey.{self.domain}", self.name(selector)
+        got = self.ports.dns.resolve(name, "CNAME")
+        if got is not None and got.values == (fqdn(target),):
+            return None
+        line = RecordSet.of(name, "CNAME", self.ports.settings.ttl.cname, [fqdn(target)]).zone_lines()
+        why = f"the customer's CNAME {name} is {'missing' if got is None else 'pointing elsewhere'}"
+        return Wait("manual_action", why, None, tuple(f"publish: {ln}" for ln in line))
 
 
 def _one(rs: RecordSet | None) -> bytes | None:
@@ -325,8 +369,11 @@ def _entry(ctx: Ctx, at: str, selector: str, transition: str) -> dict[str, str]:
     return {"at": at, "event": ctx.request.event_id, "selector": selector, "transition": transition}
 
 
-def _audit(ctx: Ctx, selector: str, action: str) -> None:
-    """An immutable audit record per action on a compromised key (written once; a replay finds it)."""
+def _audit(ctx: Ctx, st: DomainState, selector: str, action: str) -> None:
+    """An immutable audit record per action on a compromised key (written once; a replay finds it). A delegation
+    slot is reused over the years, so its key is named by the slot and the key's creation time."""
+    created = _key(st, selector).created_at if ctx.zone.delegated else ""
+    name = f"{selector}@{created}" if created else selector
     body = {
         "domain": ctx.domain,
         "selector": selector,
@@ -337,9 +384,7 @@ def _audit(ctx: Ctx, selector: str, action: str) -> None:
         "reason": "compromised",
     }
     try:
-        ctx.ports.state.put(
-            f"audit/{ctx.domain}/{selector}/{action}.json", json.dumps(body).encode(), if_none_match=True
-        )
+        ctx.ports.state.put(f"audit/{ctx.domain}/{name}/{action}.json", json.dumps(body).encode(), if_none_match=True)
     except PreconditionFailed:
         pass
 
@@ -351,14 +396,16 @@ def _not_signing(ctx: Ctx, k: KeyRecord) -> None:
 
 
 def compromise(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
-    _audit(ctx, selector, "compromised")
+    _audit(ctx, st, selector, "compromised")
     return _commit(ctx, st, {selector: {"compromised_by": ctx.request.event_id}})
 
 
 def generate(ctx: Ctx, st: DomainState, _selector: str) -> DomainState | Wait:
-    """A new key under a never-used dated selector, sealed in the store BEFORE the state names it."""
+    """A new key under a never-used dated selector (a delegated domain: the next free slot), sealed in the store
+    BEFORE the state names it."""
     s, cur = ctx.ports.settings, active(st)
-    pair = state.persist_key(ctx.ports.state, ctx.domain, state.new_key(st, s, ctx.now), s)
+    fresh = state.new_key(st, s, ctx.now, delegated=ctx.zone.delegated)
+    pair = state.persist_key(ctx.ports.state, ctx.domain, fresh, s)
     at = iso(ctx.now)
     rec = KeyRecord(
         pair.selector,
@@ -369,7 +416,7 @@ def generate(ctx: Ctx, st: DomainState, _selector: str) -> DomainState | Wait:
         replaces=cur.selector if cur else None,
         event=ctx.request.event_id,
     )
-    new = replace(st, keys=(*st.keys, rec), history=(*st.history, _entry(ctx, at, rec.selector, "NONE->GENERATED")))
+    new = replace(state.with_new_key(st, rec), history=(*st.history, _entry(ctx, at, rec.selector, "NONE->GENERATED")))
     return state.save(ctx.ports.state, replace(new, history=new.history[-HISTORY:]), st)
 
 
@@ -379,7 +426,7 @@ def publish(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
     serial = None
     if not want.same_data(have):
         manual = [f"publish: {line}" for line in want.zone_lines()]
-        if have is not None and zone.hosted:
+        if have is not None and zone.managed:
             raise OwnershipConflict(f"{want.name} TXT holds data mailplane did not publish")
         if have is not None:
             manual.insert(0, f"{want.name} TXT holds another value: replace it")
@@ -407,9 +454,14 @@ def switch(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
     """Canary on every authoritative server, then Mailcow signs with the new key (one dkim_import), checked."""
     new, old, mail = _key(st, selector), active(st), ctx.ports.mail
     assert old is not None
+    missing_cname = ctx.zone.cname_problem(selector)
+    if missing_cname is not None:
+        return replace(missing_cname, reason=f"{missing_cname.reason}; Mailcow keeps signing with {old.selector}")
     pair = state.load_key(ctx.ports.state, ctx.domain, selector, ctx.ports.settings)
     failed = [
-        srv for srv, look in ctx.zone.lookups() if not keys.probe_verifies(ctx.domain, selector, pair.private_pem, look)
+        where
+        for where, look in ctx.zone.lookups(selector)
+        if not keys.probe_verifies(ctx.domain, selector, pair.private_pem, look)
     ]
     if failed or pair.public_b64 != new.public_b64:
         why = f"a probe signed with {selector} does not verify at {', '.join(failed) or 'the store'}"
@@ -424,12 +476,32 @@ def switch(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
     return _commit(ctx, st, {selector: {"status": "ACTIVE"}, old.selector: {"status": "RETIRING"}})
 
 
+def activate(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
+    """A zone hosted elsewhere (awaiting_dns since domain.created): once the public DNS serves every record the
+    customer was asked to publish and a probe signed with the key verifies there, Mailcow signs with it."""
+    k, mail, s = _key(st, selector), ctx.ports.mail, ctx.ports.settings
+    want = desired_records(ctx.domain, s, selector, k.public_b64, delegated=ctx.zone.delegated)
+    pair = state.load_key(ctx.ports.state, ctx.domain, selector, s)
+    missing = external_missing(ctx.ports, want, pair)
+    if missing:
+        why = f"{ctx.domain} waits for the customer's DNS: {', '.join(missing[:6])} not served yet"
+        return Wait("manual_action", why, None, tuple(f"publish: {ln}" for ln in customer_lines(want)))
+    have, key = mail.get_dkim(ctx.domain), DkimKey(selector, k.public_b64)
+    if have != key:
+        if have is not None:
+            raise RotationRefused(f"Mailcow signs {ctx.domain} with {have.selector}, a key mailplane did not expect")
+        mail.import_dkim(ctx.domain, selector, pair.private_pem.reveal(), overwrite=True)
+        if mail.get_dkim(ctx.domain) != key:
+            raise RotationRefused(f"Mailcow accepted {selector} for {ctx.domain} but does not report it")
+    return _commit(ctx, replace(st, status="provisioned"), {selector: {"status": "ACTIVE"}})
+
+
 def revoke(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
     """Serve the retired key with an empty ``p=`` (revoked): verifiers fail clearly instead of finding nothing."""
     k, zone = _key(st, selector), ctx.zone
     _not_signing(ctx, k)
     if k.compromised_by:
-        _audit(ctx, selector, "revoked")
+        _audit(ctx, st, selector, "revoked")
     ours, want, have = (
         zone.want(selector, keys.dkim_txt(k.public_b64)),
         zone.want(selector, REVOKED_TXT),
@@ -447,7 +519,7 @@ def withdraw(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
     k, zone = _key(st, selector), ctx.zone
     _not_signing(ctx, k)
     if k.compromised_by:
-        _audit(ctx, selector, "withdrawn")
+        _audit(ctx, st, selector, "withdrawn")
     have = zone.txt(selector)
     if have is not None:
         ours, revoked = zone.want(selector, keys.dkim_txt(k.public_b64)), zone.want(selector, REVOKED_TXT)
@@ -459,7 +531,7 @@ def withdraw(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
 
 
 def _check_ours(zone: Zone, have: RecordSet, *ours: RecordSet) -> None:
-    if zone.hosted and not any(rs.same_data(have) for rs in ours):
+    if zone.managed and not any(rs.same_data(have) for rs in ours):
         raise OwnershipConflict(f"{have.name} TXT holds data mailplane did not publish; it is left alone")
 
 
@@ -472,6 +544,7 @@ def destroy(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
 
 
 EXECUTORS: dict[str, Callable[[Ctx, DomainState, str], DomainState | Wait]] = {
+    "activate": activate,
     "compromise": compromise,
     "generate": generate,
     "publish": publish,
@@ -496,11 +569,10 @@ def advance(ports: Ports, domain: str, req: Request) -> tuple[DomainState, Wait]
     st = state.load(ports.state, domain)
     if req.selector is not None and st.keys and all(k.selector != req.selector for k in st.keys):
         raise EventInvalid(f"{domain} has no DKIM key {req.selector}")
-    dkim = st.request.get("dkim")
-    delegated = isinstance(dkim, dict) and dkim.get("delegate") is True
-    ctx = Ctx(ports, domain, req, ports.clock(), Zone(ports, domain, _hosted(ports, st), delegated=delegated))
+    zone = Zone(ports, domain, _hosted(ports, st), delegated=delegated(st.request))
+    ctx = Ctx(ports, domain, req, ports.clock(), zone)
     for _ in range(MAX_STEPS):
-        decision = next_step(st, req, ports.settings.dkim, ctx.now)
+        decision = next_step(st, req, ports.settings.dkim, ctx.now, delegated=ctx.zone.delegated)
         if isinstance(decision, Wait):
             return st, decision
         out = EXECUTORS[decision.action](ctx, st, decision.selector)

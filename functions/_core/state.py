@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from functions._core import keys
 from functions._core.config import Settings
-from functions._core.errors import DnsConflict, PreconditionFailed
+from functions._core.errors import DnsConflict, PermanentError, PreconditionFailed
 from functions._core.ports import ObjectStore, put_over
 
 
@@ -113,10 +113,34 @@ def save(store: ObjectStore, st: DomainState, before: DomainState) -> DomainStat
     return replace(st, etag=etag)
 
 
-def new_key(st: DomainState, settings: Settings, now: dt.datetime) -> keys.KeyPair:
-    """Generate a key under a dated selector never used for this domain (in memory; see ``persist_key``)."""
-    selector = keys.next_selector(settings.dkim.selector_format, now, (k.selector for k in st.keys))
+def next_slot(st: DomainState, slots: tuple[str, ...]) -> str | None:
+    """The delegation slot after the newest key's (round robin) that holds no key, or only a destroyed one."""
+    taken = {k.selector for k in st.keys if k.status != "DESTROYED"}
+    last = st.keys[-1].selector if st.keys else None
+    start = slots.index(last) + 1 if last in slots else 0
+    return next((s for s in slots[start:] + slots[:start] if s not in taken), None)
+
+
+def new_key(st: DomainState, settings: Settings, now: dt.datetime, *, delegated: bool = False) -> keys.KeyPair:
+    """Generate a key (in memory; see ``persist_key``) under a dated selector never used for this domain, or for a
+    delegated domain under the next free slot (the customer's CNAMEs fix the selector names).
+
+    Raises:
+        PermanentError: every delegation slot still holds a key that is not destroyed.
+    """
+    if delegated:
+        selector = next_slot(st, settings.dkim.delegation_slots)
+        if selector is None:
+            raise PermanentError(f"{st.domain}: every DKIM delegation slot holds a key that is not destroyed yet")
+    else:
+        selector = keys.next_selector(settings.dkim.selector_format, now, (k.selector for k in st.keys))
     return keys.generate(selector, settings.dkim.key_size)
+
+
+def with_new_key(st: DomainState, rec: KeyRecord) -> DomainState:
+    """``st`` with ``rec`` appended; a destroyed key of a reused delegation slot leaves the list (its history stays)."""
+    kept = tuple(k for k in st.keys if k.selector != rec.selector or k.status != "DESTROYED")
+    return replace(st, keys=(*kept, rec))
 
 
 def persist_key(store: ObjectStore, domain: str, pair: keys.KeyPair, settings: Settings) -> keys.KeyPair:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import binascii
 import ipaddress
 import logging
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Protocol
@@ -30,6 +32,7 @@ import dns.rdatatype
 import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.TXT
 import dns.rdtypes.txtbase
+import dns.resolver
 import dns.rrset
 import dns.tsig
 import dns.update
@@ -59,6 +62,7 @@ RawKey = tuple[Key, str]  # (RRset key, value) -> the rdata exactly as read
 IN = dns.rdataclass.IN
 EDNS_PAYLOAD = 1232  # DNS flag day 2020 buffer size
 XFR_LIFETIME_FACTOR = 12  # an AXFR may take this many per-message timeouts in total
+XFR_REUSE_SECONDS = 1.0  # hosts_zone's transfer serves a read_zone of the same zone, same thread, within this time
 _CONFLICT = {dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.YXDOMAIN, dns.rcode.NXDOMAIN}
 # Types whose presentation form holds only names and numbers: lowercased when read (names are case-insensitive).
 _NAME_TYPES = {"A", "AAAA", "CNAME", "DNAME", "MX", "NS", "PTR", "SOA", "SRV"}
@@ -94,16 +98,18 @@ _WIRE_FAULTS = (
 class DnsWire(Protocol):
     """The DNS transport: the only seam tests replace (a recording wire, no network)."""
 
-    def transfer(self, zone: str) -> dns.zone.Zone:
-        """AXFR ``zone`` from the primary, signed with our key; names absolute (``relativize=False``)."""
+    def transfer(self, zone: str, server: tuple[str, int] | None = None) -> dns.zone.Zone:
+        """AXFR ``zone`` from ``server`` (address, port; default the primary), signed with our key; names absolute."""
         ...
 
     def send(self, update: dns.update.UpdateMessage) -> int:
         """Sign ``update`` with our key, send it to the primary over TCP and return the response rcode."""
         ...
 
-    def query(self, server: str, port: int, name: str, rtype: str, tcp: bool) -> dns.message.Message:
-        """One non-recursive (RD=0) query to the IP address ``server``, over TCP or UDP."""
+    def query(
+        self, server: str, port: int, name: str, rtype: str, tcp: bool, recursive: bool = False
+    ) -> dns.message.Message:
+        """One query to the IP address ``server``, over TCP or UDP; RD=0 unless ``recursive`` (a resolver)."""
         ...
 
 
@@ -129,15 +135,16 @@ class TcpWire:
         self._port = settings.port
         self._timeout = settings.timeout
 
-    def transfer(self, zone: str) -> dns.zone.Zone:
+    def transfer(self, zone: str, server: tuple[str, int] | None = None) -> dns.zone.Zone:
         """AXFR over TCP, TSIG-signed; ``timeout`` per message, ``timeout * XFR_LIFETIME_FACTOR`` in total."""
+        host, port = server if server is not None else (self._primary, self._port)
         target = dns.zone.Zone(dns.name.from_text(zone), relativize=False)
         request, _ = dns.xfr.make_query(target, serial=None, keyring=self._key)
         dns.query.inbound_xfr(
-            self._primary,
+            host,
             target,
             request,
-            port=self._port,
+            port=port,
             timeout=self._timeout,
             lifetime=self._timeout * XFR_LIFETIME_FACTOR,
         )
@@ -149,10 +156,13 @@ class TcpWire:
         response = dns.query.tcp(update, self._primary, port=self._port, timeout=self._timeout)
         return int(response.rcode())
 
-    def query(self, server: str, port: int, name: str, rtype: str, tcp: bool) -> dns.message.Message:
-        """Unsigned, EDNS (1232 bytes), RD=0; a UDP answer may come back truncated (TC set)."""
+    def query(
+        self, server: str, port: int, name: str, rtype: str, tcp: bool, recursive: bool = False
+    ) -> dns.message.Message:
+        """Unsigned, EDNS (1232 bytes), RD=0 unless ``recursive``; a UDP answer may come back truncated (TC set)."""
         request = dns.message.make_query(name, rtype, use_edns=0, payload=EDNS_PAYLOAD)
-        request.flags &= ~dns.flags.RD
+        if not recursive:
+            request.flags &= ~dns.flags.RD
         if tcp:
             return dns.query.tcp(request, server, port=port, timeout=self._timeout)
         return dns.query.udp(request, server, port=port, timeout=self._timeout)
@@ -168,22 +178,30 @@ class Rfc2136Dns:
         # TXT rdatas read with a string split other than ours: a prerequisite must repeat the exact strings,
         # because the server compares rdata, and the joined value alone would never match (dns.md §2).
         self._raw: dict[RawKey, dns.rdata.Rdata] = {}
+        self._system_resolver: str | None = None  # /etc/resolv.conf's first name server, read once when needed
+        self._recent = threading.local()  # .xfr = (zone, monotonic time, transfer) left by hosts_zone, used once
 
     # ------------------------------------------------------------ reading
 
     def hosts_zone(self, zone: str) -> bool:
         """True when the primary answers the zone's SOA authoritatively and lets our key transfer it.
 
+        The transfer is kept for a ``read_zone`` of the same zone that follows at once in the same thread (within
+        ``XFR_REUSE_SECONDS``, used once): "hosts it? then read it" costs one AXFR. Data that old is no staler than
+        any read before an UPDATE, whose compare-and-set prerequisites refuse a plan made from outdated data.
+
         Raises:
             DnsServfail: the primary failed or timed out.
         """
         zone = _zone(zone)
+        self._recent.xfr = None
         if self.serial(zone, self._primary) is None:
             return False
         try:
-            self._transfer(zone)
+            transfer = self._transfer(zone)
         except DnsRefused:
             return False
+        self._recent.xfr = (zone, time.monotonic(), transfer)
         return True
 
     def read_zone(self, zone: str) -> dict[Key, RecordSet]:
@@ -193,11 +211,32 @@ class Rfc2136Dns:
             DnsRefused: the transfer was refused (zone not served, key not allowed, bad TSIG).
             DnsServfail: the primary failed or timed out (after the in-place retries).
         """
-        records, raw = _records(self._transfer(_zone(zone)))
+        zone = _zone(zone)
+        recent: tuple[str, float, dns.zone.Zone] | None = getattr(self._recent, "xfr", None)
+        self._recent.xfr = None
+        fresh = recent is not None and recent[0] == zone and time.monotonic() - recent[1] <= XFR_REUSE_SECONDS
+        records, raw = _records(recent[2] if recent is not None and fresh else self._transfer(zone))
         if len(self._raw) + len(raw) > RAW_TXT_LIMIT:
             self._raw.clear()
         self._raw.update(raw)
         return records
+
+    def read_zone_at(self, zone: str, server: str) -> tuple[int, dict[Key, RecordSet]] | None:
+        """The zone as ``server`` serves it, by one TSIG-signed AXFR from that server: its SOA serial and every RRset
+        (as ``read_zone`` returns them); None when the server refuses the transfer (zone not served, key not allowed).
+
+        Raises:
+            DnsServfail: the server failed or timed out (after the in-place retries).
+        """
+        zone = _zone(zone)
+        try:
+            records, _ = _records(self._transfer(zone, self._endpoint(server)))
+        except DnsRefused:
+            return None
+        soa = records.get((zone, "SOA"))
+        if soa is None or len(soa.values) != 1:
+            return None
+        return int(soa.values[0].split()[2]), records
 
     def serial(self, zone: str, server: str) -> int | None:
         """The SOA serial ``server`` answers authoritatively (AA) for ``zone``; None if it does not serve it.
@@ -229,16 +268,49 @@ class Rfc2136Dns:
         response = self._ask(host, port, _zone(name), rtype.upper())
         return _answer(response, _zone(name), rtype.upper())
 
-    def resolve(self, name: str, rtype: str) -> RecordSet | None:
-        """The public view of (name, rtype). Kept simple: asks the primary (which answers only for zones it serves).
+    def read_rrset(self, name: str, rtype: str) -> RecordSet | None:
+        """One RRset as the primary serves it (where a zone transfer would be too large, e.g. the delegation zone).
 
         Raises:
-            DnsServfail: the server failed or timed out.
+            DnsRefused: the primary does not serve the name's zone.
+            DnsServfail: the primary failed or timed out.
         """
-        try:
-            return self.query(self._primary, name, rtype)
-        except DnsRefused:
-            return None
+        return self.query(self._primary, name, rtype)
+
+    def resolve(self, name: str, rtype: str) -> RecordSet | None:
+        """The public view of (name, rtype): RD=1 to the first of ``dns.resolvers`` (default: /etc/resolv.conf's
+        first name server); CNAMEs followed, within the answer and by asking again (at most 8 hops). The value is
+        returned under ``name``. None: NXDOMAIN, NODATA, or the resolver refused.
+
+        Raises:
+            DnsServfail: the resolver failed or timed out.
+        """
+        host, port = self._resolver()
+        qname = _zone(name)
+        for _ in range(8):
+            try:
+                response = self._ask(host, port, qname, rtype.upper(), recursive=True)
+            except DnsRefused:
+                return None
+            target = _chase(response, qname, rtype.upper())
+            found = _answer(response, target, rtype.upper())
+            if found is not None:
+                return RecordSet.of(_zone(name), found.rtype, found.ttl, list(found.values))
+            if target == qname:
+                return None
+            qname = target
+        raise DnsServfail(f"resolve {name}/{rtype}: more than 8 CNAME hops")
+
+    def _resolver(self) -> tuple[str, int]:
+        if self._settings.resolvers:
+            host, port = _split(self._settings.resolvers[0], 53)
+            return host, port
+        if self._system_resolver is None:
+            servers = [str(ns) for ns in dns.resolver.Resolver().nameservers]
+            if not servers:
+                raise ConfigError("dns.resolvers is empty and /etc/resolv.conf names no name server")
+            self._system_resolver = servers[0]
+        return self._system_resolver, 53
 
     def servers(self, zone: str) -> list[str]:
         """Authoritative servers to verify: settings.servers, else the hidden primary plus the zone's NS addresses.
@@ -307,20 +379,20 @@ class Rfc2136Dns:
 
     # ------------------------------------------------------------ wire calls (mapped, retried in place)
 
-    def _transfer(self, zone: str) -> dns.zone.Zone:
+    def _transfer(self, zone: str, server: tuple[str, int] | None = None) -> dns.zone.Zone:
         def attempt() -> dns.zone.Zone:
-            with _mapped(f"AXFR {zone}"):
-                return self._wire.transfer(zone)
+            with _mapped(f"AXFR {zone}" if server is None else f"AXFR {zone} from {_join(*server)}"):
+                return self._wire.transfer(zone) if server is None else self._wire.transfer(zone, server)
 
         return retried(attempt)()
 
-    def _ask(self, host: str, port: int, name: str, rtype: str) -> dns.message.Message:
+    def _ask(self, host: str, port: int, name: str, rtype: str, *, recursive: bool = False) -> dns.message.Message:
         def attempt() -> dns.message.Message:
             what = f"query {name}/{rtype} at {_join(host, port)}"
             with _mapped(what):
-                response = self._wire.query(host, port, name, rtype, False)
+                response = self._wire.query(host, port, name, rtype, False, recursive)
                 if response.flags & dns.flags.TC:
-                    response = self._wire.query(host, port, name, rtype, True)
+                    response = self._wire.query(host, port, name, rtype, True, recursive)
             rcode = response.rcode()
             if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
                 return response
@@ -462,6 +534,16 @@ def _answer(response: dns.message.Message, name: str, rtype: str) -> RecordSet |
     if rrset is None or len(rrset) == 0:
         return None
     return RecordSet.of(name, rtype, rrset.ttl, [_text(r) for r in rrset])
+
+
+def _chase(response: dns.message.Message, name: str, rtype: str) -> str:
+    """The end of the CNAME chain the answer section holds for ``name`` (``name`` itself when there is none)."""
+    for _ in range(8):
+        alias = None if rtype == "CNAME" else _find(response, name, "CNAME")
+        if alias is None or len(alias) == 0:
+            return name
+        name = _zone(_text(alias[0]))
+    return name
 
 
 def _find(response: dns.message.Message, name: str, rtype: str) -> dns.rrset.RRset | None:

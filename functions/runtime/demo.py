@@ -17,7 +17,7 @@ from rich.table import Table
 
 from functions._core import state
 from functions._core.config import Secret, Settings
-from functions._core.mailset import customer_lines, desired_records
+from functions._core.mailset import customer_lines, delegated, desired_records
 from functions._core.names import normalize_domain
 from functions.runtime import main
 from functions.runtime.amqp import Publisher, params
@@ -26,7 +26,12 @@ from functions.runtime.consumer import Worker
 from functions.runtime.status import domain_status
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = ["domain.created.json", "domain.created.idn.json", "domain.created.external.json"]
+SAMPLES = [
+    "domain.created.json",
+    "domain.created.idn.json",
+    "domain.created.external.json",
+    "domain.created.delegate.json",  # hosted elsewhere, DKIM delegated to us by CNAME
+]
 INVALID = "domain-semicolon.json"
 
 
@@ -86,8 +91,10 @@ def run_demo(settings: Settings, out: Console) -> int:
         ok &= overall == ("provisioned" if domain in hosted else "awaiting_dns")
     out.print(render_summary(rows))
     for domain in external:
-        cur = state.load(ports.state, domain).current
-        lines = customer_lines(desired_records(domain, settings, cur.selector, cur.public_b64)) if cur else []
+        st = state.load(ports.state, domain)
+        cur, deleg = st.current, delegated(st.request)
+        want = desired_records(domain, settings, cur.selector, cur.public_b64, delegated=deleg) if cur else {}
+        lines = customer_lines(want)
         out.print(f"[yellow]{domain}[/yellow] is hosted elsewhere (awaiting_dns); the customer must publish:")
         out.print("\n".join(lines), soft_wrap=True, highlight=False)
     parked = _parked(settings)

@@ -61,7 +61,7 @@ def scan(store: ObjectStore, settings: Settings, *, threads: int = 8) -> tuple[l
         except (AutomationError, ValueError, KeyError, TypeError) as exc:
             return f"{domain}: {type(exc).__name__}"
         found = rotation.due(st, settings.dkim)
-        cur = rotation.active(st)
+        cur = rotation.active(st) or rotation.pending(st)  # pending: a zone hosted elsewhere awaiting the customer
         if found is None or cur is None:
             return None
         return Due(found[1], domain, found[0], cur.selector)

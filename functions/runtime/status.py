@@ -8,7 +8,8 @@ from typing import Any
 
 from functions import domain_created
 from functions._core import state
-from functions._core.mailset import MARKER_NAME, desired_records, mta_sts_policy, policy_key
+from functions._core.keys import dkim_txt
+from functions._core.mailset import MARKER_NAME, delegated, desired_records, dkim_record, mta_sts_policy, policy_key
 from functions._core.ports import DkimKey, Ports
 from functions._core.records import RecordSet
 
@@ -69,9 +70,17 @@ def gateway_checks(domain: str, ports: Ports) -> list[Check]:
     return out
 
 
-def dns_checks(domain: str, hosted: bool, cur: state.KeyRecord, ports: Ports) -> list[Check]:
-    want = desired_records(domain, ports.settings, cur.selector, cur.public_b64)
+def dns_checks(domain: str, hosted: bool, cur: state.KeyRecord, ports: Ports, *, deleg: bool = False) -> list[Check]:
+    """Every managed RRset on every authoritative server (our zone) or in the public view (a zone hosted elsewhere);
+    a delegated domain's key TXT on every authoritative server of the delegation zone."""
+    s = ports.settings
+    want = desired_records(domain, s, cur.selector, cur.public_b64, delegated=deleg)
     out: list[Check] = []
+    if deleg:
+        key = dkim_record(domain, s, cur.selector, dkim_txt(cur.public_b64), delegated=True)
+        for where in ports.dns.servers(s.dkim.delegation_zone):
+            got = ports.dns.query(where, key.name, "TXT")
+            out.append(Check("dns", where, f"TXT {key.name}", _values(key), _values(got), key.same_data(got)))
     places = ports.dns.servers(domain) if hosted else ["public"]
     for where in places:
         for (name, rtype), rs in sorted(want.items()):
@@ -103,7 +112,7 @@ def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:
             "current" if policy and policy.body == want_policy else "stale" if policy else "absent",
             policy is not None and policy.body == want_policy,
         ),
-        *dns_checks(domain, hosted, cur, ports),
+        *dns_checks(domain, hosted, cur, ports, deleg=delegated(st.request)),
     ]
     bad = [c for c in checks if not c.ok]
     if not bad:

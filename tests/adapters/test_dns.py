@@ -83,8 +83,10 @@ class RecordingWire:
         self.apply_on_send: str | None = None
         self.truncate_udp = False
         self.transfer_error: Exception | None = None
+        self.transfers: list[tuple[str, tuple[str, int] | None]] = []
 
-    def transfer(self, zone: str) -> dns.zone.Zone:
+    def transfer(self, zone: str, server: tuple[str, int] | None = None) -> dns.zone.Zone:
+        self.transfers.append((zone, server))
         if self.transfer_error is not None:
             raise self.transfer_error
         return self.zone
@@ -101,7 +103,9 @@ class RecordingWire:
             self._bump()
         return outcome
 
-    def query(self, server: str, port: int, name: str, rtype: str, tcp: bool) -> dns.message.Message:
+    def query(
+        self, server: str, port: int, name: str, rtype: str, tcp: bool, recursive: bool = False
+    ) -> dns.message.Message:
         self.queries.append((server, port, name, rtype, tcp))
         qname = dns.name.from_text(name)
         response = dns.message.make_response(dns.message.make_query(qname, rtype))
@@ -358,6 +362,33 @@ ns2 IN A 192.0.2.53
 def test_hosts_zone(port: Rfc2136Dns) -> None:
     assert port.hosts_zone(ZONE) is True
     assert port.hosts_zone("other.test") is False
+
+
+def test_read_zone_right_after_hosts_zone_reuses_its_transfer(
+    port: Rfc2136Dns, wire: RecordingWire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert port.hosts_zone(ZONE) is True
+    assert port.read_zone(ZONE)[(ZONE, "MX")] == rs(ZONE, "MX", 3600, "10 pmg1.faster.test.")
+    assert len(wire.transfers) == 1  # one AXFR for "hosts it? then read it"
+    port.read_zone(ZONE)
+    assert len(wire.transfers) == 2  # used once: the next read transfers again
+    port.hosts_zone(ZONE)
+    monkeypatch.setattr("functions.adapters.dns.XFR_REUSE_SECONDS", -1.0)
+    port.read_zone(ZONE)
+    assert len(wire.transfers) == 4  # too old: transferred again
+
+
+def test_read_zone_at_transfers_from_that_server(port: Rfc2136Dns, wire: RecordingWire) -> None:
+    found = port.read_zone_at(ZONE, "192.0.2.53:53")
+    assert found is not None and found[0] == 7
+    assert found[1][(ZONE, "MX")] == rs(ZONE, "MX", 3600, "10 pmg1.faster.test.")
+    assert found[1] == port.read_zone(ZONE)
+    assert wire.transfers == [(ZONE, ("192.0.2.53", 53)), (ZONE, None)]
+    wire.transfer_error = dns.xfr.TransferError(dns.rcode.NOTAUTH)
+    assert port.read_zone_at(ZONE, "192.0.2.53") is None  # refused: the caller asks per RRset instead
+    wire.transfer_error = dns.exception.Timeout()
+    with pytest.raises(DnsServfail):
+        port.read_zone_at(ZONE, "192.0.2.53")
 
 
 def test_normalise_value_and_serial_arithmetic() -> None:

@@ -106,10 +106,29 @@ class FakeDns:
             raise DnsRefused(f"query {name}/{rtype} at {server}: REFUSED")
         return served[zone][1].get((_norm(name), rtype.upper()))
 
+    def read_zone_at(self, zone: str, server: str) -> tuple[int, dict[Key, RecordSet]] | None:
+        """(serial, RRsets) as ``server`` serves the zone; None when it does not (or, on the primary, our key may not
+        transfer it)."""
+        zone = _norm(zone)
+        found = self._served(server).get(zone)
+        if found is None or (server == PRIMARY and zone not in self.hosted):
+            return None
+        return found[0], dict(found[1])
+
+    def read_rrset(self, name: str, rtype: str) -> RecordSet | None:
+        return self.query(PRIMARY, name, rtype)
+
     def resolve(self, name: str, rtype: str) -> RecordSet | None:
+        """A resolver's view: zones we host, else ``external``; CNAMEs followed (8 hops at most), as resolvers do."""
         key = (_norm(name), rtype.upper())
-        zone = _zone_of(key[0], self.zones)
-        return self.external.get(key) if zone is None else self.zones[zone].get(key)
+        for _ in range(8):
+            zone = _zone_of(key[0], self.zones)
+            data = self.external if zone is None else self.zones[zone]
+            found, alias = data.get(key), data.get((key[0], "CNAME"))
+            if found is not None or alias is None or key[1] == "CNAME":
+                return found
+            key = (_norm(alias.values[0]), key[1])
+        return None
 
     # ------------------------------------------------------------ internals
 

@@ -6,15 +6,17 @@ import json
 import ssl
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import dkim
 import dns.message
 import dns.query
 import httpx
 import pika
 
+from functions._core import state
 from functions._core.config import Secret, Settings
 from functions.runtime.amqp import Publisher, params
 from functions.runtime.consumer import Worker
@@ -130,3 +132,22 @@ def soa_serial(env: dict[str, str], zone: str) -> int:
 def body_json(body: bytes) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(body)
     return data
+
+
+def mailcow_signature_verifies(settings: Settings, domain: str, txt: Callable[[str], bytes | None]) -> str:
+    """Sign with the key Mailcow reports active (its sealed copy in S3, checked to be the same key) and verify with
+    dkimpy, resolving the selector with ``txt`` (a name -> joined TXT data); returns the selector."""
+    ports = build_ports(settings, probe=False)
+    key = ports.mail.get_dkim(domain)
+    assert key is not None
+    pair = state.load_key(ports.state, domain, key.selector, settings)
+    assert pair.public_b64 == key.public_key_b64
+    msg = f"From: a@{domain}\r\nTo: b@example.net\r\nSubject: signed\r\n\r\nhello\r\n".encode()
+    pem = pair.private_pem.reveal().encode()
+    sig = dkim.sign(msg, key.selector.encode(), domain.encode(), pem, include_headers=[b"from", b"subject"])
+
+    def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes | None:
+        return txt(name.decode() if isinstance(name, bytes) else name)
+
+    assert dkim.verify(sig + msg, dnsfunc=dnsfunc, minkey=2048), f"{domain}: signature by {key.selector} fails"
+    return key.selector

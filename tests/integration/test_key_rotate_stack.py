@@ -20,7 +20,6 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-import dkim
 import dns.flags
 import dns.message
 import dns.query
@@ -127,22 +126,8 @@ def bind_txt(env: dict[str, str], name: str) -> bytes | None:
 
 
 def mailcow_signature_verifies(env: dict[str, str], settings: Settings, domain: str) -> str:
-    """Sign with the key Mailcow reports active (its sealed copy in S3, checked to be the same key) and verify with
-    dkimpy against BIND; returns the selector."""
-    ports = build_ports(settings, probe=False)
-    key = ports.mail.get_dkim(domain)
-    assert key is not None
-    pair = state.load_key(ports.state, domain, key.selector, settings)
-    assert pair.public_b64 == key.public_key_b64
-    msg = f"From: a@{domain}\r\nTo: b@example.net\r\nSubject: rotation\r\n\r\nhello\r\n".encode()
-    pem = pair.private_pem.reveal().encode()
-    sig = dkim.sign(msg, key.selector.encode(), domain.encode(), pem, include_headers=[b"from", b"subject"])
-
-    def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes | None:
-        return bind_txt(env, name.decode() if isinstance(name, bytes) else name)
-
-    assert dkim.verify(sig + msg, dnsfunc=dnsfunc, minkey=2048), f"{domain}: signature by {key.selector} fails"
-    return key.selector
+    """The key Mailcow reports signs a message that dkimpy verifies against BIND; returns the selector."""
+    return stack.mailcow_signature_verifies(settings, domain, lambda name: bind_txt(env, name))
 
 
 def statuses(settings: Settings, domain: str) -> dict[str, str]:

@@ -3,7 +3,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import re
 
+import dkim
 import pytest
 
 from functions._core import keys
@@ -53,6 +55,24 @@ def test_probe_verifies_only_against_the_matching_record(pair: keys.KeyPair) -> 
     assert keys.probe_verifies("a.test", pair.selector, pair.private_pem, lambda n: pair.txt.encode())
     assert not keys.probe_verifies("a.test", pair.selector, pair.private_pem, lambda n: other.txt.encode())
     assert not keys.probe_verifies("a.test", pair.selector, pair.private_pem, lambda n: None)
+
+
+def test_probe_signature_is_the_one_dkimpy_makes(pair: keys.KeyPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    msg = (
+        b"From: probe@a.test\r\nTo: probe@a.test\r\nSubject: mailplane DKIM probe\r\n"
+        b"Date: Sat, 28 Nov 2026 03:00:00 +0000\r\n\r\nprobe\r\n"
+    )
+    monkeypatch.setattr("time.time", lambda: 1795000000.5)
+    ours = keys._dkim_signature(msg, pair.selector, "a.test", pair.private_pem)
+    theirs = dkim.sign(
+        msg,
+        pair.selector.encode(),
+        b"a.test",
+        pair.private_pem.reveal().encode(),
+        include_headers=[b"from", b"to", b"subject", b"date"],
+    )
+    assert re.sub(rb"\s+", b"", ours) == re.sub(rb"\s+", b"", theirs)  # the same tags and b=, unfolded
+    assert dkim.verify(ours + msg, dnsfunc=lambda name, timeout=5: pair.txt.encode(), minkey=2048)
 
 
 def test_selectors_are_dated_and_never_reused() -> None:

@@ -131,3 +131,16 @@ def test_a_started_rotation_is_nudged_not_started_again() -> None:
     new = KeyRecord("fc20270526", "MIIC", "GENERATED", now.isoformat(), event="x")
     state.save(store, replace(st, keys=(*st.keys, new)), st)
     assert [d.kind for d in rotate_due.run(store, s, now + HOUR, None).due] == ["nudge"]
+
+
+def test_a_domain_awaiting_the_customers_dns_is_nudged_every_run_until_it_is_active() -> None:
+    """A zone hosted elsewhere keeps its key PUBLISHED until the customer's records are there; every run nudges it
+    (key.rotate then activates the key, see tests/unit/test_dkim_delegation.py)."""
+    s, store = settings(rotate_jitter_days=0), MemoryStore()
+    published = KeyRecord("fca", "MIIB", "PUBLISHED", T0.isoformat(timespec="seconds"))
+    put_domain(store, "waits.test", published, status="awaiting_dns")
+    put_domain(store, "fine.test", active_since(T0))
+    dues, errors, scanned = rotate_due.scan(store, s)
+    assert scanned == 2 and not errors
+    assert [(d.domain, d.kind, d.selector) for d in dues if d.at <= T0 + HOUR] == [("waits.test", "nudge", "fca")]
+    assert rotation.due(DomainState("w.test", {}, (published,), "awaiting_dns"), s.dkim) == ("nudge", T0)
