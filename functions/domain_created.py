@@ -21,7 +21,7 @@ from functions._core.outcome import Outcome
 from functions._core.plans import DnsPlan, GatewayPlan, MailPlan, plan_dns, plan_gateway, plan_mail
 from functions._core.ports import DkimKey, GatewayTransport, MailDomain, Ports, RelayDomain, TrustedNetwork
 from functions._core.records import Key, RecordSet
-from functions._core.verify import external_missing, verify_delegated, verify_zone
+from functions._core.verify import external_missing, verify_zone
 
 NAME = "domain_created"
 SOURCE = "urn:mailplane:worker"
@@ -117,9 +117,11 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
     want = desired_records(domain, s, pair.selector, pair.public_b64, delegated=deleg)
     dns = key_dns = None
     if data["dns"]["hosted"]:
-        if not ports.dns.hosts_zone(domain):
-            raise EventInvalid(f"zone {domain} is not served by our DNS (dns.hosted is true)")
-        dns = plan_dns(domain, ports.dns.read_zone(domain), want)
+        try:  # one AXFR: refused when our DNS does not serve the zone or our key may not transfer it
+            have = ports.dns.read_zone(domain)
+        except DnsRefused:
+            raise EventInvalid(f"zone {domain} is not served by our DNS (dns.hosted is true)") from None
+        dns = plan_dns(domain, have, want)
     elif deleg:
         key_dns = plan_delegated_key(domain, ports, pair)
     body = mta_sts_policy(s).encode()
@@ -213,8 +215,8 @@ def handle(event: Envelope, ports: Ports) -> Outcome:
     else:
         servers = []
         if plans.key_dns is not None:
-            key = next(iter(plans.key_dns.expected.values()))
-            servers = verify_delegated(ports, domain, key, serial, pair)
+            kz = plans.key_dns
+            servers = verify_zone(ports, kz.zone, kz.expected, serial, pair, signer=domain)
         missing = external_missing(ports, plans.want_dns, pair)
         status = "awaiting_dns" if missing else "provisioned"
     if status == "provisioned" and plans.mail.dkim_import:

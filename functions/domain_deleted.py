@@ -23,7 +23,7 @@ from typing import Any
 
 from functions._core import deletion, state
 from functions._core.envelope import Envelope
-from functions._core.errors import EventInvalid
+from functions._core.errors import DnsRefused, EventInvalid
 from functions._core.mailset import customer_lines, delegated, policy_key, spf_value
 from functions._core.names import is_within
 from functions._core.outcome import Outcome
@@ -68,9 +68,11 @@ def _dns(
         return dns, tuple(customer_lines(theirs)), tuple(("dns", k) for k in kept)
     if not st.request.get("dns", {}).get("hosted", True):
         return None, tuple(customer_lines(managed)), ()
-    if not ports.dns.hosts_zone(domain):
+    try:
+        have = ports.dns.read_zone(domain)
+    except DnsRefused:
         return None, (), (("dns", f"= kept zone {domain}: no longer served by our DNS"),)
-    dns, kept = deletion.plan_dns_removal(domain, ports.dns.read_zone(domain), managed, spf_value(ports.settings))
+    dns, kept = deletion.plan_dns_removal(domain, have, managed, spf_value(ports.settings))
     return dns, (), tuple(("dns", k) for k in kept)
 
 

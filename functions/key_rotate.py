@@ -16,7 +16,7 @@ from typing import Any
 from functions._core import rotation
 from functions._core.envelope import Envelope, build
 from functions._core.errors import EventInvalid
-from functions._core.mailset import delegated, dkim_record
+from functions._core.mailset import delegated, dkim_name
 from functions._core.names import is_within, normalize_domain
 from functions._core.outcome import Outcome
 from functions._core.ports import Ports
@@ -77,7 +77,7 @@ def handle(event: Envelope, ports: Ports) -> Outcome:
     deleg = delegated(st.request)
 
     def txt_name(selector: str) -> str:
-        return dkim_record(event.subject, ports.settings, selector, "-", delegated=deleg).name
+        return dkim_name(event.subject, ports.settings, selector, delegated=deleg)
 
     return Outcome(NAME, event.id, event.subject, wait.status, _changes(txt_name, done), emit, detail)
 

@@ -68,10 +68,14 @@ def delegation_target(domain: str, selector: str, settings: Settings) -> str:
     return name
 
 
+def dkim_name(domain: str, settings: Settings, selector: str, *, delegated: bool) -> str:
+    """Where the DKIM TXT of one key lives: in the customer's zone, or for a delegated domain in the delegation zone."""
+    return delegation_target(domain, selector, settings) if delegated else f"{selector}._domainkey.{domain}"
+
+
 def dkim_record(domain: str, settings: Settings, selector: str, txt: str, *, delegated: bool) -> RecordSet:
-    """The DKIM TXT of one key: in the customer's zone, or for a delegated domain in the delegation zone."""
-    name = delegation_target(domain, selector, settings) if delegated else f"{selector}._domainkey.{domain}"
-    return RecordSet.of(name, "TXT", settings.ttl.dkim, [txt])
+    """The DKIM TXT of one key (see ``dkim_name``)."""
+    return RecordSet.of(dkim_name(domain, settings, selector, delegated=delegated), "TXT", settings.ttl.dkim, [txt])
 
 
 def desired_records(

@@ -33,11 +33,11 @@ from functions._core.errors import (
     PreconditionFailed,
 )
 from functions._core.keys import REVOKED_TXT
-from functions._core.mailset import customer_lines, delegated, delegation_target, desired_records, dkim_record, fqdn
+from functions._core.mailset import customer_lines, delegated, desired_records, dkim_name, dkim_record, fqdn
 from functions._core.ports import DkimKey, DnsChange, Ports
 from functions._core.records import RecordSet
 from functions._core.state import DomainState, KeyRecord
-from functions._core.verify import delegated_lookup, external_missing, server_mismatches
+from functions._core.verify import delegated_lookup, external_missing, server_mismatches, txt_value
 
 PENDING = ("GENERATED", "PUBLISHED", "VISIBLE", "READY")  # a successor on its way to ACTIVE
 SERVED = ("PUBLISHED", "VISIBLE", "READY", "ACTIVE", "RETIRING", "REVOKED")  # its TXT is in DNS
@@ -265,9 +265,7 @@ class Zone:
         self.zone = ports.settings.dkim.delegation_zone if self.delegated else domain
 
     def name(self, selector: str) -> str:
-        if self.delegated:
-            return delegation_target(self.domain, selector, self.ports.settings)
-        return f"{selector}._domainkey.{self.domain}"
+        return dkim_name(self.domain, self.ports.settings, selector, delegated=self.delegated)
 
     def want(self, selector: str, text: str) -> RecordSet:
         return dkim_record(self.domain, self.ports.settings, selector, text, delegated=self.delegated)
@@ -290,7 +288,7 @@ class Zone:
         dns = self.ports.dns
 
         def public(name: str) -> bytes | None:
-            return _one(dns.resolve(name.rstrip("."), "TXT"))
+            return txt_value(dns.resolve(name.rstrip("."), "TXT"))
 
         if not self.managed:
             return [("public DNS", public)]
@@ -299,7 +297,7 @@ class Zone:
         def at(server: str) -> TxtLookup:
             if self.delegated:
                 return delegated_lookup(lambda n: dns.query(server, n, "TXT"), self.domain, selector, target)
-            return lambda name: _one(dns.query(server, name.rstrip("."), "TXT"))
+            return lambda name: txt_value(dns.query(server, name.rstrip("."), "TXT"))
 
         found = [(server, at(server)) for server in dns.servers(self.zone)]
         return [*found, ("public DNS via the customer's CNAME", public)] if self.delegated else found
@@ -327,10 +325,6 @@ class Zone:
         line = RecordSet.of(name, "CNAME", self.ports.settings.ttl.cname, [fqdn(target)]).zone_lines()
         why = f"the customer's CNAME {name} is {'missing' if got is None else 'pointing elsewhere'}"
         return Wait("manual_action", why, None, tuple(f"publish: {ln}" for ln in line))
-
-
-def _one(rs: RecordSet | None) -> bytes | None:
-    return rs.values[0].encode() if rs is not None and len(rs.values) == 1 else None
 
 
 # ---------------------------------------------------------------- executors: read, guard, one write, record

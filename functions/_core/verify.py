@@ -47,20 +47,35 @@ def server_mismatches(
     return out
 
 
+def txt_value(rs: RecordSet | None) -> bytes | None:
+    """What a DKIM verifier reads from a TXT RRset: the one record's data, None when absent or ambiguous."""
+    return rs.values[0].encode() if rs is not None and len(rs.values) == 1 else None
+
+
 def _probe(dns_lookup: keys.TxtLookup, zone: str, pair: keys.KeyPair) -> bool:
     return keys.probe_verifies(zone, pair.selector, pair.private_pem, dns_lookup)
 
 
 def verify_zone(
-    ports: Ports, zone: str, expected: Mapping[Key, RecordSet], min_serial: int | None, pair: keys.KeyPair
+    ports: Ports,
+    zone: str,
+    expected: Mapping[Key, RecordSet],
+    min_serial: int | None,
+    pair: keys.KeyPair,
+    *,
+    signer: str | None = None,
 ) -> list[str]:
-    """Check every authoritative server; return them when all serve the plan and the DKIM probe verifies.
+    """Check every authoritative server of ``zone``; return them when all serve the plan and the DKIM probe verifies.
+
+    ``signer``: a delegated key (reference/dns.md §5.4): ``zone`` is the delegation zone, ``expected`` holds the key's
+    one TXT, and the probe is signed for the customer domain ``signer``, its selector resolved through that TXT's name.
 
     Raises:
         NotPropagated: listing the first mismatches (transient: the broker retries later).
     """
     dns = ports.dns
     servers = dns.servers(zone)
+    target = next(iter(expected.values())).name if signer else ""
     problems: list[str] = []
     for server in servers:
         mismatches = server_mismatches(dns, zone, server, expected, min_serial)
@@ -68,11 +83,11 @@ def verify_zone(
         if mismatches:
             continue
 
-        def lookup(name: str, server: str = server) -> bytes | None:
-            rs = dns.query(server, name.rstrip("."), "TXT")
-            return rs.values[0].encode() if rs and len(rs.values) == 1 else None
+        def at(name: str, server: str = server) -> RecordSet | None:
+            return dns.query(server, name.rstrip("."), "TXT")
 
-        if not _probe(lookup, zone, pair):
+        look = delegated_lookup(at, signer, pair.selector, target) if signer else (lambda n, at=at: txt_value(at(n)))
+        if not _probe(look, signer or zone, pair):
             problems.append(f"{server}: DKIM probe signature for {pair.selector} does not verify")
     if problems:
         raise NotPropagated("; ".join(problems[:6]))
@@ -90,8 +105,7 @@ def external_missing(ports: Ports, want: Mapping[Key, RecordSet], pair: keys.Key
             missing.append(f"{rtype} {name}")
 
     def lookup(name: str) -> bytes | None:
-        rs = ports.dns.resolve(name.rstrip("."), "TXT")
-        return rs.values[0].encode() if rs and len(rs.values) == 1 else None
+        return txt_value(ports.dns.resolve(name.rstrip("."), "TXT"))
 
     zone = next(iter(want))[0]
     if not missing and not _probe(lookup, zone, pair):
@@ -107,36 +121,6 @@ def delegated_lookup(
     asked = f"{selector}._domainkey.{domain}"
 
     def lookup(name: str) -> bytes | None:
-        rs = query(target) if name.rstrip(".").lower() == asked else None
-        return rs.values[0].encode() if rs and len(rs.values) == 1 else None
+        return txt_value(query(target)) if name.rstrip(".").lower() == asked else None
 
     return lookup
-
-
-def verify_delegated(
-    ports: Ports, domain: str, want: RecordSet, min_serial: int | None, pair: keys.KeyPair
-) -> list[str]:
-    """A delegated key: every authoritative server of the delegation zone serves ``want`` (serial and content) and
-    a probe signed for ``domain`` with ``pair`` verifies against it there; returns the servers.
-
-    Raises:
-        NotPropagated: listing the first mismatches (transient: the broker retries later).
-    """
-    dns, zone = ports.dns, ports.settings.dkim.delegation_zone
-    servers = dns.servers(zone)
-    problems: list[str] = []
-    for server in servers:
-        mismatches = server_mismatches(dns, zone, server, {want.key: want}, min_serial)
-        problems += mismatches
-        if mismatches:
-            continue
-
-        def at(name: str, server: str = server) -> RecordSet | None:
-            return dns.query(server, name, "TXT")
-
-        look = delegated_lookup(at, domain, pair.selector, want.name)
-        if not _probe(look, domain, pair):
-            problems.append(f"{server}: DKIM probe signature for {pair.selector} does not verify")
-    if problems:
-        raise NotPropagated("; ".join(problems[:6]))
-    return servers

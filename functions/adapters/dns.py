@@ -13,8 +13,6 @@ from __future__ import annotations
 import binascii
 import ipaddress
 import logging
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Protocol
@@ -62,7 +60,6 @@ RawKey = tuple[Key, str]  # (RRset key, value) -> the rdata exactly as read
 IN = dns.rdataclass.IN
 EDNS_PAYLOAD = 1232  # DNS flag day 2020 buffer size
 XFR_LIFETIME_FACTOR = 12  # an AXFR may take this many per-message timeouts in total
-XFR_REUSE_SECONDS = 1.0  # hosts_zone's transfer serves a read_zone of the same zone, same thread, within this time
 _CONFLICT = {dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.YXDOMAIN, dns.rcode.NXDOMAIN}
 # Types whose presentation form holds only names and numbers: lowercased when read (names are case-insensitive).
 _NAME_TYPES = {"A", "AAAA", "CNAME", "DNAME", "MX", "NS", "PTR", "SOA", "SRV"}
@@ -179,29 +176,22 @@ class Rfc2136Dns:
         # because the server compares rdata, and the joined value alone would never match (dns.md §2).
         self._raw: dict[RawKey, dns.rdata.Rdata] = {}
         self._system_resolver: str | None = None  # /etc/resolv.conf's first name server, read once when needed
-        self._recent = threading.local()  # .xfr = (zone, monotonic time, transfer) left by hosts_zone, used once
 
     # ------------------------------------------------------------ reading
 
     def hosts_zone(self, zone: str) -> bool:
         """True when the primary answers the zone's SOA authoritatively and lets our key transfer it.
 
-        The transfer is kept for a ``read_zone`` of the same zone that follows at once in the same thread (within
-        ``XFR_REUSE_SECONDS``, used once): "hosts it? then read it" costs one AXFR. Data that old is no staler than
-        any read before an UPDATE, whose compare-and-set prerequisites refuse a plan made from outdated data.
-
         Raises:
             DnsServfail: the primary failed or timed out.
         """
         zone = _zone(zone)
-        self._recent.xfr = None
         if self.serial(zone, self._primary) is None:
             return False
         try:
-            transfer = self._transfer(zone)
+            self._transfer(zone)
         except DnsRefused:
             return False
-        self._recent.xfr = (zone, time.monotonic(), transfer)
         return True
 
     def read_zone(self, zone: str) -> dict[Key, RecordSet]:
@@ -211,11 +201,7 @@ class Rfc2136Dns:
             DnsRefused: the transfer was refused (zone not served, key not allowed, bad TSIG).
             DnsServfail: the primary failed or timed out (after the in-place retries).
         """
-        zone = _zone(zone)
-        recent: tuple[str, float, dns.zone.Zone] | None = getattr(self._recent, "xfr", None)
-        self._recent.xfr = None
-        fresh = recent is not None and recent[0] == zone and time.monotonic() - recent[1] <= XFR_REUSE_SECONDS
-        records, raw = _records(recent[2] if recent is not None and fresh else self._transfer(zone))
+        records, raw = _records(self._transfer(_zone(zone)))
         if len(self._raw) + len(raw) > RAW_TXT_LIMIT:
             self._raw.clear()
         self._raw.update(raw)
@@ -382,7 +368,7 @@ class Rfc2136Dns:
     def _transfer(self, zone: str, server: tuple[str, int] | None = None) -> dns.zone.Zone:
         def attempt() -> dns.zone.Zone:
             with _mapped(f"AXFR {zone}" if server is None else f"AXFR {zone} from {_join(*server)}"):
-                return self._wire.transfer(zone) if server is None else self._wire.transfer(zone, server)
+                return self._wire.transfer(zone, server)
 
         return retried(attempt)()
 

@@ -364,18 +364,11 @@ def test_hosts_zone(port: Rfc2136Dns) -> None:
     assert port.hosts_zone("other.test") is False
 
 
-def test_read_zone_right_after_hosts_zone_reuses_its_transfer(
-    port: Rfc2136Dns, wire: RecordingWire, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert port.hosts_zone(ZONE) is True
-    assert port.read_zone(ZONE)[(ZONE, "MX")] == rs(ZONE, "MX", 3600, "10 pmg1.faster.test.")
-    assert len(wire.transfers) == 1  # one AXFR for "hosts it? then read it"
-    port.read_zone(ZONE)
-    assert len(wire.transfers) == 2  # used once: the next read transfers again
-    port.hosts_zone(ZONE)
-    monkeypatch.setattr("functions.adapters.dns.XFR_REUSE_SECONDS", -1.0)
-    port.read_zone(ZONE)
-    assert len(wire.transfers) == 4  # too old: transferred again
+def test_read_zone_refused_means_not_ours(port: Rfc2136Dns, wire: RecordingWire) -> None:
+    """domain.created and domain.deleted read the zone in one AXFR; a refusal is how "not served by us" shows."""
+    wire.transfer_error = dns.xfr.TransferError(dns.rcode.NOTAUTH)
+    with pytest.raises(DnsRefused):
+        port.read_zone(ZONE)
 
 
 def test_read_zone_at_transfers_from_that_server(port: Rfc2136Dns, wire: RecordingWire) -> None:
