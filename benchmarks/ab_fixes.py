@@ -32,10 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from benchmarks.counting import CountingWire, Tally
 from benchmarks.harness import REPO, created_event
-from functions._core import keys, verify
-from functions._core.config import Secret, Settings
-from functions._core.ports import DnsChange
-from functions._core.records import RecordSet
+from functions._core.model import keys, verify
+from functions._core.model.ports import DnsChange
+from functions._core.model.records import RecordSet
+from functions._core.platform.config import Secret, Settings
 from functions.adapters.dns import Rfc2136Dns, TcpWire
 from functions.adapters.s3 import S3Store
 from functions.runtime import dispatch

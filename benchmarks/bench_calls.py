@@ -20,7 +20,7 @@ from typing import Any
 from benchmarks.counting import Tally, counted, sim_counts
 from benchmarks.harness import REPO, Sandbox, created_event
 from functions import ROUTES
-from functions._core.ports import Ports
+from functions._core.model.ports import Ports
 from functions.runtime import dispatch
 from functions.runtime.main import build_ports
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from benchmarks.harness import Sandbox
 from benchmarks.naive_baseline import SYSTEMS, Naive
-from functions._core import keys
+from functions._core.model import keys
 
 
 @dataclass(frozen=True)

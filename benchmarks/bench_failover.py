@@ -25,8 +25,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "infra" / "local")]
 
-from functions._core.config import Secret, Settings  # noqa: E402
-from functions._core.ports import Ports  # noqa: E402
+from functions._core.model.ports import Ports  # noqa: E402
+from functions._core.platform.config import Secret, Settings  # noqa: E402
 from functions.runtime import dispatch  # noqa: E402
 from functions.runtime.amqp import Publisher, params  # noqa: E402
 from functions.runtime.consumer import Worker  # noqa: E402

@@ -17,10 +17,11 @@ import dns.message
 import dns.update
 import dns.zone
 
-from functions._core.errors import PreconditionFailed
-from functions._core.idempotency import Ledger
-from functions._core.locks import SubjectLocks
-from functions._core.ports import ObjectStore, Ports, StoredObject
+from functions._core.model.ports import Ports
+from functions._core.platform.errors import PreconditionFailed
+from functions._core.platform.idempotency import Ledger
+from functions._core.platform.locks import SubjectLocks
+from functions._core.platform.store import ObjectStore, StoredObject
 from functions.adapters.dns import DnsWire, Rfc2136Dns, TcpWire
 
 READ, WRITE, REFUSED = "read", "write", "refused"  # refused: a conditional write that did not hold (no change)

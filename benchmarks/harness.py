@@ -36,7 +36,7 @@ import dns.update
 import httpx
 import pika
 
-from functions._core.config import Secret, Settings
+from functions._core.platform.config import Secret, Settings
 from functions.runtime.amqp import Publisher, event_properties, params
 from tests.stackenv import load_stack_env
 

@@ -45,10 +45,10 @@ import dns.zone
 import httpx
 import requests
 
-from functions._core import keys
-from functions._core.config import Settings
-from functions._core.mailset import desired_records, mta_sts_policy, policy_key
-from functions._core.records import RecordSet, split_txt
+from functions._core.model import keys
+from functions._core.model.mailset import desired_records, mta_sts_policy, policy_key
+from functions._core.model.records import RecordSet, split_txt
+from functions._core.platform.config import Settings
 
 MANAGED = "managed-by mailplane"
 SYSTEMS = ("mailcow", "pmg", "dns", "s3")

@@ -25,9 +25,9 @@ from typing import Any
 
 from benchmarks.counting import Tally, counted
 from functions import ROUTES, Route
-from functions._core.envelope import Envelope
-from functions._core.outcome import Outcome
-from functions._core.ports import Ports
+from functions._core.model.ports import Ports
+from functions._core.platform.envelope import Envelope
+from functions._core.platform.outcome import Outcome
 from functions.runtime import dispatch, main
 from functions.runtime.consumer import Worker
 

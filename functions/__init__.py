@@ -1,4 +1,21 @@
-"""mailplane functions: one module per routing key; ROUTES is the one routing table.
+"""mailplane functions: one handler module per routing key; ROUTES is the one routing table.
+
+The rule for handlers (every one, present and future; tests/test_layout.py checks it):
+    ``functions/<routing_key>.py`` (``domain.created`` -> ``domain_created.py``) is a thin adapter over ONE named
+    logic module in ``functions/_core/model/``, named by its ``LOGIC`` constant. The handler holds ``NAME`` (the
+    literal idempotency namespace), ``handle(event, ports) -> Outcome`` and ``dry_run``; it turns the event into a
+    call of its logic module and the result into the outcome and the outbound events. It never reads or writes a
+    system itself (no ``ports.mail/gateway/dns/state/web``) and stays under 150 lines. The logic module holds the
+    steps, their order, the guards and the writes.
+
+    domain.created -> provisioning    domain.deleted -> deletion    key.rotate -> rotation
+    node.down, node.up -> failover
+
+Where things go: a new event = a schema in schemas/, a sample in events/, a handler here, its logic module in
+``_core/model/`` and a line in ROUTES; a new external system = a port in ``_core/model/ports.py`` (or
+``_core/platform/store.py`` for storage) and an adapter in ``adapters/``; a new operator command or scheduled
+producer = a module in ``ops/`` registered by ``ops/cli.py``; delivery (how events arrive and are settled) is
+``runtime/``.
 
 Importing this package does nothing but define the table: clients and settings are built in runtime/main.py.
 """
@@ -12,9 +29,9 @@ from typing import TYPE_CHECKING
 from functions import domain_created, domain_deleted, key_rotate, node_down, node_up
 
 if TYPE_CHECKING:
-    from functions._core.envelope import Envelope
-    from functions._core.outcome import Outcome
-    from functions._core.ports import Ports
+    from functions._core.model.ports import Ports
+    from functions._core.platform.envelope import Envelope
+    from functions._core.platform.outcome import Outcome
 
 
 @dataclass(frozen=True)

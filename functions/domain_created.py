@@ -1,249 +1,50 @@
-"""domain.created: converge a customer domain on Mailcow, PMG, DNS and the MTA-STS store; verify; report.
+"""domain.created (billing): provision a customer domain on Mailcow, PMG, DNS and the MTA-STS store, verified.
 
-Read everything, plan every system, guard, then apply: a refused event (bad zone, foreign DNS data) changes
-nothing anywhere. An empty plan is success, so a replayed event writes nothing.
+A thin adapter over functions/_core/model/provisioning.py (the logic): this module turns its result into the
+outcome and the domain.provisioned event (status provisioned or awaiting_dns, with the zone-file lines for a zone
+hosted elsewhere). The outbound event's id depends only on the incoming event, so a redelivery announces the same.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
 import uuid
-from dataclasses import dataclass, replace
 from typing import Any
 
-from functions._core import keys, state
-from functions._core.envelope import Envelope, build
-from functions._core.errors import DnsRefused, EventInvalid
-from functions._core.mailset import customer_lines, delegated, desired_records, dkim_record, mta_sts_policy, policy_key
-from functions._core.names import is_within
-from functions._core.outcome import Outcome
-from functions._core.plans import DnsPlan, GatewayPlan, MailPlan, plan_dns, plan_gateway, plan_mail
-from functions._core.ports import DkimKey, GatewayTransport, MailDomain, Ports, RelayDomain, TrustedNetwork
-from functions._core.records import Key, RecordSet
-from functions._core.verify import external_missing, verify_zone
+from functions._core.model import provisioning
+from functions._core.model.ports import Ports
+from functions._core.platform.envelope import Envelope, build
+from functions._core.platform.outcome import Outcome
 
 NAME = "domain_created"
+LOGIC = "functions._core.model.provisioning"
 SOURCE = "urn:mailplane:worker"
-MANAGED = "managed-by mailplane"
-TIME_KEY = "_event_time"  # in the stored request: the time of the domain.created it came from
-log = logging.getLogger(__name__)
 
-
-def _stale(event: Envelope, before: state.DomainState) -> bool:
-    """An event older than the one already applied (retries can reorder events) must not undo it."""
-    applied = before.request.get(TIME_KEY)
-    return applied is not None and event.time < dt.datetime.fromisoformat(applied)
-
-
-@dataclass(frozen=True)
-class Plans:
-    mail: MailPlan
-    gateway: GatewayPlan
-    dns: DnsPlan | None  # None: the zone is hosted elsewhere
-    key_dns: DnsPlan | None  # delegated DKIM: the key's TXT in the delegation zone (None: not delegated)
-    want_dns: dict[Key, RecordSet]
-    policy: bytes | None  # new MTA-STS policy body, None when unchanged
-
-
-def desired_mail(domain: str, data: dict[str, Any]) -> MailDomain:
-    p = data["plan"]
-    return MailDomain(
-        domain=domain,
-        description=f"{MANAGED} customer={data['customer_id']}",
-        mailboxes=p["mailboxes"],
-        aliases=p["aliases"],
-        quota_mib=p["quota_mib"],
-        maxquota_mib=p["mailbox_quota_mib"],
-        defquota_mib=p["default_mailbox_quota_mib"],
-    )
-
-
-def _refuse_protected(domain: str, ports: Ports) -> None:
-    prov = ports.settings.provider
-    zone = is_within(domain, (prov.zone, *prov.protected_zones))
-    if zone is not None:
-        raise EventInvalid(f"{domain} is the provider's zone {zone} or lies under it")
-
-
-def _key(event: Envelope, ports: Ports) -> tuple[state.DomainState, state.KeyRecord | None, keys.KeyPair]:
-    """The domain's state, its current key record, and the key pair to provision (new ones are not stored yet)."""
-    domain, s = event.subject, ports.settings
-    _refuse_protected(domain, ports)
-    before = state.load(ports.state, domain)
-    cur, wanted = before.current, delegated(event.data)
-    if cur is not None and before.request and delegated(before.request) != wanted:
-        raise EventInvalid(
-            f"{domain}: DKIM delegation cannot be switched {'on' if wanted else 'off'} for a provisioned domain "
-            "(dns.hosted / dkim.delegate differ from the applied request); delete and re-create the domain"
-        )
-    if cur is not None:
-        return before, cur, state.load_key(ports.state, domain, cur.selector, s)
-    return before, cur, state.new_key(before, s, ports.clock(), delegated=wanted)
-
-
-def dry_run(event: Envelope, ports: Ports) -> dict[str, list[str]]:
-    """The changes ``handle`` would make on each system; nothing is written."""
-    _, cur, pair = _key(event, ports)
-    plans = plan_all(event, ports, pair)
-    return {
-        "mailcow": plans.mail.summary(),
-        "pmg": plans.gateway.summary(),
-        "dns": plans.dns.summary()
-        if plans.dns
-        else [f"(hosted elsewhere) {ln}" for ln in customer_lines(plans.want_dns)],
-        "store": ([] if cur else [f"+ sealed key {pair.selector}"]) + (["+ mta-sts policy"] if plans.policy else []),
-        **({"dns (delegation zone)": plans.key_dns.summary()} if plans.key_dns else {}),
-    }
-
-
-def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
-    """Read every system and plan it; raises before anything is written."""
-    s, domain, data = ports.settings, event.subject, dict(event.data)
-    gw = ports.gateway
-    mc = s.mailcow
-    nets = (TrustedNetwork(f"{mc.ipv4}/32", MANAGED), TrustedNetwork(f"{mc.ipv6}/128", MANAGED))
-    gateway = plan_gateway(
-        RelayDomain(domain, f"{MANAGED} customer={data['customer_id']}"),
-        GatewayTransport(domain, mc.host, 25, "smtp", False, MANAGED),
-        nets,
-        gw.list_relay_domains(),
-        gw.list_transports(),
-        gw.list_networks(),
-    )
-    want_key = DkimKey(pair.selector, pair.public_b64)
-    mail = plan_mail(desired_mail(domain, data), ports.mail.get_domain(domain), want_key, ports.mail.get_dkim(domain))
-    deleg = delegated(data)
-    want = desired_records(domain, s, pair.selector, pair.public_b64, delegated=deleg)
-    dns = key_dns = None
-    if data["dns"]["hosted"]:
-        try:  # one AXFR: refused when our DNS does not serve the zone or our key may not transfer it
-            have = ports.dns.read_zone(domain)
-        except DnsRefused:
-            raise EventInvalid(f"zone {domain} is not served by our DNS (dns.hosted is true)") from None
-        dns = plan_dns(domain, have, want)
-    elif deleg:
-        key_dns = plan_delegated_key(domain, ports, pair)
-    body = mta_sts_policy(s).encode()
-    have_policy = ports.web.get(policy_key(domain))
-    return Plans(mail, gateway, dns, key_dns, want, None if have_policy and have_policy.body == body else body)
-
-
-def plan_delegated_key(domain: str, ports: Ports, pair: keys.KeyPair) -> DnsPlan:
-    """The key's TXT at ``<slot>.<domain>.<delegation zone>``: added, or already there; anything else is foreign.
-
-    Raises:
-        EventInvalid: delegation is not offered, the name is too long, or our DNS does not serve the zone.
-        OwnershipConflict: the name holds data mailplane did not publish for this key.
-    """
-    zone = ports.settings.dkim.delegation_zone
-    want = dkim_record(domain, ports.settings, pair.selector, pair.txt, delegated=True)
-    try:  # one NS query: the delegation zone holds every delegated domain's keys, too large to transfer per event
-        served = ports.dns.read_rrset(zone, "NS") is not None
-    except DnsRefused:
-        served = False
-    if not served:
-        raise EventInvalid(f"{domain}: the DKIM delegation zone {zone} is not served by our DNS")
-    have = ports.dns.read_rrset(want.name, "TXT")
-    return plan_dns(zone, {want.key: have} if have else {}, {want.key: want})
-
-
-def apply_before_gate(plans: Plans, domain: str, ports: Ports) -> int | None:
-    """Mailcow domain, PMG, MTA-STS policy, then the ONE DNS update; returns the new serial (None: no update)."""
-    if plans.mail.add:
-        ports.mail.add_domain(plans.mail.add)
-    elif plans.mail.edit:
-        ports.mail.edit_domain(domain, plans.mail.edit)
-    g = plans.gateway
-    for net in g.add_networks:
-        ports.gateway.add_network(net)
-    if g.add_domain:
-        ports.gateway.add_relay_domain(g.add_domain)
-    if g.add_transport:
-        ports.gateway.add_transport(g.add_transport)
-    if g.update_transport:
-        ports.gateway.update_transport(g.update_transport)
-    if plans.policy is not None:
-        ports.web.put(policy_key(domain), plans.policy, content_type="text/plain")
-    for plan in (plans.dns, plans.key_dns):
-        if plan and plan.changes:
-            return ports.dns.apply(plan.zone, list(plan.changes))
-    return None
-
-
-def _claim_key(
-    event: Envelope, ports: Ports, before: state.DomainState, pair: keys.KeyPair, plans: Plans
-) -> tuple[state.DomainState, keys.KeyPair, Plans]:
-    """Store a new key (sealed) and record it in the state BEFORE anything is published with it, so a retry after
-    a crash reuses it; if a concurrent worker stored another key first, re-plan with that one."""
-    stored = state.persist_key(ports.state, event.subject, pair, ports.settings)
-    if stored.public_b64 != pair.public_b64:
-        pair, plans = stored, plan_all(event, ports, stored)
-    created = ports.clock().isoformat(timespec="seconds")
-    record = state.KeyRecord(pair.selector, pair.public_b64, "GENERATED", created)
-    return state.save(ports.state, state.with_new_key(before, record), before), pair, plans
+desired_mail = provisioning.desired_mail
+dry_run = provisioning.dry_run
 
 
 def handle(event: Envelope, ports: Ports) -> Outcome:
-    """Provision ``event.subject``; see the module docstring.
+    """Provision ``event.subject`` (provisioning.provision) and report it.
 
     Raises:
         EventInvalid: the provider's zone, or a zone flagged hosted that our DNS does not serve.
         OwnershipConflict: a managed DNS name holds foreign data.
         NotPropagated: an authoritative server does not serve the plan yet (retried by the broker).
     """
-    domain = event.subject
-    before, cur, pair = _key(event, ports)
-    if _stale(event, before):
-        log.info("stale: %s %s is older than the applied %s; ignored", NAME, event.id, before.request[TIME_KEY])
-        return Outcome(NAME, event.id, domain, "stale", {}, (), {"applied": before.request[TIME_KEY]})
-    plans = plan_all(event, ports, pair)  # raises, with nothing written, when the event must be refused
-    changes: dict[str, list[str]] = {"mailcow": [], "pmg": plans.gateway.summary(), "dns": [], "store": []}
-    current = before
-    if cur is None:
-        current, pair, plans = _claim_key(event, ports, before, pair, plans)
-        changes["store"].append(f"+ sealed key {pair.selector}")
-    changes["mailcow"] = [c for c in plans.mail.summary() if not c.startswith("+ dkim")]
-    serial = apply_before_gate(plans, domain, ports)
-    changes["dns"] = [*(plans.dns.summary() if plans.dns else []), *(plans.key_dns.summary() if plans.key_dns else [])]
-    changes["store"] += ["+ mta-sts policy"] if plans.policy is not None else []
-    if plans.dns is not None:
-        # A replay that changed nothing of a domain that already passed the gate needs no second gate.
-        passed = serial is None and not any(changes.values()) and before.status == "provisioned"
-        servers = [] if passed else verify_zone(ports, domain, plans.dns.expected, serial, pair)
-        status = "provisioned"
-    else:
-        servers = []
-        if plans.key_dns is not None:
-            kz = plans.key_dns
-            servers = verify_zone(ports, kz.zone, kz.expected, serial, pair, signer=domain)
-        missing = external_missing(ports, plans.want_dns, pair)
-        status = "awaiting_dns" if missing else "provisioned"
-    if status == "provisioned" and plans.mail.dkim_import:
-        ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
-        changes["mailcow"].append(f"+ dkim {pair.selector}")
-    new = replace(current, request={**event.data, TIME_KEY: event.time.isoformat()}, status=status)
-    new = new.with_key_status(pair.selector, "ACTIVE" if status == "provisioned" else "PUBLISHED")
-    if new.body() != current.body():
-        state.save(ports.state, new, current)
-        changes["store"].append(f"~ state {status}")
-    return _outcome(event, status, changes, pair.selector, servers, plans)
-
-
-def _outcome(
-    event: Envelope, status: str, changes: dict[str, list[str]], selector: str, servers: list[str], plans: Plans
-) -> Outcome:
+    done = provisioning.provision(event, ports)
+    if done.stale_applied is not None:
+        return Outcome(NAME, event.id, event.subject, "stale", {}, (), {"applied": done.stale_applied})
     data: dict[str, Any] = {
         "domain": event.subject,
         "customer_id": event.data["customer_id"],
-        "status": status,
-        "dkim_selector": selector,
-        "changes": changes,
-        "verified_servers": servers,
+        "status": done.status,
+        "dkim_selector": done.selector,
+        "changes": done.changes,
+        "verified_servers": list(done.servers),
     }
-    if status == "awaiting_dns" or plans.dns is None:
-        data["instructions"] = customer_lines(plans.want_dns)
+    if done.instructions is not None:
+        data["instructions"] = list(done.instructions)
     out_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}/{event.id}/{NAME}"))
     emitted = build("domain.provisioned", event.subject, data, source=SOURCE, id=out_id)
-    frozen = {k: tuple(v) for k, v in changes.items()}
-    return Outcome(NAME, event.id, event.subject, status, frozen, (emitted,), {"selector": selector})
+    frozen = {k: tuple(v) for k, v in done.changes.items()}
+    return Outcome(NAME, event.id, event.subject, done.status, frozen, (emitted,), {"selector": done.selector})

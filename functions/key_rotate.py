@@ -1,4 +1,6 @@
-"""key.rotate: advance the domain's DKIM rotation as far as it safely can right now (functions/_core/rotation.py).
+"""key.rotate (scheduler, operator): advance the domain's DKIM rotation as far as it safely can right now.
+
+A thin adapter over functions/_core/model/rotation.py (the state machine and its steps).
 
 Safe to receive any number of times: the scheduler nudges it (reason ``nudge``), starts rotations that are due
 (``scheduled``) and an operator declares a key ``compromised``. Every completed transition is announced by a
@@ -13,16 +15,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from functions._core import rotation
-from functions._core.envelope import Envelope, build
-from functions._core.errors import EventInvalid
-from functions._core.mailset import delegated, dkim_name
-from functions._core.names import is_within, normalize_domain
-from functions._core.outcome import Outcome
-from functions._core.ports import Ports
-from functions._core.state import DomainState
+from functions._core.model import rotation
+from functions._core.model.mailset import delegated, dkim_name
+from functions._core.model.ports import Ports
+from functions._core.model.state import DomainState
+from functions._core.platform.envelope import Envelope, build
+from functions._core.platform.errors import EventInvalid
+from functions._core.platform.names import is_within, normalize_domain
+from functions._core.platform.outcome import Outcome
 
 NAME = "key_rotate"
+LOGIC = "functions._core.model.rotation"
 SOURCE = "urn:mailplane:worker"
 
 _EFFECTS = {  # transition target -> (system, change line); {s} = selector, {n} = the DKIM TXT's name

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from functions._core.envelope import INBOUND_TYPES, MAX_BODY, OUTBOUND_TYPES, dataschema_uri, parse
-from functions._core.errors import EventInvalid
+from functions._core.platform.envelope import INBOUND_TYPES, MAX_BODY, OUTBOUND_TYPES, dataschema_uri, parse
+from functions._core.platform.errors import EventInvalid
 from tests.stackenv import REPO
 
 EVENTS = REPO / "events"

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from functions._core.errors import PreconditionFailed, StoreRejected, StoreUnavailable
-from functions._core.ports import StoredObject
+from functions._core.platform.errors import PreconditionFailed, StoreRejected, StoreUnavailable
+from functions._core.platform.store import StoredObject
 
 __all__ = ["DirStore"]
 

@@ -37,11 +37,11 @@ import dns.update
 import dns.xfr
 import dns.zone
 
-from functions._core.config import DnsSettings
-from functions._core.errors import ConfigError, DnsConflict, DnsRefused, DnsServfail, TransientError
-from functions._core.ports import DnsChange, DnsPort
-from functions._core.records import Key, RecordSet, split_txt
-from functions._core.retry import retried
+from functions._core.model.ports import DnsChange, DnsPort
+from functions._core.model.records import Key, RecordSet, split_txt
+from functions._core.platform.config import DnsSettings
+from functions._core.platform.errors import ConfigError, DnsConflict, DnsRefused, DnsServfail, TransientError
+from functions._core.platform.retry import retried
 
 __all__ = [
     "DnsWire",

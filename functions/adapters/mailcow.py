@@ -6,9 +6,10 @@ positive) -> ``MailcowRejected``. A GET answering ``{}`` means "not found". Erro
 status and Mailcow's message keys only: never a response body (Mailcow echoes relayhost passwords in ``log``), never
 the API key.
 
-Retries: GETs, edits and deletes are idempotent and retried in place (functions._core.retry). Adds are not: after a
-transient failure the add is re-read first and sent again only if nothing shows up. A 401 is never retried (fail2ban
-bans the client after 10 bad keys). Cookies are never stored: a Mailcow session cookie authenticates like its key.
+Retries: GETs, edits and deletes are idempotent and retried in place (functions._core.platform.retry). Adds are
+not: after a transient failure the add is re-read first and sent again only if nothing shows up. A 401 is never
+retried (fail2ban bans the client after 10 bad keys). Cookies are never stored: a Mailcow session cookie
+authenticates like its key.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 import httpx
 from cryptography.hazmat.primitives import serialization
 
-from functions._core.config import MailcowSettings
-from functions._core.errors import ConfigError, MailcowRejected, MailcowUnavailable
-from functions._core.ports import DkimKey, MailDomain, MailTransport, Relayhost
-from functions._core.retry import retried
+from functions._core.model.ports import DkimKey, MailDomain, MailTransport, Relayhost
+from functions._core.platform.config import MailcowSettings
+from functions._core.platform.errors import ConfigError, MailcowRejected, MailcowUnavailable
+from functions._core.platform.retry import retried
 
 __all__ = ["MANAGED_MARK", "MailcowClient"]
 
@@ -58,7 +59,7 @@ T = TypeVar("T")
 
 
 class RetryPolicy(Protocol):
-    """A decorator like ``functions._core.retry.retried`` (tests pass one without waits)."""
+    """A decorator like ``functions._core.platform.retry.retried`` (tests pass one without waits)."""
 
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
 

@@ -33,10 +33,10 @@ from proxmoxer.backends.https import JsonSerializer, ProxmoxHttpSession
 from requests.auth import AuthBase
 from requests.cookies import RequestsCookieJar
 
-from functions._core.config import MxHost, PmgSettings, Secret
-from functions._core.errors import ConfigError, PmgRejected, PmgUnavailable
-from functions._core.ports import GatewayNode, GatewayTransport, RelayDomain, TrustedNetwork
-from functions._core.retry import retried
+from functions._core.model.ports import GatewayNode, GatewayTransport, RelayDomain, TrustedNetwork
+from functions._core.platform.config import MxHost, PmgSettings, Secret
+from functions._core.platform.errors import ConfigError, PmgRejected, PmgUnavailable
+from functions._core.platform.retry import retried
 
 __all__ = ["MANAGED_COMMENT", "PmgClient", "effective_use_mx"]
 
@@ -53,7 +53,7 @@ Api = Any  # a proxmoxer ProxmoxResource (untyped library)
 
 
 class RetryPolicy(Protocol):
-    """A decorator like ``functions._core.retry.retried`` (tests pass one without waits)."""
+    """A decorator like ``functions._core.platform.retry.retried`` (tests pass one without waits)."""
 
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
 

@@ -21,10 +21,10 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from functions._core.config import StoreSettings
-from functions._core.errors import PreconditionFailed, StoreRejected, StoreUnavailable
-from functions._core.ports import ObjectStore, StoredObject
-from functions._core.retry import retried
+from functions._core.platform.config import StoreSettings
+from functions._core.platform.errors import PreconditionFailed, StoreRejected, StoreUnavailable
+from functions._core.platform.retry import retried
+from functions._core.platform.store import ObjectStore, StoredObject
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

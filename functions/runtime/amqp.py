@@ -11,7 +11,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from functions._core.config import BrokerSettings, Secret
+from functions._core.platform.config import BrokerSettings, Secret
 
 CE_CONTENT_TYPE = "application/cloudevents+json"
 

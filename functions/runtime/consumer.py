@@ -24,7 +24,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from functions._core.ports import Ports
+from functions._core.model.ports import Ports
 from functions.runtime import dispatch
 from functions.runtime.amqp import Publisher, params
 from functions.runtime.metrics import Metrics

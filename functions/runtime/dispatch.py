@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from functions import ROUTES
-from functions._core.envelope import Envelope, parse
-from functions._core.errors import AutomationError, EventInvalid, NotAuthorized, PermanentError, TransientError
-from functions._core.idempotency import LeaseHeld
-from functions._core.outcome import Outcome
-from functions._core.ports import Ports
+from functions._core.model.ports import Ports
+from functions._core.platform.envelope import Envelope, parse
+from functions._core.platform.errors import AutomationError, EventInvalid, NotAuthorized, PermanentError, TransientError
+from functions._core.platform.idempotency import LeaseHeld
+from functions._core.platform.outcome import Outcome
 
 log = logging.getLogger("mailplane.outcome")
 

@@ -41,8 +41,8 @@ from typing import Any, Protocol
 
 import pika.exceptions
 
-from functions._core.errors import ConfigError, EventInvalid, TransientError
-from functions._core.ports import Ports
+from functions._core.model.ports import Ports
+from functions._core.platform.errors import ConfigError, EventInvalid, TransientError
 from functions.runtime import dispatch, main
 from functions.runtime.amqp import Publisher, params
 from functions.runtime.settle import Incoming, Settler, effective_publisher

@@ -11,11 +11,12 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-from functions._core.config import Settings, StoreSettings
-from functions._core.errors import ConfigError
-from functions._core.idempotency import Ledger, default_owner
-from functions._core.locks import SubjectLocks
-from functions._core.ports import ObjectStore, Ports
+from functions._core.model.ports import Ports
+from functions._core.platform.config import Settings, StoreSettings
+from functions._core.platform.errors import ConfigError
+from functions._core.platform.idempotency import Ledger, default_owner
+from functions._core.platform.locks import SubjectLocks
+from functions._core.platform.store import ObjectStore
 
 
 def load_settings(path: str | None = None) -> Settings:

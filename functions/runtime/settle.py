@@ -14,8 +14,8 @@ from typing import Any
 
 import pika
 
-from functions._core.config import BrokerSettings
-from functions._core.envelope import build
+from functions._core.platform.config import BrokerSettings
+from functions._core.platform.envelope import build
 from functions.runtime import dispatch
 from functions.runtime.amqp import Publisher
 

@@ -30,10 +30,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from functions._core.config import DnsSettings, Secret
-from functions._core.errors import ConfigError, DnsConflict, DnsRefused, DnsServfail
-from functions._core.ports import DnsChange, DnsPort
-from functions._core.records import Key, RecordSet
+from functions._core.model.ports import DnsChange, DnsPort
+from functions._core.model.records import Key, RecordSet
+from functions._core.platform.config import DnsSettings, Secret
+from functions._core.platform.errors import ConfigError, DnsConflict, DnsRefused, DnsServfail
 from functions.adapters.dns import Rfc2136Dns, TcpWire, normalise_value, serial_lt, verify_propagation
 from tests.fakes.dns import PRIMARY, FakeDns
 

@@ -11,8 +11,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from functions._core.errors import DnsServfail
-from functions._core.records import RecordSet
+from functions._core.model.records import RecordSet
+from functions._core.platform.errors import DnsServfail
 from functions.adapters.dns import Rfc2136Dns
 from tests.fakes.settings import make_settings
 

@@ -24,16 +24,16 @@ from sim.common import ensure_certs
 from sim.mailcow import MailcowModel
 from sim.mailcow.app import serve_mailcow
 
-from functions._core.errors import ConfigError, MailcowRejected, MailcowUnavailable
-from functions._core.plans import MailPlan, plan_mail
-from functions._core.ports import DkimKey, MailDomain, MailPort
+from functions._core.model.plans import MailPlan, plan_mail
+from functions._core.model.ports import DkimKey, MailDomain, MailPort
+from functions._core.platform.errors import ConfigError, MailcowRejected, MailcowUnavailable
 from functions.adapters.mailcow import MANAGED_MARK, MailcowClient
 from tests.fakes.mailcow import fake_mailcow, fake_settings, no_wait
 
 RW = "A1B2C3-D4E5F6-A7B8C9-D0E1F2-A3B4C5"
 RO = "F0F0F0-E1E1E1-D2D2D2-C3C3C3-B4B4B4"
 BAD_KEY = "BAD000-BAD111-BAD222-BAD333-BAD444"
-RETRY_ATTEMPTS = 3  # functions._core.retry: stop_after_attempt(3)
+RETRY_ATTEMPTS = 3  # functions._core.platform.retry: stop_after_attempt(3)
 
 
 @functools.cache

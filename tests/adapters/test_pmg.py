@@ -19,9 +19,9 @@ import requests
 import requests.adapters
 from sim.pmg import PmgModel
 
-from functions._core.config import MxHost, PmgSettings, Secret
-from functions._core.errors import PmgRejected, PmgUnavailable
-from functions._core.ports import GatewayPort, GatewayTransport, RelayDomain, TrustedNetwork
+from functions._core.model.ports import GatewayPort, GatewayTransport, RelayDomain, TrustedNetwork
+from functions._core.platform.config import MxHost, PmgSettings, Secret
+from functions._core.platform.errors import PmgRejected, PmgUnavailable
 from functions.adapters.pmg import MANAGED_COMMENT, PmgClient, effective_use_mx
 from tests.fakes.pmg import HttpsCluster, fake_pmg, https_cluster, no_wait
 

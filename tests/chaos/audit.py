@@ -17,13 +17,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from functions import ROUTES
-from functions._core import nodes, state
-from functions._core.envelope import Envelope, fingerprint, parse
-from functions._core.errors import AutomationError, EventInvalid
-from functions._core.idempotency import PREFIX
-from functions._core.mailset import desired_records, policy_key
-from functions._core.ports import Ports
-from functions._core.records import Key, RecordSet
+from functions._core.model import nodes, state
+from functions._core.model.mailset import desired_records, policy_key
+from functions._core.model.ports import Ports
+from functions._core.model.records import Key, RecordSet
+from functions._core.platform.envelope import Envelope, fingerprint, parse
+from functions._core.platform.errors import AutomationError, EventInvalid
+from functions._core.platform.idempotency import PREFIX
 from functions.adapters.dns import Rfc2136Dns
 from functions.runtime.main import build_ports
 from tests.chaos.harness import Slice
@@ -76,7 +76,7 @@ def parked_messages(sl: Slice) -> dict[str, list[Parked]]:
 
 
 def _ledger_key(name: str, ev: dict[str, Any]) -> str:
-    """``functions._core.idempotency.ledger_key`` from the raw event (same formula: sha256(source/id))."""
+    """``functions._core.platform.idempotency.ledger_key`` from the raw event (same formula: sha256(source/id))."""
     digest = hashlib.sha256(f"{ev['source']}/{ev['id']}".encode()).hexdigest()
     return f"{PREFIX}{name}/{digest}.json"
 
@@ -343,7 +343,7 @@ def _zone(
 
 
 def _served() -> tuple[str, ...]:
-    from functions._core.rotation import SERVED  # only when key.rotate has a handler
+    from functions._core.model.rotation import SERVED  # only when key.rotate has a handler
 
     return tuple(SERVED)
 

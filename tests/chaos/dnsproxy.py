@@ -19,7 +19,7 @@ import dns.message
 import dns.rcode
 import dns.tsigkeyring
 
-from functions._core.config import Secret
+from functions._core.platform.config import Secret
 
 BUFSIZE = 65535
 

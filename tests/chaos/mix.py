@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from functions import ROUTES
-from functions._core.config import Settings
+from functions._core.platform.config import Settings
 from tests.conftest import load_event
 
 BASE_TIME = dt.datetime(2026, 11, 27, 9, 30, tzinfo=dt.UTC)

@@ -19,7 +19,7 @@ from typing import Any, cast
 import pika
 import pytest
 
-from functions._core import state
+from functions._core.model import state
 from functions.adapters.dns import Rfc2136Dns
 from functions.runtime import lambda_rmq
 from functions.runtime.main import build_ports
@@ -442,7 +442,7 @@ def test_one_domain_never_runs_twice_at_once_across_processes(chaos_slice: Slice
 def _cli(sl: Slice, *args: str) -> str:
     env = {**sl.env, "COLUMNS": "400", "PATH": f"{REPO / '.venv' / 'bin'}:/usr/bin:/bin"}
     done = subprocess.run(
-        [PY, "-m", "functions.runtime.cli", *args, "--config", str(sl.config)],
+        [PY, "-m", "functions.ops.cli", *args, "--config", str(sl.config)],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -35,9 +35,9 @@ from collections.abc import Callable
 from typing import Any
 
 from functions import ROUTES, Route
-from functions._core.envelope import Envelope
-from functions._core.outcome import Outcome
-from functions._core.ports import Ports
+from functions._core.model.ports import Ports
+from functions._core.platform.envelope import Envelope
+from functions._core.platform.outcome import Outcome
 from functions.runtime import dispatch, main
 from functions.runtime.consumer import Worker
 from functions.runtime.settle import Settler

@@ -16,9 +16,9 @@ import botocore.response
 import pytest
 from botocore.stub import Stubber
 
-from functions._core.config import Secret, StoreSettings
-from functions._core.errors import PreconditionFailed, StoreRejected, StoreUnavailable
-from functions._core.ports import ObjectStore
+from functions._core.platform.config import Secret, StoreSettings
+from functions._core.platform.errors import PreconditionFailed, StoreRejected, StoreUnavailable
+from functions._core.platform.store import ObjectStore
 from functions.adapters.dirstore import DirStore
 from functions.adapters.s3 import PROBE_PREFIX, S3Store, probe_conditional_writes
 from tests.fakes.store import MemoryStore

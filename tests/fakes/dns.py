@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from functions._core.errors import AutomationError, DnsConflict, DnsRefused, DnsServfail
-from functions._core.ports import DnsChange
-from functions._core.records import Key, RecordSet
+from functions._core.model.ports import DnsChange
+from functions._core.model.records import Key, RecordSet
+from functions._core.platform.errors import AutomationError, DnsConflict, DnsRefused, DnsServfail
 from functions.adapters.dns import build_update
 
 PRIMARY = "primary"

@@ -14,8 +14,8 @@ from sim.mailcow import MailcowApp, MailcowModel
 from sim.transports import httpx_transport
 from tenacity import wait_none
 
-from functions._core.config import MailcowSettings, Secret
-from functions._core.retry import retried
+from functions._core.platform.config import MailcowSettings, Secret
+from functions._core.platform.retry import retried
 from functions.adapters.mailcow import MailcowClient
 
 T = TypeVar("T")

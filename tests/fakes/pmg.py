@@ -17,8 +17,8 @@ from sim.pmg import PmgModel, PmgNodeApp, serve_cluster
 from sim.transports import HostRouter, RequestsAdapter
 from tenacity import wait_none
 
-from functions._core.config import MxHost, PmgSettings, Secret
-from functions._core.retry import retried
+from functions._core.platform.config import MxHost, PmgSettings, Secret
+from functions._core.platform.retry import retried
 from functions.adapters.pmg import PmgClient
 
 T = TypeVar("T")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from functions._core.config import Settings
+from functions._core.platform.config import Settings
 from tests.stackenv import REPO
 
 FAKE_ENV = {

@@ -6,8 +6,8 @@ import hashlib
 import threading
 from collections.abc import Iterator
 
-from functions._core.errors import AutomationError, PreconditionFailed
-from functions._core.ports import StoredObject
+from functions._core.platform.errors import AutomationError, PreconditionFailed
+from functions._core.platform.store import StoredObject
 
 
 class MemoryStore:

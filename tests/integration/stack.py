@@ -16,8 +16,8 @@ import dns.query
 import httpx
 import pika
 
-from functions._core import state
-from functions._core.config import Secret, Settings
+from functions._core.model import state
+from functions._core.platform.config import Secret, Settings
 from functions.runtime.amqp import Publisher, params
 from functions.runtime.consumer import Worker
 from functions.runtime.main import build_ports

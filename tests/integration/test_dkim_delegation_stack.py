@@ -19,13 +19,13 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from functions._core import state
-from functions._core.config import Settings
-from functions._core.outcome import Outcome
-from functions._core.ports import Ports
+from functions._core.model import state
+from functions._core.model.ports import Ports
+from functions._core.platform.config import Settings
+from functions._core.platform.outcome import Outcome
+from functions.ops.status import domain_status
 from functions.runtime import dispatch
 from functions.runtime.main import build_ports
-from functions.runtime.status import domain_status
 from tests.conftest import load_event
 from tests.integration import stack
 from tests.stackenv import REPO

@@ -14,9 +14,9 @@ import dns.nameserver
 import dns.resolver
 import pytest
 
-from functions._core import keys, state
-from functions._core.config import Settings
-from functions._core.mailset import policy_key
+from functions._core.model import keys, state
+from functions._core.model.mailset import policy_key
+from functions._core.platform.config import Settings
 from functions.runtime.main import build_ports
 from tests.integration import stack
 
@@ -113,8 +113,8 @@ def test_independent_checkers_pass(stack_env: dict[str, str], settings: Settings
 
 
 def test_customer_records_survive(stack_env: dict[str, str], settings: Settings) -> None:
-    from functions._core.ports import DnsChange
-    from functions._core.records import RecordSet
+    from functions._core.model.ports import DnsChange
+    from functions._core.model.records import RecordSet
 
     domain = stack.unique_domain("cust")
     stack.zone_add(domain)

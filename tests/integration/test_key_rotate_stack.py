@@ -29,15 +29,16 @@ import typer
 from typer.testing import CliRunner
 
 from functions import key_rotate
-from functions._core import rotation, state
-from functions._core.config import Settings
-from functions._core.envelope import parse
-from functions._core.outcome import Outcome
-from functions._core.ports import Ports
-from functions._core.rotation import REVOKED_TXT
-from functions._core.state import DomainState, KeyRecord
+from functions._core.model import rotation, state
+from functions._core.model.ports import Ports
+from functions._core.model.rotation import REVOKED_TXT
+from functions._core.model.state import DomainState, KeyRecord
+from functions._core.platform.config import Settings
+from functions._core.platform.envelope import parse
+from functions._core.platform.outcome import Outcome
 from functions.adapters.s3 import S3Store, make_client
-from functions.runtime import cli_rotate, dispatch, rotate_due
+from functions.ops import cli_rotate, rotate_due
+from functions.runtime import dispatch
 from functions.runtime.main import build_ports
 from tests.conftest import load_event
 from tests.fakes.recorder import Recorder

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from functions._core.config import Settings, StoreSettings
-from functions._core.envelope import Envelope, parse
-from functions._core.errors import EventInvalid
-from functions._core.idempotency import COMPLETED, IN_PROGRESS, LeaseHeld, Ledger
+from functions._core.platform.config import Settings, StoreSettings
+from functions._core.platform.envelope import Envelope, parse
+from functions._core.platform.errors import EventInvalid
+from functions._core.platform.idempotency import COMPLETED, IN_PROGRESS, LeaseHeld, Ledger
 from functions.adapters.s3 import S3Store, probe_conditional_writes
 from tests.conftest import load_event
 

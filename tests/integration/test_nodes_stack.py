@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 
 from functions import node_up
-from functions._core import nodes
-from functions._core.config import Secret, Settings
-from functions._core.envelope import parse
-from functions._core.ports import Ports
-from functions._core.records import Key, RecordSet
+from functions._core.model import nodes
+from functions._core.model.ports import Ports
+from functions._core.model.records import Key, RecordSet
+from functions._core.platform.config import Secret, Settings
+from functions._core.platform.envelope import parse
+from functions.ops.probe import Prober, load
 from functions.runtime.amqp import Publisher, params
 from functions.runtime.main import build_ports
-from functions.runtime.probe import Prober, load
 from tests.conftest import load_event
 from tests.integration import stack
 

@@ -11,13 +11,13 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from functions._core import state
-from functions._core.config import Settings
-from functions._core.mailset import policy_key
-from functions._core.ports import DnsChange, Ports
-from functions._core.records import Key, RecordSet
-from functions.runtime import cli_ops
-from functions.runtime.drift import managed_domains
+from functions._core.model import state
+from functions._core.model.mailset import policy_key
+from functions._core.model.ports import DnsChange, Ports
+from functions._core.model.records import Key, RecordSet
+from functions._core.platform.config import Settings
+from functions.ops import cli_ops
+from functions.ops.drift import managed_domains
 from functions.runtime.main import build_ports
 from tests.integration import stack
 

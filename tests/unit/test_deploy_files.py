@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from functions._core.config import Settings
+from functions._core.platform.config import Settings
 from tests.stackenv import REPO
 
 DEPLOY = REPO / "infra" / "deploy"

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from functions import domain_created
-from functions._core.envelope import Envelope, parse
-from functions._core.errors import EventInvalid, NotPropagated, OwnershipConflict
-from functions._core.mailset import policy_key
-from functions._core.ports import Ports
-from functions._core.records import RecordSet
+from functions._core.model.mailset import policy_key
+from functions._core.model.ports import Ports
+from functions._core.model.records import RecordSet
+from functions._core.platform.envelope import Envelope, parse
+from functions._core.platform.errors import EventInvalid, NotPropagated, OwnershipConflict
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow

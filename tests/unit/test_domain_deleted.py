@@ -11,12 +11,12 @@ import pytest
 from sim.mailcow import MailcowModel
 
 from functions import ROUTES, domain_created, domain_deleted
-from functions._core import deletion, state
-from functions._core.envelope import Envelope, parse
-from functions._core.errors import EventInvalid, OwnershipConflict
-from functions._core.mailset import policy_key, spf_value
-from functions._core.ports import GatewayTransport, Ports, RelayDomain
-from functions._core.records import Key, RecordSet
+from functions._core.model import deletion, state
+from functions._core.model.mailset import policy_key, spf_value
+from functions._core.model.ports import GatewayTransport, Ports, RelayDomain
+from functions._core.model.records import Key, RecordSet
+from functions._core.platform.envelope import Envelope, parse
+from functions._core.platform.errors import EventInvalid, OwnershipConflict
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow

@@ -11,15 +11,15 @@ import dkim
 import pytest
 
 from functions import domain_created, key_rotate
-from functions._core import rotation, state
-from functions._core.config import Settings
-from functions._core.envelope import Envelope, parse
-from functions._core.errors import EventInvalid, NotPropagated, OwnershipConflict
-from functions._core.mailset import desired_records
-from functions._core.outcome import Outcome
-from functions._core.ports import Ports
-from functions._core.records import RecordSet
-from functions._core.rotation import REVOKED_TXT, RotationRefused
+from functions._core.model import rotation, state
+from functions._core.model.mailset import desired_records
+from functions._core.model.ports import Ports
+from functions._core.model.records import RecordSet
+from functions._core.model.rotation import REVOKED_TXT, RotationRefused
+from functions._core.platform.config import Settings
+from functions._core.platform.envelope import Envelope, parse
+from functions._core.platform.errors import EventInvalid, NotPropagated, OwnershipConflict
+from functions._core.platform.outcome import Outcome
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow

@@ -13,10 +13,12 @@ from sim.mailcow import MailcowModel
 from sim.pmg import PmgModel
 
 from functions import domain_created, node_down, node_up
-from functions._core import nodes
-from functions._core.config import Settings
-from functions._core.envelope import Envelope, parse
-from functions._core.errors import (
+from functions._core.model import nodes
+from functions._core.model.ports import DnsChange, Ports
+from functions._core.model.records import RecordSet
+from functions._core.platform.config import Settings
+from functions._core.platform.envelope import Envelope, parse
+from functions._core.platform.errors import (
     DnsConflict,
     DnsServfail,
     EventInvalid,
@@ -24,8 +26,6 @@ from functions._core.errors import (
     NotPropagated,
     TransientError,
 )
-from functions._core.ports import DnsChange, Ports
-from functions._core.records import RecordSet
 from functions.runtime import dispatch
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns

@@ -1,0 +1,195 @@
+"""Ports: one narrow interface per external system, in mailplane's vocabulary. Handlers import only these.
+
+Adapters (functions/adapters/) implement them against the real systems; tests/fakes implement them in memory
+over the same behavioural models the simulators use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from functions._core.model.records import Key, RecordSet
+from functions._core.platform.config import Settings
+from functions._core.platform.idempotency import Ledger
+from functions._core.platform.locks import SubjectLocks
+from functions._core.platform.store import ObjectStore
+
+# ---------------------------------------------------------------- Mailcow
+
+
+@dataclass(frozen=True)
+class MailDomain:
+    """A Mailcow domain as mailplane manages it (quotas in MiB)."""
+
+    domain: str
+    description: str
+    mailboxes: int
+    aliases: int
+    quota_mib: int  # total domain quota
+    maxquota_mib: int  # max per mailbox
+    defquota_mib: int  # default per mailbox
+    active: bool = True
+    relayhost: int = 0  # relayhost id, 0 = none
+    mailboxes_in_use: int = 0  # mailboxes that exist now (read-only; Mailcow refuses to delete a domain that has any)
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    """The DKIM key Mailcow signs with for a domain (public part only)."""
+
+    selector: str
+    public_key_b64: str  # base64 SubjectPublicKeyInfo, the p= value
+
+
+@dataclass(frozen=True)
+class Relayhost:
+    id: int
+    hostname: str  # e.g. "[pmg1.faster.cz]:25"
+    active: bool
+
+
+@dataclass(frozen=True)
+class MailTransport:
+    id: int
+    destination: str
+    nexthop: str
+    active: bool
+
+
+class MailPort(Protocol):
+    """Mailcow. Every call raises MailcowUnavailable (transient) or MailcowRejected (permanent) on failure."""
+
+    def get_domain(self, domain: str) -> MailDomain | None: ...
+    def add_domain(self, want: MailDomain) -> None: ...  # never generates a DKIM key (key_size 0)
+    def edit_domain(self, domain: str, changes: Mapping[str, int | str]) -> None: ...
+    def delete_domain(self, domain: str) -> None: ...
+    def get_dkim(self, domain: str) -> DkimKey | None: ...
+    def import_dkim(self, domain: str, selector: str, private_pem: str, *, overwrite: bool) -> None: ...
+    def delete_dkim(self, domain: str) -> None: ...  # success if absent; delete/domain leaves the key behind
+    def list_mailboxes(self, domain: str) -> list[str]: ...  # usernames (local@domain)
+    def delete_mailbox(self, username: str) -> None: ...  # success if absent
+    def list_relayhosts(self) -> list[Relayhost]: ...
+    def add_relayhost(self, hostname: str) -> int: ...  # returns the new id (found by re-reading)
+    def edit_relayhost(self, relayhost_id: int, *, hostname: str | None = None, active: bool | None = None) -> None: ...
+    def delete_relayhost(self, relayhost_id: int) -> None: ...
+    def list_transports(self) -> list[MailTransport]: ...
+    def add_transport(self, destination: str, nexthop: str) -> int: ...
+    def edit_transport(self, transport_id: int, *, nexthop: str | None = None, active: bool | None = None) -> None: ...
+    def delete_transport(self, transport_id: int) -> None: ...
+
+
+# ---------------------------------------------------------------- PMG
+
+
+@dataclass(frozen=True)
+class RelayDomain:
+    domain: str
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class GatewayTransport:
+    """A PMG transport map entry, normalised: ``use_mx`` is the effective value (0 for IP hosts and lmtp)."""
+
+    domain: str
+    host: str
+    port: int = 25
+    protocol: str = "smtp"
+    use_mx: bool = False
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class TrustedNetwork:
+    cidr: str
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class GatewayNode:
+    cid: int
+    name: str
+    ip: str
+    role: str  # "master" | "node"
+    reachable: bool
+    insync: bool
+
+
+class GatewayPort(Protocol):
+    """The PMG cluster (all /config calls go to the master). Raises PmgUnavailable or PmgRejected.
+
+    add_* treat "already exists" and delete_* treat "does not exist" as success (the caller re-reads anyway).
+    """
+
+    def list_relay_domains(self) -> list[RelayDomain]: ...
+    def add_relay_domain(self, item: RelayDomain) -> None: ...
+    def update_relay_domain(self, item: RelayDomain) -> None: ...
+    def delete_relay_domain(self, domain: str) -> None: ...
+    def list_transports(self) -> list[GatewayTransport]: ...
+    def add_transport(self, item: GatewayTransport) -> None: ...
+    def update_transport(self, item: GatewayTransport) -> None: ...
+    def delete_transport(self, domain: str) -> None: ...
+    def list_networks(self) -> list[TrustedNetwork]: ...
+    def add_network(self, item: TrustedNetwork) -> None: ...
+    def delete_network(self, cidr: str) -> None: ...
+    def cluster_nodes(self) -> list[GatewayNode]: ...
+
+
+# ---------------------------------------------------------------- DNS
+
+
+@dataclass(frozen=True)
+class DnsChange:
+    """One RRset change, applied with compare-and-set: ``before`` is what the plan was computed from.
+
+    before None  -> prerequisite "RRset does not exist" (for CNAME: "name not in use");
+    before set   -> prerequisite "RRset exists with exactly these values";
+    after None   -> delete the RRset; otherwise replace it with ``after``.
+    """
+
+    before: RecordSet | None
+    after: RecordSet | None
+
+    @property
+    def key(self) -> Key:
+        rs = self.after if self.after is not None else self.before
+        assert rs is not None
+        return rs.key
+
+
+class DnsPort(Protocol):
+    """Authoritative DNS over RFC 2136 + TSIG.
+
+    Raises DnsServfail (transient), DnsConflict (re-read and re-plan), DnsRefused (permanent).
+    """
+
+    def hosts_zone(self, zone: str) -> bool: ...  # the primary serves this zone and our key may update it
+    def read_zone(self, zone: str) -> dict[Key, RecordSet]: ...  # every RRset in the zone (AXFR)
+    def read_rrset(self, name: str, rtype: str) -> RecordSet | None: ...  # one RRset as the primary serves it
+    def apply(self, zone: str, changes: list[DnsChange]) -> int: ...  # ONE atomic UPDATE; returns the new serial
+    def servers(self, zone: str) -> list[str]: ...  # authoritative servers to verify ("host" or "host:port")
+    def serial(self, zone: str, server: str) -> int | None: ...
+    def read_zone_at(self, zone: str, server: str) -> tuple[int, dict[Key, RecordSet]] | None: ...  # AXFR from server
+    def query(self, server: str, name: str, rtype: str) -> RecordSet | None: ...  # RD=0, TXT strings joined
+    def resolve(self, name: str, rtype: str) -> RecordSet | None: ...  # public view (external zones)
+
+
+# ---------------------------------------------------------------- the bundle
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Everything a handler may touch; built once by runtime/main.py (or by tests from fakes)."""
+
+    mail: MailPort
+    gateway: GatewayPort
+    dns: DnsPort
+    state: ObjectStore  # private: rotation state, encrypted keys, ledger
+    web: ObjectStore  # served by the MTA-STS web host
+    settings: Settings
+    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    ledger: Ledger | None = None  # idempotency ledger (A7); None = handlers alone (tests, dry runs)
+    locks: SubjectLocks | None = None  # per-subject leases across workers; None = no cross-process guard

@@ -1,0 +1,261 @@
+"""Provisioning, the logic of domain.created: converge a customer domain on Mailcow, PMG, DNS and the MTA-STS
+store, then verify it.
+
+Read everything, plan every system, guard, then apply: a refused event (bad zone, foreign DNS data) changes
+nothing anywhere. An empty plan is success, so a replayed event writes nothing. The handler
+(functions/domain_created.py) turns the result into the outcome and the domain.provisioned event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from functions._core.model import keys, state
+from functions._core.model.mailset import (
+    customer_lines,
+    delegated,
+    desired_records,
+    dkim_record,
+    mta_sts_policy,
+    policy_key,
+)
+from functions._core.model.plans import DnsPlan, GatewayPlan, MailPlan, plan_dns, plan_gateway, plan_mail
+from functions._core.model.ports import DkimKey, GatewayTransport, MailDomain, Ports, RelayDomain, TrustedNetwork
+from functions._core.model.records import Key, RecordSet
+from functions._core.model.verify import external_missing, verify_zone
+from functions._core.platform.envelope import Envelope
+from functions._core.platform.errors import DnsRefused, EventInvalid
+from functions._core.platform.names import is_within
+
+MANAGED = "managed-by mailplane"
+TIME_KEY = "_event_time"  # in the stored request: the time of the domain.created it came from
+log = logging.getLogger("mailplane.domain_created")
+
+
+def _stale(event: Envelope, before: state.DomainState) -> bool:
+    """An event older than the one already applied (retries can reorder events) must not undo it."""
+    applied = before.request.get(TIME_KEY)
+    return applied is not None and event.time < dt.datetime.fromisoformat(applied)
+
+
+@dataclass(frozen=True)
+class Plans:
+    mail: MailPlan
+    gateway: GatewayPlan
+    dns: DnsPlan | None  # None: the zone is hosted elsewhere
+    key_dns: DnsPlan | None  # delegated DKIM: the key's TXT in the delegation zone (None: not delegated)
+    want_dns: dict[Key, RecordSet]
+    policy: bytes | None  # new MTA-STS policy body, None when unchanged
+
+
+def desired_mail(domain: str, data: dict[str, Any]) -> MailDomain:
+    p = data["plan"]
+    return MailDomain(
+        domain=domain,
+        description=f"{MANAGED} customer={data['customer_id']}",
+        mailboxes=p["mailboxes"],
+        aliases=p["aliases"],
+        quota_mib=p["quota_mib"],
+        maxquota_mib=p["mailbox_quota_mib"],
+        defquota_mib=p["default_mailbox_quota_mib"],
+    )
+
+
+def _refuse_protected(domain: str, ports: Ports) -> None:
+    prov = ports.settings.provider
+    zone = is_within(domain, (prov.zone, *prov.protected_zones))
+    if zone is not None:
+        raise EventInvalid(f"{domain} is the provider's zone {zone} or lies under it")
+
+
+def _key(event: Envelope, ports: Ports) -> tuple[state.DomainState, state.KeyRecord | None, keys.KeyPair]:
+    """The domain's state, its current key record, and the key pair to provision (new ones are not stored yet)."""
+    domain, s = event.subject, ports.settings
+    _refuse_protected(domain, ports)
+    before = state.load(ports.state, domain)
+    cur, wanted = before.current, delegated(event.data)
+    if cur is not None and before.request and delegated(before.request) != wanted:
+        raise EventInvalid(
+            f"{domain}: DKIM delegation cannot be switched {'on' if wanted else 'off'} for a provisioned domain "
+            "(dns.hosted / dkim.delegate differ from the applied request); delete and re-create the domain"
+        )
+    if cur is not None:
+        return before, cur, state.load_key(ports.state, domain, cur.selector, s)
+    return before, cur, state.new_key(before, s, ports.clock(), delegated=wanted)
+
+
+def dry_run(event: Envelope, ports: Ports) -> dict[str, list[str]]:
+    """The changes ``handle`` would make on each system; nothing is written."""
+    _, cur, pair = _key(event, ports)
+    plans = plan_all(event, ports, pair)
+    return {
+        "mailcow": plans.mail.summary(),
+        "pmg": plans.gateway.summary(),
+        "dns": plans.dns.summary()
+        if plans.dns
+        else [f"(hosted elsewhere) {ln}" for ln in customer_lines(plans.want_dns)],
+        "store": ([] if cur else [f"+ sealed key {pair.selector}"]) + (["+ mta-sts policy"] if plans.policy else []),
+        **({"dns (delegation zone)": plans.key_dns.summary()} if plans.key_dns else {}),
+    }
+
+
+def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
+    """Read every system and plan it; raises before anything is written."""
+    s, domain, data = ports.settings, event.subject, dict(event.data)
+    gw = ports.gateway
+    mc = s.mailcow
+    nets = (TrustedNetwork(f"{mc.ipv4}/32", MANAGED), TrustedNetwork(f"{mc.ipv6}/128", MANAGED))
+    gateway = plan_gateway(
+        RelayDomain(domain, f"{MANAGED} customer={data['customer_id']}"),
+        GatewayTransport(domain, mc.host, 25, "smtp", False, MANAGED),
+        nets,
+        gw.list_relay_domains(),
+        gw.list_transports(),
+        gw.list_networks(),
+    )
+    want_key = DkimKey(pair.selector, pair.public_b64)
+    mail = plan_mail(desired_mail(domain, data), ports.mail.get_domain(domain), want_key, ports.mail.get_dkim(domain))
+    deleg = delegated(data)
+    want = desired_records(domain, s, pair.selector, pair.public_b64, delegated=deleg)
+    dns = key_dns = None
+    if data["dns"]["hosted"]:
+        try:  # one AXFR: refused when our DNS does not serve the zone or our key may not transfer it
+            have = ports.dns.read_zone(domain)
+        except DnsRefused:
+            raise EventInvalid(f"zone {domain} is not served by our DNS (dns.hosted is true)") from None
+        dns = plan_dns(domain, have, want)
+    elif deleg:
+        key_dns = plan_delegated_key(domain, ports, pair)
+    body = mta_sts_policy(s).encode()
+    have_policy = ports.web.get(policy_key(domain))
+    return Plans(mail, gateway, dns, key_dns, want, None if have_policy and have_policy.body == body else body)
+
+
+def plan_delegated_key(domain: str, ports: Ports, pair: keys.KeyPair) -> DnsPlan:
+    """The key's TXT at ``<slot>.<domain>.<delegation zone>``: added, or already there; anything else is foreign.
+
+    Raises:
+        EventInvalid: delegation is not offered, the name is too long, or our DNS does not serve the zone.
+        OwnershipConflict: the name holds data mailplane did not publish for this key.
+    """
+    zone = ports.settings.dkim.delegation_zone
+    want = dkim_record(domain, ports.settings, pair.selector, pair.txt, delegated=True)
+    try:  # one NS query: the delegation zone holds every delegated domain's keys, too large to transfer per event
+        served = ports.dns.read_rrset(zone, "NS") is not None
+    except DnsRefused:
+        served = False
+    if not served:
+        raise EventInvalid(f"{domain}: the DKIM delegation zone {zone} is not served by our DNS")
+    have = ports.dns.read_rrset(want.name, "TXT")
+    return plan_dns(zone, {want.key: have} if have else {}, {want.key: want})
+
+
+def apply_before_gate(plans: Plans, domain: str, ports: Ports) -> int | None:
+    """Mailcow domain, PMG, MTA-STS policy, then the ONE DNS update; returns the new serial (None: no update)."""
+    if plans.mail.add:
+        ports.mail.add_domain(plans.mail.add)
+    elif plans.mail.edit:
+        ports.mail.edit_domain(domain, plans.mail.edit)
+    g = plans.gateway
+    for net in g.add_networks:
+        ports.gateway.add_network(net)
+    if g.add_domain:
+        ports.gateway.add_relay_domain(g.add_domain)
+    if g.add_transport:
+        ports.gateway.add_transport(g.add_transport)
+    if g.update_transport:
+        ports.gateway.update_transport(g.update_transport)
+    if plans.policy is not None:
+        ports.web.put(policy_key(domain), plans.policy, content_type="text/plain")
+    for plan in (plans.dns, plans.key_dns):
+        if plan and plan.changes:
+            return ports.dns.apply(plan.zone, list(plan.changes))
+    return None
+
+
+def _claim_key(
+    event: Envelope, ports: Ports, before: state.DomainState, pair: keys.KeyPair, plans: Plans
+) -> tuple[state.DomainState, keys.KeyPair, Plans]:
+    """Store a new key (sealed) and record it in the state BEFORE anything is published with it, so a retry after
+    a crash reuses it; if a concurrent worker stored another key first, re-plan with that one."""
+    stored = state.persist_key(ports.state, event.subject, pair, ports.settings)
+    if stored.public_b64 != pair.public_b64:
+        pair, plans = stored, plan_all(event, ports, stored)
+    created = ports.clock().isoformat(timespec="seconds")
+    record = state.KeyRecord(pair.selector, pair.public_b64, "GENERATED", created)
+    return state.save(ports.state, state.with_new_key(before, record), before), pair, plans
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """What provisioning did and found; ``stale_applied`` is set (and nothing done) for an outdated event."""
+
+    status: str  # provisioned | awaiting_dns | stale
+    changes: dict[str, list[str]]
+    selector: str = ""
+    servers: tuple[str, ...] = ()
+    instructions: tuple[str, ...] | None = None  # zone-file lines for the customer (zone hosted elsewhere)
+    stale_applied: str | None = None
+
+
+def provision(event: Envelope, ports: Ports) -> Provisioned:
+    """Provision ``event.subject``; see the module docstring.
+
+    Raises:
+        EventInvalid: the provider's zone, or a zone flagged hosted that our DNS does not serve.
+        OwnershipConflict: a managed DNS name holds foreign data.
+        NotPropagated: an authoritative server does not serve the plan yet (retried by the broker).
+    """
+    domain = event.subject
+    before, cur, pair = _key(event, ports)
+    if _stale(event, before):
+        applied = before.request[TIME_KEY]
+        log.info("stale: domain_created %s is older than the applied %s; ignored", event.id, applied)
+        return Provisioned("stale", {}, stale_applied=applied)
+    plans = plan_all(event, ports, pair)  # raises, with nothing written, when the event must be refused
+    changes: dict[str, list[str]] = {"mailcow": [], "pmg": plans.gateway.summary(), "dns": [], "store": []}
+    current = before
+    if cur is None:
+        current, pair, plans = _claim_key(event, ports, before, pair, plans)
+        changes["store"].append(f"+ sealed key {pair.selector}")
+    changes["mailcow"] = [c for c in plans.mail.summary() if not c.startswith("+ dkim")]
+    serial = apply_before_gate(plans, domain, ports)
+    changes["dns"] = [*(plans.dns.summary() if plans.dns else []), *(plans.key_dns.summary() if plans.key_dns else [])]
+    changes["store"] += ["+ mta-sts policy"] if plans.policy is not None else []
+    status, servers = _gate(
+        ports,
+        domain,
+        plans,
+        serial,
+        pair,
+        replay=not any(changes.values()) and serial is None and before.status == "provisioned",
+    )
+    if status == "provisioned" and plans.mail.dkim_import:
+        ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
+        changes["mailcow"].append(f"+ dkim {pair.selector}")
+    new = replace(current, request={**event.data, TIME_KEY: event.time.isoformat()}, status=status)
+    new = new.with_key_status(pair.selector, "ACTIVE" if status == "provisioned" else "PUBLISHED")
+    if new.body() != current.body():
+        state.save(ports.state, new, current)
+        changes["store"].append(f"~ state {status}")
+    lines = tuple(customer_lines(plans.want_dns)) if status == "awaiting_dns" or plans.dns is None else None
+    return Provisioned(status, changes, pair.selector, tuple(servers), lines)
+
+
+def _gate(
+    ports: Ports, domain: str, plans: Plans, serial: int | None, pair: keys.KeyPair, *, replay: bool
+) -> tuple[str, list[str]]:
+    """The status and the servers verified. A replay that changed nothing of a domain that already passed the gate
+    needs no second gate."""
+    if plans.dns is not None:
+        servers = [] if replay else verify_zone(ports, domain, plans.dns.expected, serial, pair)
+        return "provisioned", servers
+    servers = []
+    if plans.key_dns is not None:
+        kz = plans.key_dns
+        servers = verify_zone(ports, kz.zone, kz.expected, serial, pair, signer=domain)
+    missing = external_missing(ports, plans.want_dns, pair)
+    return ("awaiting_dns" if missing else "provisioned"), servers

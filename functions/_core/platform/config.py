@@ -1,0 +1,310 @@
+"""Settings: one frozen object built at start from a TOML file; secrets come from the environment or files.
+
+A secret is written in TOML as ``{ env = "NAME" }`` or ``{ file = "/path" }`` and is held as a ``Secret`` whose repr
+is ``***``. Any other string may also be ``{ env = "NAME" }`` (endpoints that a deployment sets at run time).
+A missing or unknown setting raises ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from functions._core.platform.errors import ConfigError
+
+_SLOT = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")  # a DKIM delegation slot (a selector label)
+
+
+class Secret:
+    """A secret value that never prints."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself; call only where it is sent to the system that needs it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class MxHost:
+    name: str
+    ipv4: str
+    ipv6: str
+    api_url: str = ""  # PMG API of this node, e.g. https://pmg1.faster.cz:8006
+    smtp: str = ""  # host:port the prober connects to; default <name>:25
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    zone: str
+    mx_hosts: tuple[MxHost, ...]
+    protected_zones: tuple[str, ...] = ()
+    mx_preference: int = 10
+    min_mx_in_rotation: int = 2
+
+
+@dataclass(frozen=True)
+class MailcowSettings:
+    host: str
+    ipv4: str
+    ipv6: str
+    url: str
+    api_key: Secret
+    verify_tls: bool = True
+    ca_file: str = ""
+    timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class PmgSettings:
+    user: str
+    password: Secret
+    verify_tls: bool = True
+    ca_file: str = ""
+    timeout: float = 35.0  # above PMG's own 30 s proxy timeout to the master
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    primary: str
+    tsig_name: str
+    tsig_secret: Secret
+    port: int = 53
+    tsig_algorithm: str = "hmac-sha256"
+    timeout: float = 5.0
+    # Authoritative servers to verify; empty = the zone's NS names resolved at the primary.
+    servers: tuple[str, ...] = ()
+    # Recursive resolvers for the public view of zones hosted elsewhere ("host" or "host:port"; the first is asked);
+    # empty = the first name server in /etc/resolv.conf.
+    resolvers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    spf_include: str
+    dmarc_rua: str
+    dmarc_ruf: str
+    tlsrpt_rua: str
+    mta_sts_host: str
+    dmarc_policy: str = "reject"
+    mta_sts_mode: str = "enforce"
+    mta_sts_max_age: int = 604800
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    key_size: int = 2048
+    selector_format: str = "mp%Y%m%d"  # strftime; a letter is appended when a selector was used before
+    rotate_after_days: int = 180
+    retire_days: int = 7
+    keep_days: int = 30
+    propagation_seconds: int = 3600
+    key_encryption_key: Secret = field(default_factory=lambda: Secret(""))
+    # rotation (functions/_core/model/rotation.py, `mailplane rotate-due`)
+    rotate_jitter_days: int = 30  # per-domain offset in [0, N) days added to rotate_after_days (hash of the name)
+    rotate_max_per_run: int = 100  # new rotations one rotate-due run starts at most (it runs hourly)
+    revoke_hours: int = 0  # a retired key is served revoked (empty p=) this long before it is withdrawn; 0 = none
+    emergency_propagation_seconds: int = 300  # T_prop for a key replacing a compromised one (the smaller one wins)
+    emergency_revoke_hours: int = 48  # a compromised key is served revoked this long, then withdrawn
+    # DKIM delegation (domain.created ``dkim.delegate`` for zones hosted elsewhere, reference/dns.md §5.4): the
+    # customer publishes ``<slot>._domainkey.<domain> CNAME <slot>.<domain>.<delegation_zone>.`` once per slot;
+    # mailplane then publishes and rotates the keys in ``delegation_zone`` (a zone our DNS serves). "" = not offered.
+    delegation_zone: str = ""
+    delegation_slots: tuple[str, ...] = ("mpa", "mpb", "mpc")  # selectors, used round robin (>= 3: see rotation.py)
+
+    def __post_init__(self) -> None:
+        slots = self.delegation_slots
+        bad = [s for s in slots if not _SLOT.fullmatch(s)]
+        if bad or len(set(slots)) != len(slots) or len(slots) < 3:
+            raise ConfigError("dkim.delegation_slots must be at least 3 distinct lowercase DNS labels (e.g. mpa, mpb)")
+
+
+@dataclass(frozen=True)
+class TtlSettings:
+    mx: int = 3600
+    txt: int = 3600
+    cname: int = 3600
+    srv: int = 3600
+    dkim: int = 3600
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    kind: str = "dir"  # "s3" or "dir"
+    path: str = "/var/lib/mailplane"
+    state_bucket: str = "mailplane-state"
+    web_bucket: str = "mailplane-mta-sts"
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    access_key_id: Secret = field(default_factory=lambda: Secret(""))
+    secret_access_key: Secret = field(default_factory=lambda: Secret(""))
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str
+    user: str
+    password: Secret
+    port: int = 5672
+    vhost: str = "mailplane"
+    exchange: str = "events"
+    parked_exchange: str = "parked"
+    work_queue_prefix: str = "q.work"
+    parked_queue: str = "q.parked"
+    retry_delays: tuple[int, ...] = (10, 60, 300, 1800, 7200, 21600)
+    lease_seconds: int = 300  # idempotency lease: well above a handler's run time, well below the retry ladder
+    replayer: str = "operator"  # may re-inject parked events; they keep their original publisher
+    prefetch: int = 32
+    heartbeat: int = 30
+    # event type -> publishers (validated AMQP user_id) allowed to send it
+    publishers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """[nodes]: failover of a gateway node (node.down / node.up), the health prober and planned retirement.
+
+    The quorum minimum is ``provider.min_mx_in_rotation``.
+    """
+
+    hold_down_seconds: int = 300  # a node.up within this time of the last transition is retried later
+    smarthost: str = "relayhost"  # how Mailcow sends through the nodes: "relayhost" | "transport" | "none"
+    smarthost_format: str = "[{host}]:25"  # Mailcow relayhost hostname / transport nexthop of a node
+    rotation_names: tuple[str, ...] = ()  # round-robin names in the provider zone holding every node's addresses
+    probe_interval: float = 10.0  # seconds between probe rounds
+    probe_timeout: float = 5.0  # per check (SMTP banner, API)
+    fail_after: int = 3  # consecutive failed rounds before node.down
+    recover_after: int = 5  # consecutive good rounds before node.up
+    require_api: bool = False  # a failing PMG API alone also counts as a failure
+    observer: str = ""  # observer name in the events; "" = this host's name
+    retire_waves: tuple[int, ...] = (1, 10, 100)  # zones per wave before "the rest"
+    retire_error_budget: int = 3  # failed zones that halt a retirement run
+
+
+@dataclass(frozen=True)
+class DeletionSettings:
+    """[deletion]: domain.deleted suspends a domain first and removes it once the grace period has passed."""
+
+    grace_days: int = 30  # used when the event carries no grace_days; 0 = remove at once
+
+
+@dataclass(frozen=True)
+class Settings:
+    provider: ProviderSettings
+    mailcow: MailcowSettings
+    pmg: PmgSettings
+    dns: DnsSettings
+    policy: PolicySettings
+    broker: BrokerSettings
+    dkim: DkimSettings = field(default_factory=DkimSettings)
+    ttl: TtlSettings = field(default_factory=TtlSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    deletion: DeletionSettings = field(default_factory=DeletionSettings)
+    nodes: NodeSettings = field(default_factory=NodeSettings)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
+        """Read the TOML file at ``path``; resolve secret references against ``env`` (default: os.environ).
+
+        Raises:
+            ConfigError: the file is missing or unreadable, or a setting is missing, unknown or of the wrong type.
+        """
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read settings file {path}: {exc}") from None
+        return _build(cls, raw, "", os.environ if env is None else env)
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], raw: Any, where: str, env: Mapping[str, str]) -> T:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"setting {where or '<root>'} must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown setting {_join(where, unknown[0])}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing setting {_join(where, name)}")
+            continue
+        kwargs[name] = _value(hints[name], raw[name], _join(where, name), env)
+    return cls(**kwargs)
+
+
+def _value(tp: Any, raw: Any, where: str, env: Mapping[str, str]) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Secret:
+        return Secret(_reference(raw, where, env, allow_file=True))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, raw, where, env)  # type: ignore[arg-type]
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        if not isinstance(raw, list):
+            raise ConfigError(f"setting {where} must be a list")
+        return tuple(_value(item, v, f"{where}[{i}]", env) for i, v in enumerate(raw))
+    if origin in (Mapping, dict) or origin is types.MappingProxyType:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"setting {where} must be a table")
+        return types.MappingProxyType(
+            {k: _value(typing.get_args(tp)[1], v, f"{where}.{k}", env) for k, v in raw.items()}
+        )
+    if tp is str:
+        return _reference(raw, where, env, allow_file=False) if isinstance(raw, dict) else _typed(str, raw, where)
+    if tp is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    return _typed(tp, raw, where)
+
+
+def _typed(tp: type[Any], raw: Any, where: str) -> Any:
+    if not isinstance(raw, tp) or (tp is int and isinstance(raw, bool)):
+        raise ConfigError(f"setting {where} must be of type {tp.__name__}")
+    return raw
+
+
+def _reference(raw: Any, where: str, env: Mapping[str, str], *, allow_file: bool) -> str:
+    if isinstance(raw, dict) and set(raw) == {"env"}:
+        value = env.get(raw["env"])
+        if value is None:
+            raise ConfigError(f"setting {where}: environment variable {raw['env']} is not set")
+        return value
+    if allow_file and isinstance(raw, dict) and set(raw) == {"file"}:
+        try:
+            return Path(raw["file"]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"setting {where}: cannot read {raw['file']}: {exc.strerror}") from None
+    if allow_file:
+        raise ConfigError(f'setting {where} is a secret: write {{ env = "NAME" }} or {{ file = "/path" }}')
+    raise ConfigError(f'setting {where} must be a string or {{ env = "NAME" }}')
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name

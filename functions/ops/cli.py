@@ -1,0 +1,161 @@
+"""The `mailplane` command: worker, publish, invoke, status, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from functions._core.platform.config import Secret
+from functions._core.platform.errors import AutomationError, ConfigError
+from functions._core.platform.names import normalize_domain
+from functions.ops.render import render_checks
+from functions.ops.status import as_json, domain_status
+from functions.runtime import main
+
+app = typer.Typer(help="mailplane: event-driven automation for Mailcow, PMG and DNS.", no_args_is_help=True)
+out = Console() if sys.stdout.isatty() else Console(width=130)  # pipes and CI logs get full-width tables
+err = Console(stderr=True)
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="settings file (default: $MAILPLANE_CONFIG)")]
+
+
+def _fail(exc: AutomationError) -> None:
+    err.print(f"[red]error:[/red] {exc.reason}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="exit once the queues are drained")] = False,
+    pool: Annotated[int, typer.Option(help="handler threads")] = 4,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics on 127.0.0.1:PORT (0: off)")] = 0,
+) -> None:
+    """Consume the work queues and run the functions."""
+    from functions.runtime.consumer import Worker
+    from functions.runtime.metrics import Metrics
+
+    main.setup_logging()
+    metrics = Metrics()
+    try:
+        w = Worker(main.build_ports(main.load_settings(config)), pool_size=pool, until_idle=until_idle, metrics=metrics)
+    except AutomationError as exc:
+        _fail(exc)
+    if metrics_port:
+        metrics.serve(metrics_port)
+    raise typer.Exit(w.run())
+
+
+@app.command()
+def publish(
+    file: Path,
+    as_user: Annotated[str, typer.Option("--as", help="publisher (RabbitMQ user): billing, scheduler, monitoring")],
+    config: ConfigOpt = None,
+) -> None:
+    """Publish a CloudEvent file as a publisher; its password comes from $MAILPLANE_AMQP_<USER>_PASSWORD."""
+    from functions.runtime.amqp import Publisher, params
+
+    var = f"MAILPLANE_AMQP_{as_user.upper()}_PASSWORD"
+    try:
+        settings = main.load_settings(config)
+        if var not in os.environ:
+            raise ConfigError(f"environment variable {var} is not set")
+        event = json.loads(file.read_text())
+    except AutomationError as exc:
+        _fail(exc)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] cannot read {file}: {exc}")
+        raise typer.Exit(2) from None
+    pub = Publisher(params(settings.broker, as_user, Secret(os.environ[var])))
+    pub.publish_event(settings.broker.exchange, event, as_user)
+    pub.close()
+    out.print(f"published {event.get('type')} {event.get('id')} as {as_user}")
+
+
+@app.command()
+def invoke(
+    function: str,
+    event_file: Annotated[Path, typer.Option("--event", "-e", help="CloudEvent JSON file")],
+    as_user: Annotated[str | None, typer.Option("--as", help="publisher identity (default: allowed one)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan per system, apply nothing")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run one function in-process against the configured systems (like `sam local invoke`)."""
+    from functions import ROUTES
+    from functions._core.platform.envelope import parse
+    from functions.runtime import dispatch
+
+    main.setup_logging("WARNING")
+    try:
+        settings = main.load_settings(config)
+        body = event_file.read_bytes()
+        route = next((r for t, r in ROUTES.items() if function in (t, r.name)), None)
+        if route is None:
+            raise ConfigError(f"unknown function {function!r}; known: {', '.join(r.name for r in ROUTES.values())}")
+        event = parse(body)
+        publisher = as_user or settings.broker.publishers.get(event.type, ("",))[0]
+        ports = main.build_ports(settings)
+        if dry_run:
+            from functions.ops.plan import dry_run_for
+
+            out.print_json(data=dry_run_for(event.type)(parse(body, publisher=publisher), ports))
+            return
+    except AutomationError as exc:
+        _fail(exc)
+    result = dispatch.run(body, publisher, ports)
+    if result.outcome is not None:
+        out.print_json(data=result.outcome.to_json())
+    else:
+        err.print(f"[red]{result.verdict}:[/red] {result.reason}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    domain: str,
+    json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Desired vs actual for DOMAIN on each system and each authoritative server (exit 1 unless provisioned)."""
+    main.setup_logging("WARNING")
+    try:
+        name = normalize_domain(domain)
+        overall, checks = domain_status(name, main.build_ports(main.load_settings(config), probe=False))
+    except AutomationError as exc:
+        _fail(exc)
+    if json_out:
+        out.print_json(data=as_json(name, overall, checks))
+    else:
+        out.print(render_checks(name, overall, checks))
+    raise typer.Exit(0 if overall == "provisioned" else 1)
+
+
+@app.command()
+def demo(config: ConfigOpt = None) -> None:
+    """On the local stack: provision sample domains through the real worker and show the result."""
+    from functions.ops.demo import run_demo
+
+    main.setup_logging("WARNING", outcomes=False)  # the demo shows its own progress and tables
+    try:
+        code = run_demo(main.load_settings(config), out)
+    except AutomationError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+def _register_subcommands() -> None:
+    from functions.ops import cli_dlq, cli_nodes, cli_ops, cli_rotate
+
+    for module in (cli_ops, cli_nodes, cli_rotate, cli_dlq):  # cli_nodes' `plan` extends cli_ops' one
+        module.register(app)
+
+
+_register_subcommands()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,183 @@
+"""`mailplane drift`: desired vs actual for every managed domain (each with a state object ``domains/<d>.json``),
+on each system and each authoritative server, reusing the checks of `mailplane status`.
+
+Statuses: provisioned, awaiting_dns (a zone hosted elsewhere waits for the customer), suspended (domain.deleted
+deactivated it; the Mailcow domain must be inactive), removal_due (suspended and past ``delete_after``: re-send
+domain.deleted, e.g. `mailplane invoke domain.deleted -e EVENT`), deleted (tombstone, not checked), drift, unknown
+(a state without a completed request), error (a system could not be read). Exit code: 2 when a domain could not be
+checked, else 1 when any domain drifted or is unknown, else 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from functions._core.model import state
+from functions._core.model.ports import GatewayPort, GatewayTransport, Ports, RelayDomain, TrustedNetwork
+from functions._core.platform.errors import AutomationError
+from functions.ops.status import Check, domain_status
+
+DRIFTED = frozenset({"drift", "unknown"})
+PROGRESS_MIN = 10  # show a progress bar from this many domains on
+PREFIX = "domains/"
+
+
+@dataclass(frozen=True)
+class DomainDrift:
+    domain: str
+    status: str
+    checks: tuple[Check, ...] = ()
+    note: str = ""
+
+    @property
+    def failing(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def as_json(self, *, all_checks: bool) -> dict[str, Any]:
+        shown = self.checks if all_checks else self.failing
+        out: dict[str, Any] = {"domain": self.domain, "status": self.status, "checked": len(self.checks)}
+        out["checks" if all_checks else "drift"] = [asdict(c) for c in shown]
+        return out | ({"note": self.note} if self.note else {})
+
+
+class CachedGateway:
+    """The gateway port with its three list calls read once per run (they do not depend on the domain)."""
+
+    def __init__(self, target: GatewayPort) -> None:
+        self._target = target
+        self._domains: list[RelayDomain] | None = None
+        self._transports: list[GatewayTransport] | None = None
+        self._networks: list[TrustedNetwork] | None = None
+
+    def list_relay_domains(self) -> list[RelayDomain]:
+        self._domains = self._target.list_relay_domains() if self._domains is None else self._domains
+        return self._domains
+
+    def list_transports(self) -> list[GatewayTransport]:
+        self._transports = self._target.list_transports() if self._transports is None else self._transports
+        return self._transports
+
+    def list_networks(self) -> list[TrustedNetwork]:
+        self._networks = self._target.list_networks() if self._networks is None else self._networks
+        return self._networks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+def managed_domains(ports: Ports) -> list[str]:
+    """Every domain with a state object, sorted."""
+    keys = (k for k in ports.state.list(PREFIX) if k.endswith(".json") and "/" not in k[len(PREFIX) :])
+    return sorted(k[len(PREFIX) : -len(".json")] for k in keys)
+
+
+def _suspended(domain: str, st: state.DomainState, checks: list[Check], ports: Ports) -> DomainDrift:
+    have = ports.mail.get_domain(domain)
+    got = "absent" if have is None else "active" if have.active else "inactive"
+    mail = Check("mailcow", "api", "domain", "inactive (suspended)", got, got == "inactive")
+    checks = [mail if (c.system, c.item) == ("mailcow", "domain") else c for c in checks]
+    note = f"suspended at {st.suspended_at}; removal due at {st.delete_after}"
+    if any(not c.ok for c in checks):
+        return DomainDrift(domain, "drift", tuple(checks), note)
+    due = st.delete_after is not None and ports.clock() >= dt.datetime.fromisoformat(st.delete_after)
+    return DomainDrift(domain, "removal_due" if due else "suspended", tuple(checks), note)
+
+
+def domain_drift(domain: str, ports: Ports) -> DomainDrift:
+    """Check one domain; a system that cannot be read gives status ``error`` (the reason in ``note``)."""
+    try:
+        st = state.load(ports.state, domain)
+        if st.status == "deleted":
+            return DomainDrift(domain, "deleted", (), f"removed; suspended at {st.suspended_at}")
+        overall, checks = domain_status(domain, ports)
+        if st.status == "suspended" and overall != "unknown":
+            return _suspended(domain, st, checks, ports)
+        return DomainDrift(domain, overall, tuple(checks))
+    except AutomationError as exc:
+        return DomainDrift(domain, "error", (), exc.reason)
+
+
+def drift_all(
+    domains: Iterable[str], ports: Ports, on_done: Callable[[DomainDrift], None] | None = None
+) -> list[DomainDrift]:
+    """Check each domain in turn (PMG lists are read once for the whole run)."""
+    cached = replace(ports, gateway=CachedGateway(ports.gateway))
+    out = []
+    for domain in domains:
+        out.append(domain_drift(domain, cached))
+        if on_done is not None:
+            on_done(out[-1])
+    return out
+
+
+def run(domains: list[str], ports: Ports, err: Console, *, progress_min: int = PROGRESS_MIN) -> list[DomainDrift]:
+    """``drift_all`` with a progress bar on stderr for large runs."""
+    columns = (
+        TextColumn("drift"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=err, transient=True, disable=len(domains) < progress_min) as bar:
+        task = bar.add_task("", total=len(domains))
+        return drift_all(domains, ports, lambda d: bar.update(task, advance=1, description=d.domain))
+
+
+def exit_code(results: list[DomainDrift]) -> int:
+    if any(r.status == "error" for r in results):
+        return 2
+    return 1 if any(r.status in DRIFTED for r in results) else 0
+
+
+def as_json(results: list[DomainDrift], *, all_checks: bool) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return {
+        "drift": any(r.status in DRIFTED for r in results),
+        "summary": dict(sorted(counts.items())),
+        "domains": [r.as_json(all_checks=all_checks) for r in results],
+    }
+
+
+COLOURS = {"provisioned": "green", "awaiting_dns": "yellow", "suspended": "blue", "removal_due": "magenta"}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def checks_table(title: str, checks: Iterable[Check]) -> Table:
+    table = Table(title=title)
+    for col in ("system", "where", "item", "want", "have", ""):
+        table.add_column(col, overflow="fold")
+    for c in checks:
+        mark = "[green]✓[/green]" if c.ok else "[red]✗[/red]"
+        table.add_row(c.system, c.where, c.item, _cut(c.want), _cut(c.have), mark)
+    return table
+
+
+def render(results: list[DomainDrift], out: Console, *, all_checks: bool) -> None:
+    """A table of the checks behind each drifted domain (every check with ``all_checks``), then a summary."""
+    for r in results:
+        shown = r.checks if all_checks else tuple(r.failing)
+        if shown:
+            colour = COLOURS.get(r.status, "red")
+            out.print(checks_table(f"{r.domain}: [{colour}]{r.status}[/{colour}]", shown))
+    summary = Table(title="drift")
+    for col in ("domain", "status", "failing", "note"):
+        summary.add_column(col, overflow="fold")
+    for r in results:
+        colour = COLOURS.get(r.status, "red" if r.status in DRIFTED | {"error"} else "dim")
+        summary.add_row(r.domain, f"[{colour}]{r.status}[/{colour}]", str(len(r.failing)), r.note)
+    out.print(summary)
+    drifted = sum(1 for r in results if r.status in DRIFTED)
+    out.print(f"{len(results)} domain(s) checked, {drifted} with drift.", style="bold red" if drifted else "bold")

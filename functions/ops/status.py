@@ -1,0 +1,133 @@
+"""`mailplane status`: desired vs actual for one domain, per system and per authoritative server."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from functions import domain_created
+from functions._core.model import state
+from functions._core.model.keys import dkim_txt
+from functions._core.model.mailset import (
+    MARKER_NAME,
+    delegated,
+    desired_records,
+    dkim_record,
+    mta_sts_policy,
+    policy_key,
+)
+from functions._core.model.ports import DkimKey, Ports
+from functions._core.model.records import RecordSet
+
+
+@dataclass(frozen=True)
+class Check:
+    system: str  # mailcow | pmg | dns | store
+    where: str  # "api", a DNS server, or "public"
+    item: str
+    want: str
+    have: str
+    ok: bool
+
+
+def _values(rs: RecordSet | None) -> str:
+    return " | ".join(rs.values) if rs else "absent"
+
+
+def mail_checks(domain: str, data: dict[str, Any], cur: state.KeyRecord, ports: Ports) -> list[Check]:
+    want, have = domain_created.desired_mail(domain, data), ports.mail.get_domain(domain)
+    summary = f"{want.mailboxes} mailboxes, {want.aliases} aliases, {want.quota_mib} MiB"
+    got = f"{have.mailboxes} mailboxes, {have.aliases} aliases, {have.quota_mib} MiB" if have else "absent"
+    dk = ports.mail.get_dkim(domain)
+    return [
+        Check("mailcow", "api", "domain", summary, got, got == summary and have is not None and have.active),
+        Check(
+            "mailcow",
+            "api",
+            "dkim",
+            cur.selector,
+            dk.selector if dk else "none",
+            dk == DkimKey(cur.selector, cur.public_b64),
+        ),
+    ]
+
+
+def gateway_checks(domain: str, ports: Ports) -> list[Check]:
+    gw, mc = ports.gateway, ports.settings.mailcow
+    relay = any(d.domain == domain for d in gw.list_relay_domains())
+    t = next((t for t in gw.list_transports() if t.domain == domain), None)
+    nets = {ipaddress.ip_network(n.cidr, strict=False) for n in gw.list_networks()}
+    out = [
+        Check("pmg", "api", "relay domain", domain, domain if relay else "absent", relay),
+        Check(
+            "pmg",
+            "api",
+            "transport",
+            f"{mc.host}:25",
+            f"{t.host}:{t.port}" if t else "absent",
+            t is not None and t.host == mc.host and t.port == 25,
+        ),
+    ]
+    for ip, plen in ((mc.ipv4, 32), (mc.ipv6, 128)):
+        net = ipaddress.ip_network(f"{ip}/{plen}")
+        out.append(
+            Check("pmg", "api", "trusted network", str(net), "present" if net in nets else "absent", net in nets)
+        )
+    return out
+
+
+def dns_checks(domain: str, hosted: bool, cur: state.KeyRecord, ports: Ports, *, deleg: bool = False) -> list[Check]:
+    """Every managed RRset on every authoritative server (our zone) or in the public view (a zone hosted elsewhere);
+    a delegated domain's key TXT on every authoritative server of the delegation zone."""
+    s = ports.settings
+    want = desired_records(domain, s, cur.selector, cur.public_b64, delegated=deleg)
+    out: list[Check] = []
+    if deleg:
+        key = dkim_record(domain, s, cur.selector, dkim_txt(cur.public_b64), delegated=True)
+        for where in ports.dns.servers(s.dkim.delegation_zone):
+            got = ports.dns.query(where, key.name, "TXT")
+            out.append(Check("dns", where, f"TXT {key.name}", _values(key), _values(got), key.same_data(got)))
+    places = ports.dns.servers(domain) if hosted else ["public"]
+    for where in places:
+        for (name, rtype), rs in sorted(want.items()):
+            if not hosted and name.startswith(MARKER_NAME + "."):
+                continue
+            got = ports.dns.query(where, name, rtype) if hosted else ports.dns.resolve(name, rtype)
+            ok = got is not None and set(rs.values) <= set(got.values)
+            out.append(Check("dns", where, f"{rtype} {name}", _values(rs), _values(got), ok))
+    return out
+
+
+def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:
+    """Overall status (provisioned, awaiting_dns, drift, unknown) and every check behind it."""
+    st = state.load(ports.state, domain)
+    cur = st.current
+    if not st.request or cur is None:
+        return "unknown", [Check("store", "state", "domain state", "present", "absent", False)]
+    hosted = bool(st.request["dns"]["hosted"])
+    policy = ports.web.get(policy_key(domain))
+    want_policy = mta_sts_policy(ports.settings).encode()
+    checks = [
+        *mail_checks(domain, st.request, cur, ports),
+        *gateway_checks(domain, ports),
+        Check(
+            "store",
+            "web",
+            "mta-sts policy",
+            "current",
+            "current" if policy and policy.body == want_policy else "stale" if policy else "absent",
+            policy is not None and policy.body == want_policy,
+        ),
+        *dns_checks(domain, hosted, cur, ports, deleg=delegated(st.request)),
+    ]
+    bad = [c for c in checks if not c.ok]
+    if not bad:
+        return "provisioned", checks
+    if not hosted and all(c.system == "dns" or c.item == "dkim" for c in bad):
+        return "awaiting_dns", checks
+    return "drift", checks
+
+
+def as_json(domain: str, overall: str, checks: list[Check]) -> dict[str, Any]:
+    return {"domain": domain, "status": overall, "checks": [asdict(c) for c in checks]}

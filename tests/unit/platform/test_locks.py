@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from functions._core.platform.idempotency import LeaseHeld
+from functions._core.platform.locks import SubjectLocks
+from tests.fakes.store import MemoryStore
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def test_a_held_subject_refuses_a_second_holder_and_frees_on_exit() -> None:
+    store = MemoryStore()
+    locks = SubjectLocks(store, lease=timedelta(seconds=30), clock=lambda: T0)
+    with locks.hold("alpha.test"):
+        with pytest.raises(LeaseHeld), locks.hold("alpha.test"):
+            pass
+        with locks.hold("beta.test"):  # other subjects run in parallel
+            pass
+    with locks.hold("alpha.test"):  # released
+        pass
+    assert list(store.list("locks/")) == []
+
+
+def test_an_expired_lease_is_taken_over() -> None:
+    store = MemoryStore()
+    now = [T0]
+    locks = SubjectLocks(store, lease=timedelta(seconds=30), clock=lambda: now[0])
+    crashed = locks.hold("alpha.test")
+    crashed.__enter__()  # a holder that never releases (killed)
+    now[0] = T0 + timedelta(seconds=31)
+    with locks.hold("alpha.test"):
+        pass
+
+
+def test_concurrent_holders_never_overlap() -> None:
+    store = MemoryStore()
+    locks = SubjectLocks(store, lease=timedelta(seconds=30))
+    inside, overlaps, refused = [0], [0], [0]
+    guard = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(20):
+            try:
+                with locks.hold("alpha.test"):
+                    with guard:
+                        inside[0] += 1
+                        overlaps[0] += inside[0] > 1
+                    time.sleep(0.001)
+                    with guard:
+                        inside[0] -= 1
+            except LeaseHeld:
+                with guard:
+                    refused[0] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps[0] == 0 and refused[0] > 0
