@@ -34,7 +34,10 @@ def worker(
     config: ConfigOpt = None,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="exit once the queues are drained")] = False,
     pool: Annotated[int, typer.Option(help="handler threads")] = 4,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics on 127.0.0.1:PORT (0: off)")] = 0,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics on BIND:PORT (0: off)")] = 0,
+    metrics_bind: Annotated[
+        str, typer.Option(envvar="MAILPLANE_METRICS_BIND", help="metrics bind address (0.0.0.0 in a pod)")
+    ] = "127.0.0.1",
 ) -> None:
     """Consume the work queues and run the functions."""
     from functions.runtime.consumer import Worker
@@ -47,7 +50,7 @@ def worker(
     except AutomationError as exc:
         _fail(exc)
     if metrics_port:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_bind)
     raise typer.Exit(w.run())
 
 
@@ -149,9 +152,9 @@ def demo(config: ConfigOpt = None) -> None:
 
 
 def _register_subcommands() -> None:
-    from functions.ops import cli_dlq, cli_nodes, cli_ops, cli_rotate
+    from functions.ops import cli_dlq, cli_health, cli_nodes, cli_ops, cli_rotate
 
-    for module in (cli_ops, cli_nodes, cli_rotate, cli_dlq):  # cli_nodes' `plan` extends cli_ops' one
+    for module in (cli_ops, cli_nodes, cli_rotate, cli_dlq, cli_health):  # cli_nodes' `plan` extends cli_ops' one
         module.register(app)
 
 

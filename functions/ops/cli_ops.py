@@ -56,6 +56,9 @@ def drift(
     domain: Annotated[str | None, typer.Argument(help="one domain (or --all)")] = None,
     all_domains: Annotated[bool, typer.Option("--all", help="every domain with a state object")] = False,
     json_out: JsonOpt = False,
+    report: Annotated[
+        bool, typer.Option("--report", help="with --all: store the summary for `mailplane health` (reports/drift.json)")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Desired vs actual for managed domains on each system and each authoritative server.
@@ -63,8 +66,8 @@ def drift(
     Exit 0 without drift, 1 when a domain drifted (or its state is incomplete), 2 when a domain could not be checked.
     """
     main.setup_logging("WARNING")
-    if (domain is None) == (not all_domains):
-        err.print("[red]error:[/red] give a DOMAIN or --all (not both)")
+    if (domain is None) == (not all_domains) or (report and not all_domains):
+        err.print("[red]error:[/red] give a DOMAIN or --all (not both); --report needs --all")
         raise typer.Exit(2)
     try:
         ports = main.build_ports(main.load_settings(config), probe=False)
@@ -72,6 +75,8 @@ def drift(
     except AutomationError as exc:
         _fail(exc)
     results = drift_mod.run(names, ports, err)
+    if report:
+        drift_mod.save_report(ports.state, results, ports.clock())
     if json_out:
         out.print_json(data=drift_mod.as_json(results, all_checks=not all_domains))
     else:

@@ -11,6 +11,7 @@ checked, else 1 when any domain drifted or is unknown, else 0.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -22,11 +23,13 @@ from rich.table import Table
 from functions._core.model import state
 from functions._core.model.ports import GatewayPort, GatewayTransport, Ports, RelayDomain, TrustedNetwork
 from functions._core.platform.errors import AutomationError
+from functions._core.platform.store import ObjectStore
 from functions.ops.status import Check, domain_status
 
 DRIFTED = frozenset({"drift", "unknown"})
 PROGRESS_MIN = 10  # show a progress bar from this many domains on
 PREFIX = "domains/"
+REPORT_KEY = "reports/drift.json"  # the last `drift --all --report`, read by `mailplane health`
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,22 @@ def as_json(results: list[DomainDrift], *, all_checks: bool) -> dict[str, Any]:
         "summary": dict(sorted(counts.items())),
         "domains": [r.as_json(all_checks=all_checks) for r in results],
     }
+
+
+def findings(results: list[DomainDrift]) -> dict[str, int]:
+    """Failing checks by system (mailcow, pmg, dns, ...) over every domain."""
+    counts: dict[str, int] = {}
+    for r in results:
+        for c in r.failing:
+            counts[c.system] = counts.get(c.system, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def save_report(store: ObjectStore, results: list[DomainDrift], now: dt.datetime) -> None:
+    """Write the summary of a full run to ``REPORT_KEY`` (overwrites the previous one; no domain detail)."""
+    summary = as_json(results, all_checks=False)["summary"]
+    body = {"time": now.isoformat(timespec="seconds"), "summary": summary, "findings": findings(results)}
+    store.put(REPORT_KEY, json.dumps(body, sort_keys=True).encode())
 
 
 COLOURS = {"provisioned": "green", "awaiting_dns": "yellow", "suspended": "blue", "removal_due": "magenta"}

@@ -36,6 +36,7 @@ class Metrics:
         counter.labels(etype).inc()
         self.duration.labels(etype).observe(result.duration)
 
-    def serve(self, port: int) -> None:
-        """Expose /metrics on 127.0.0.1:port (loopback only; scrape through a sidecar or a tunnel)."""
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Expose /metrics on addr:port: loopback by default; 0.0.0.0 in a pod behind its NetworkPolicy
+        (``--metrics-bind`` / $MAILPLANE_METRICS_BIND, infra/deploy/k8s/)."""
+        start_http_server(port, addr=addr, registry=self.registry)

@@ -243,6 +243,24 @@ def due(st: DomainState, s: DkimSettings) -> tuple[str, dt.datetime] | None:
     return "start", start
 
 
+def overdue(st: DomainState, s: DkimSettings, now: dt.datetime) -> tuple[str, dt.timedelta] | None:
+    """For a provisioned domain whose next rotation step is past due: the status of the key that waits for it and
+    how long past due it is (the operator's "stuck" is this beyond a tolerance; `mailplane health`). None when no
+    step is due, or the domain is not provisioned (awaiting_dns waits for the customer, not for us)."""
+    if st.status != "provisioned" or active(st) is None:
+        return None
+    emergency = _emergency(st)
+    steps = [(k.status, t) for k in st.keys if (t := _old_due(k, s, emergency)) is not None]
+    new = pending(st)
+    if new is not None:
+        steps.append((new.status, since(new) + _propagation(s, emergency) if new.status == "VISIBLE" else since(new)))
+    late = [(when, status) for status, when in steps if when <= now]
+    if not late:
+        return None
+    when, status = min(late)
+    return status, now - when
+
+
 # ---------------------------------------------------------------- the zone: ours (CAS), delegated to us, or elsewhere
 
 
