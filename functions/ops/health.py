@@ -176,8 +176,8 @@ def domains(sink: Sink, ports: Ports, now: dt.datetime, *, stuck_after: dt.timed
     for status, n in sorted(Counter(f.status for f in found).items()):
         sink.set("mailplane_domains", n, status)
     sink.set("mailplane_domains_unreadable", len(figures) - len(found))
-    sink.histogram("mailplane_dkim_key_age_days", [f.key_age_days for f in found if f.key_age_days is not None],
-                   KEY_AGE_BUCKETS_DAYS)  # fmt: skip
+    ages = [f.key_age_days for f in found if f.key_age_days is not None]
+    sink.histogram("mailplane_dkim_key_age_days", ages, KEY_AGE_BUCKETS_DAYS)
     sink.set("mailplane_dkim_rotations_in_progress", sum(1 for f in found if f.in_progress))
     for st, n in sorted(Counter(s for f in found for s in f.rotating).items()):
         sink.set("mailplane_dkim_rotation_keys", n, st)

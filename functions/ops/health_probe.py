@@ -80,16 +80,16 @@ def certificates(sink: Sink, settings: Settings, now: dt.datetime, *, timeout: f
         found = smtp_certificate(target, timeout)
         sink.set("mailplane_certificate_check", 1, target.kind, target.host, found.result)
         if found.not_after is not None:
-            sink.set("mailplane_certificate_expiry_timestamp_seconds", found.not_after.timestamp(), target.kind,
-                     target.host)  # fmt: skip
+            where = (target.kind, target.host)
+            sink.set("mailplane_certificate_expiry_timestamp_seconds", found.not_after.timestamp(), *where)
             days = (found.not_after - now).total_seconds() / 86400
-            sink.set("mailplane_certificate_days_to_expiry", round(days, 3), target.kind, target.host)
+            sink.set("mailplane_certificate_days_to_expiry", round(days, 3), *where)
 
 
 def queues(settings: Settings) -> list[str]:
     """Every work rung, every wait rung and the parked queue (infra/rabbitmq/definitions.json)."""
     b = settings.broker
-    rungs = range(len(b.retry_delays))
+    rungs = range(len(b.retry_delays) + 1)  # as the worker consumes them: rung 0 and one per retry delay
     return [*(f"{b.work_queue_prefix}.{k}" for k in rungs), *(f"q.wait.{k}" for k in rungs if k), b.parked_queue]
 
 
