@@ -34,7 +34,9 @@ def worker(
     config: ConfigOpt = None,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="exit once the queues are drained")] = False,
     pool: Annotated[int, typer.Option(help="handler threads")] = 4,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics on BIND:PORT (0: off)")] = 0,
+    metrics_port: Annotated[
+        int, typer.Option(envvar="MAILPLANE_METRICS_PORT", help="Prometheus metrics on BIND:PORT (0: off)")
+    ] = 0,
     metrics_bind: Annotated[
         str, typer.Option(envvar="MAILPLANE_METRICS_BIND", help="metrics bind address (0.0.0.0 in a pod)")
     ] = "127.0.0.1",

@@ -64,6 +64,8 @@ def drift(
     """Desired vs actual for managed domains on each system and each authoritative server.
 
     Exit 0 without drift, 1 when a domain drifted (or its state is incomplete), 2 when a domain could not be checked.
+    With --report (the daily timer / CronJob) drift exits 0: the stored report is the result, alerted on by
+    `mailplane health` (MailplaneDriftDetected).
     """
     main.setup_logging("WARNING")
     if (domain is None) == (not all_domains) or (report and not all_domains):
@@ -81,7 +83,8 @@ def drift(
         out.print_json(data=drift_mod.as_json(results, all_checks=not all_domains))
     else:
         drift_mod.render(results, out, all_checks=not all_domains)
-    raise typer.Exit(drift_mod.exit_code(results))
+    code = drift_mod.exit_code(results)
+    raise typer.Exit(code if not report or code == 2 else 0)
 
 
 def register(app: typer.Typer) -> None:

@@ -15,7 +15,8 @@ from functions._core.platform.config import Settings
 from tests.stackenv import REPO
 
 DEPLOY = REPO / "infra" / "deploy"
-MANIFESTS = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
+# Kubernetes manifests (systemd/prometheus.yml is a Prometheus config, checked by tests/monitoring/)
+MANIFESTS = sorted([*(DEPLOY / "k8s").rglob("*.yaml"), *(DEPLOY / "k8s").rglob("*.yml")])
 UNITS = sorted([*DEPLOY.rglob("*.service"), *DEPLOY.rglob("*.timer")])
 DRAIN_GRACE_S = 30  # functions/runtime/consumer.py Worker._drain
 
@@ -47,7 +48,7 @@ def seconds(value: str) -> float:
 
 
 def test_there_is_something_to_check() -> None:
-    assert len(MANIFESTS) >= 5 and len(UNITS) == 4
+    assert len(MANIFESTS) >= 9 and len(UNITS) == 8
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -86,11 +87,18 @@ def test_worker_deployment_outlives_the_drain_grace() -> None:
     assert {"secretRef": {"name": "mailplane-secrets"}} in worker["envFrom"]
 
 
-def test_rotate_due_cronjob_runs_one_at_a_time() -> None:
-    (cron,) = by_kind("CronJob")
+def cronjob(name: str) -> dict[str, Any]:
+    return next(d for d in by_kind("CronJob") if d["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize(
+    ("name", "args"), [("mailplane-rotate-due", ["rotate-due"]), ("mailplane-drift", ["drift", "--all", "--report"])]
+)
+def test_cronjobs_run_one_at_a_time(name: str, args: list[str]) -> None:
+    cron = cronjob(name)
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == ["mailplane"] and container["args"] == ["rotate-due"]
+    assert container["command"] == ["mailplane"] and container["args"] == args
 
 
 @pytest.mark.parametrize("path", [p for p in UNITS if p.suffix == ".service"], ids=lambda p: p.name)
@@ -149,3 +157,85 @@ def test_every_referenced_variable_is_documented_and_in_the_secret() -> None:
     for name in names | {"MAILPLANE_CONFIG"}:
         assert f"`{name}`" in readme, name
     assert names == set(secret["stringData"])
+
+
+# ---------------------------------------------------------------- metrics exposure (worker and health collector)
+
+
+def cli_envvars() -> dict[str, set[str]]:
+    """command -> the environment variables its options read (from the real `mailplane` app)."""
+    import typer.main
+
+    from functions.ops.cli import app
+
+    group = typer.main.get_command(app)
+    out: dict[str, set[str]] = {}
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        out[name] = {p.envvar for p in command.params if isinstance(getattr(p, "envvar", None), str)}
+    return out
+
+
+def pod(name: str) -> dict[str, Any]:
+    return next(d for d in by_kind("Deployment") if d["metadata"]["name"] == name)["spec"]["template"]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+@pytest.mark.parametrize(("name", "command"), [("mailplane-worker", "worker"), ("mailplane-health", "health")])
+def test_pods_serve_metrics_on_their_address_to_prometheus_only(name: str, command: str) -> None:
+    template = pod(name)
+    (container,) = template["spec"]["containers"]
+    assert container["args"][0] == command
+    env = env_of(container)
+    assert env["MAILPLANE_METRICS_BIND"] == "0.0.0.0" and "MAILPLANE_METRICS_BIND" in cli_envvars()[command]
+    (port,) = [p for p in container["ports"] if p["name"] == "metrics"]
+    args = container["args"]
+    served = int(env["MAILPLANE_METRICS_PORT"]) if command == "worker" else int(args[args.index("--metrics-port") + 1])
+    assert port["containerPort"] == served
+    labels = template["metadata"]["labels"]
+    (policy,) = by_kind("NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}] and rule["from"]
+    (monitor,) = by_kind("PodMonitor")
+    for expr in monitor["spec"]["selector"]["matchExpressions"]:
+        assert expr["operator"] == "In" and labels[expr["key"]] in expr["values"]
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+
+
+def test_worker_metrics_port_is_a_real_option() -> None:
+    assert "MAILPLANE_METRICS_PORT" in cli_envvars()["worker"]
+    example = (DEPLOY / "systemd" / "mailplane.env.example").read_text()
+    assert "MAILPLANE_METRICS_BIND=127.0.0.1" in example and "MAILPLANE_METRICS_PORT=" in example
+
+
+def test_health_collector_reads_the_broker_as_the_operator() -> None:
+    (container,) = pod("mailplane-health")["spec"]["containers"]
+    assert container["command"] == ["mailplane"] and "--every" in container["args"]
+    assert {"secretRef": {"name": "mailplane-operator"}} in container["envFrom"]
+    secret = next(
+        d for d in documents(DEPLOY / "k8s" / "secrets.example.yaml") if d["metadata"]["name"] == "mailplane-operator"
+    )
+    assert set(secret["stringData"]) == {"MAILPLANE_AMQP_OPERATOR_PASSWORD"}
+    assert "MAILPLANE_AMQP_OPERATOR_PASSWORD" in (DEPLOY / "systemd" / "health.env.example").read_text()
+
+
+def test_health_timer_writes_the_textfile_every_five_minutes() -> None:
+    timer = unit(DEPLOY / "systemd" / "mailplane-health.timer")
+    assert timer["OnCalendar"] == ["*:0/5"] and timer["Unit"] == ["mailplane-health.service"]
+    service = unit(DEPLOY / "systemd" / "mailplane-health.service")
+    assert service["Type"] == ["oneshot"]
+    (exec_start,) = service["ExecStart"]
+    textfile = Path(exec_start.split("--textfile ", 1)[1].split()[0])
+    assert textfile.suffix == ".prom"
+    assert str(textfile.parent) in service["ReadWritePaths"][0].split()
+
+
+def test_drift_timer_runs_the_report_daily() -> None:
+    timer = unit(DEPLOY / "systemd" / "mailplane-drift.timer")
+    assert timer["OnCalendar"][0].startswith("*-*-* ") and timer["Unit"] == ["mailplane-drift.service"]
+    service = unit(DEPLOY / "systemd" / "mailplane-drift.service")
+    assert service["ExecStart"][0].endswith("mailplane drift --all --report")
