@@ -15,7 +15,7 @@ from functions._core.platform.config import Settings
 from tests.stackenv import REPO
 
 DEPLOY = REPO / "infra" / "deploy"
-# Kubernetes manifests (systemd/prometheus.yml is a Prometheus config, checked by tests/monitoring/)
+# Kubernetes manifests (systemd/prometheus.yml is a Prometheus config, checked by tests/unit/test_monitoring.py)
 MANIFESTS = sorted([*(DEPLOY / "k8s").rglob("*.yaml"), *(DEPLOY / "k8s").rglob("*.yml")])
 UNITS = sorted([*DEPLOY.rglob("*.service"), *DEPLOY.rglob("*.timer")])
 DRAIN_GRACE_S = 30  # functions/runtime/consumer.py Worker._drain
