@@ -10,20 +10,24 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import pika.exceptions
 import pytest
+import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
 from functions import domain_created, node_down
 from functions._core.model import rotation, state
 from functions._core.model.state import KeyRecord
 from functions._core.platform.config import MxHost
 from functions._core.platform.envelope import parse
-from functions.ops import drift, health, health_probe
+from functions.ops import cli_health, drift, health, health_probe
+from functions.runtime import main
 from tests.unit.ops.test_plan_drift import created
 from tests.unit.test_node_down import T0, World, build_world, down
 
@@ -247,3 +251,35 @@ def test_an_unreachable_host_is_reported(world: World) -> None:
     got = check(world, port)
     labels = (("host", "pmg1.faster.test"), ("kind", "smtp"), ("result", "unreachable"))
     assert got[("mailplane_certificate_check", labels)] == 1
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_health_command_writes_the_textfile_and_exits_1_when_a_source_is_down(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broker_down(*_args: object) -> None:
+        raise pika.exceptions.AMQPConnectionError("refused")
+
+    monkeypatch.setattr(main, "load_settings", lambda path=None: world.ports.settings)
+    monkeypatch.setattr(main, "build_ports", lambda settings, probe=True: world.ports)
+    monkeypatch.setattr(health_probe, "broker", broker_down)
+    monkeypatch.setattr(health_probe, "certificates", lambda *_a, **_k: None)  # no MX host to reach in a unit test
+    monkeypatch.setenv("MAILPLANE_AMQP_OPERATOR_PASSWORD", "x")
+    node_down.handle(down("pmg2", 10), world.ports)
+    app = typer.Typer()
+    cli_health.register(app)
+    app.command("noop")(lambda: None)  # a group, as in the real app
+    target = tmp_path / "mailplane.prom"
+    done = CliRunner().invoke(app, ["health", "--textfile", str(target)])
+    assert done.exit_code == 1, done.output
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(target.read_text())
+        for s in fam.samples
+    }
+    assert got[("mailplane_health_source_up", (("source", "broker"),))] == 0
+    assert got[("mailplane_health_source_up", (("source", "mx_nodes"),))] == 1
+    assert got[("mailplane_mx_nodes_in_rotation", ())] == 2
+    assert list(tmp_path.iterdir()) == [target]  # written beside and renamed: no temporary file left

@@ -219,6 +219,22 @@ def test_drift_command_exit_codes_and_json(cli: typer.Typer, world: World) -> No
     assert runner.invoke(cli, ["drift", "alpha.test", "--all"]).exit_code == 2
 
 
+def test_drift_report_is_stored_for_the_health_collector(cli: typer.Typer, world: World) -> None:
+    provision(world, *DOMAINS)
+    world.fake_dns.delete_rrset("alpha.test", ("autoconfig.alpha.test", "CNAME"))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["drift", "alpha.test", "--report"]).exit_code == 2  # a report covers --all only
+    assert world.state.get(drift.REPORT_KEY) is None
+    done = runner.invoke(cli, ["drift", "--all", "--report"])
+    assert done.exit_code == 0, done.output  # the stored report is the result; the alert comes from it
+    stored = json.loads(world.state.get(drift.REPORT_KEY).body)  # type: ignore[union-attr]
+    assert stored == {
+        "time": NOW.isoformat(timespec="seconds"),
+        "summary": {"drift": 1, "provisioned": 1},
+        "findings": {"dns": 1},
+    }
+
+
 def test_plan_command(cli: typer.Typer, world: World, tmp_path: Path) -> None:
     event = tmp_path / "event.json"
     event.write_bytes(created())
