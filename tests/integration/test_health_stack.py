@@ -56,12 +56,12 @@ def health(env: dict[str, str]) -> Samples:
     }
 
 
-def degrade(ports: Ports, domain: str) -> None:
-    """What issue 20's acceptance gate does when its bounded wait expires: ``status: "degraded"`` in the domain's
-    state object, by the same conditional save (the gate is not in this tree yet; see the report)."""
+def set_status(ports: Ports, domain: str, have: str, want: str) -> None:
+    """``degraded`` is what issue 20's acceptance gate writes when its bounded wait expires: the status in the
+    domain's state object, by the same conditional save (that gate is not in this tree yet)."""
     before = state.load(ports.state, domain)
-    assert before.status == "provisioned"
-    state.save(ports.state, replace(before, status="degraded"), before)
+    assert before.status == have
+    state.save(ports.state, replace(before, status=want), before)
 
 
 def test_parked_event_withdrawn_node_and_degraded_domain_appear_in_the_metrics(
@@ -79,8 +79,9 @@ def test_parked_event_withdrawn_node_and_degraded_domain_appear_in_the_metrics(
         stack.publish(stack_env, settings, node_event("node.down", "pmg3", int(time.time() * 1000)), "monitoring")
         stack.run_worker(settings)
         assert not nodes.load(ports.state, "pmg3.faster.test").in_rotation
-        degrade(ports, good)
+        set_status(ports, good, "provisioned", "degraded")
         after = health(stack_env)
+        set_status(ports, good, "degraded", "provisioned")  # leave no degraded domain to other tests
     finally:
         for listener in listeners:
             listener.stop()
