@@ -159,7 +159,12 @@ def domain_figure(st: state.DomainState, ports: Ports, now: dt.datetime) -> Doma
 
 
 def domains(sink: Sink, ports: Ports, now: dt.datetime, *, stuck_after: dt.timedelta, threads: int = 8) -> None:
-    """Statuses, key ages and rotations from every ``domains/<d>.json`` (one GET each, in ``threads``)."""
+    """Statuses, key ages and rotations from every ``domains/<d>.json`` (one GET each, in ``threads``); an
+    unreadable state object is counted, not fatal.
+
+    Raises:
+        StoreUnavailable: the state bucket cannot be listed.
+    """
     names = [k for k in ports.state.list(DOMAIN_PREFIX) if k.endswith(".json") and "/" not in k[len(DOMAIN_PREFIX) :]]
 
     def one(key: str) -> DomainFigure | None:
@@ -189,7 +194,11 @@ def domains(sink: Sink, ports: Ports, now: dt.datetime, *, stuck_after: dt.timed
 
 
 def mx_nodes(sink: Sink, ports: Ports) -> None:
-    """Nodes in rotation as the quorum guard counts them: one AXFR of the provider zone plus the node states."""
+    """Nodes in rotation as the quorum guard counts them: one AXFR of the provider zone plus the node states.
+
+    Raises:
+        AutomationError: the provider zone or a node state cannot be read (DNS or store errors).
+    """
     provider = ports.settings.provider
     serving = set(nodes.serving(ports.dns.read_zone(provider.zone), nodes.load_all(ports), provider.mx_hosts))
     sink.set("mailplane_mx_nodes_configured", len(provider.mx_hosts))
@@ -200,7 +209,12 @@ def mx_nodes(sink: Sink, ports: Ports) -> None:
 
 
 def drift_report(sink: Sink, ports: Ports) -> None:
-    """The figures of the last `mailplane drift --all --report` (one GET; absent until the first report)."""
+    """The figures of the last `mailplane drift --all --report` (one GET; absent until the first report).
+
+    Raises:
+        StoreUnavailable: the state bucket cannot be read.
+        ValueError, KeyError: the stored report is not one `drift --report` wrote.
+    """
     obj = ports.state.get(drift.REPORT_KEY)
     if obj is None:
         return
@@ -213,7 +227,11 @@ def drift_report(sink: Sink, ports: Ports) -> None:
 
 
 def store_objects(sink: Sink, ports: Ports) -> None:
-    """Ledger records and held leases (a LIST of each prefix; the ledger keeps a record for ``keep`` days)."""
+    """Ledger records and held leases (a LIST of each prefix; the ledger keeps a record for ``keep`` days).
+
+    Raises:
+        StoreUnavailable: the state bucket cannot be listed.
+    """
     sink.set("mailplane_store_objects", sum(1 for _ in ports.state.list(LEDGER_PREFIX)), "ledger")
     sink.set("mailplane_store_objects", sum(1 for _ in ports.state.list(LOCK_PREFIX)), "lease")
 

@@ -76,6 +76,7 @@ def smtp_certificate(target: CertTarget, timeout: float) -> CertResult:
 
 
 def certificates(sink: Sink, settings: Settings, now: dt.datetime, *, timeout: float = 10.0) -> None:
+    """One check per target, in turn (a handful of MX hosts); a failed check is a ``result``, never an error."""
     for target in targets(settings):
         found = smtp_certificate(target, timeout)
         sink.set("mailplane_certificate_check", 1, target.kind, target.host, found.result)
