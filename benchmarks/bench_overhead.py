@@ -145,9 +145,7 @@ class RawConsumer:
     """
 
     def __init__(self, sb: Sandbox, prefetch: int) -> None:
-        admin = (sb.stack["MAILPLANE_AMQP_ADMIN_USER"], sb.stack["MAILPLANE_AMQP_ADMIN_PASSWORD"])
-        b = sb.settings.broker
-        self.params = pika.ConnectionParameters(b.host, b.port, sb.vhost, pika.PlainCredentials(*admin))
+        self.params = params(sb.settings.broker, "admin", sb.password("admin"))
         self.prefetch = prefetch
         self.latencies: list[float] = []
         self.times: list[float] = []

@@ -65,7 +65,8 @@ class RabbitAdmin:
 
     def __init__(self, env: Mapping[str, str]) -> None:
         auth = (env["MAILPLANE_AMQP_ADMIN_USER"], env["MAILPLANE_AMQP_ADMIN_PASSWORD"])
-        self._http = httpx.Client(base_url=env["MAILPLANE_AMQP_MGMT_URL"], auth=auth, timeout=60)
+        verify = ssl.create_default_context(cafile=env["MAILPLANE_STACK_CA"])
+        self._http = httpx.Client(base_url=env["MAILPLANE_AMQP_MGMT_URL"], auth=auth, verify=verify, timeout=60)
 
     def _check(self, resp: httpx.Response, what: str) -> httpx.Response:
         if resp.status_code >= 300:
@@ -294,6 +295,7 @@ class Sandbox:
         return boto3.session.Session().client(
             "s3",
             endpoint_url=st.endpoint_url,
+            verify=st.ca_file or None,
             region_name=st.region,
             aws_access_key_id=st.access_key_id.reveal(),
             aws_secret_access_key=st.secret_access_key.reveal(),
@@ -442,11 +444,7 @@ class Sandbox:
 
     def queue_depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (passive declare as the admin user)."""
-        admin = pika.PlainCredentials(
-            self.stack["MAILPLANE_AMQP_ADMIN_USER"], self.stack["MAILPLANE_AMQP_ADMIN_PASSWORD"]
-        )
-        b = self.settings.broker
-        conn = pika.BlockingConnection(pika.ConnectionParameters(b.host, b.port, self.vhost, admin))
+        conn = pika.BlockingConnection(params(self.settings.broker, "admin", self.password("admin")))
         try:
             return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
         finally:

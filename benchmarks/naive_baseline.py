@@ -75,6 +75,7 @@ class Naive:
         self.s3 = boto3.session.Session().client(
             "s3",
             endpoint_url=st.endpoint_url or None,
+            verify=st.ca_file or None,
             region_name=st.region,
             aws_access_key_id=st.access_key_id.reveal() or None,
             aws_secret_access_key=st.secret_access_key.reveal() or None,

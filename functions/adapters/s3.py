@@ -54,7 +54,8 @@ POOL_CONNECTIONS = 64
 
 
 def make_client(settings: StoreSettings) -> S3Client:
-    """A boto3 S3 client with explicit timeouts, no hidden retries, and path-style addressing for an endpoint."""
+    """A boto3 S3 client with explicit timeouts, no hidden retries, and path-style addressing for an endpoint;
+    TLS verified against ``settings.ca_file`` (or the system trust store)."""
     config = botocore.config.Config(
         connect_timeout=settings.timeout,
         read_timeout=settings.timeout,
@@ -63,12 +64,17 @@ def make_client(settings: StoreSettings) -> S3Client:
         s3={"addressing_style": "path"} if settings.endpoint_url else None,
     )
     key_id, secret = settings.access_key_id.reveal(), settings.secret_access_key.reveal()
+    if settings.endpoint_url.startswith("http://"):
+        log.warning(
+            "store: plain HTTP endpoint %s: credentials and objects cross the network in clear", settings.endpoint_url
+        )
     return boto3.session.Session().client(
         "s3",
         endpoint_url=settings.endpoint_url if settings.endpoint_url else None,
         region_name=settings.region,
         aws_access_key_id=key_id if key_id else None,  # "" = the default credential chain (role, env, ...)
         aws_secret_access_key=secret if secret else None,
+        verify=settings.ca_file if settings.ca_file else None,  # None = verified against the system trust store
         config=config,
     )
 

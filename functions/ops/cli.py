@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +10,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from functions._core.platform.config import Secret
 from functions._core.platform.errors import AutomationError, ConfigError
 from functions._core.platform.names import normalize_domain
 from functions.ops.render import render_checks
@@ -62,21 +60,20 @@ def publish(
     as_user: Annotated[str, typer.Option("--as", help="publisher (RabbitMQ user): billing, scheduler, monitoring")],
     config: ConfigOpt = None,
 ) -> None:
-    """Publish a CloudEvent file as a publisher; its password comes from $MAILPLANE_AMQP_<USER>_PASSWORD."""
-    from functions.runtime.amqp import Publisher, params
+    """Publish a CloudEvent file as a publisher: its client certificate from $MAILPLANE_AMQP_<USER>_CERT and _KEY,
+    or its password from $MAILPLANE_AMQP_<USER>_PASSWORD."""
+    from functions.runtime.amqp import Publisher, credential_from_env, params
 
-    var = f"MAILPLANE_AMQP_{as_user.upper()}_PASSWORD"
     try:
         settings = main.load_settings(config)
-        if var not in os.environ:
-            raise ConfigError(f"environment variable {var} is not set")
+        credential = credential_from_env(as_user)
         event = json.loads(file.read_text())
     except AutomationError as exc:
         _fail(exc)
     except (OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] cannot read {file}: {exc}")
         raise typer.Exit(2) from None
-    pub = Publisher(params(settings.broker, as_user, Secret(os.environ[var])))
+    pub = Publisher(params(settings.broker, as_user, credential))
     pub.publish_event(settings.broker.exchange, event, as_user)
     pub.close()
     out.print(f"published {event.get('type')} {event.get('id')} as {as_user}")

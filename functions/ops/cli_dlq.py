@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from functions._core.platform.config import Secret
+from functions._core.platform.errors import ConfigError
 from functions.ops import dlq
 from functions.runtime import main
+from functions.runtime.amqp import Credential, credential_from_env
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="settings file (default: $MAILPLANE_CONFIG)")]
-UserOpt = Annotated[str, typer.Option("--as", help="RabbitMQ user; password from $MAILPLANE_AMQP_<USER>_PASSWORD")]
+UserOpt = Annotated[str, typer.Option("--as", help="RabbitMQ user; $MAILPLANE_AMQP_<USER>_CERT/_KEY or _PASSWORD")]
 FilterOpt = Annotated[str | None, typer.Option("--filter", help="substring of id, type, subject, reason or error")]
 
 
-def _password(user: str) -> Secret:
-    var = f"MAILPLANE_AMQP_{user.upper()}_PASSWORD"
-    if var not in os.environ:
-        raise typer.BadParameter(f"environment variable {var} is not set")
-    return Secret(os.environ[var])
+def _password(user: str) -> Credential:
+    try:
+        return credential_from_env(user)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.reason) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,6 @@ functions/ops/cli_ops.py), so it extends that command: an already registered ``p
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from pathlib import Path
@@ -17,8 +16,8 @@ from rich.console import Console
 from rich.text import Text
 
 from functions._core.model.ports import Ports
-from functions._core.platform.config import Secret, Settings
-from functions._core.platform.errors import AutomationError, ConfigError
+from functions._core.platform.config import Settings
+from functions._core.platform.errors import AutomationError
 from functions.ops import retire
 from functions.ops.retire import RetirePlan
 from functions.runtime import main
@@ -40,24 +39,22 @@ def probe(
     interval: Annotated[
         float | None, typer.Option(help="seconds between rounds (default: nodes.probe_interval)")
     ] = None,
-    as_user: Annotated[str, typer.Option("--as", help="publisher; password from $MAILPLANE_AMQP_<USER>_PASSWORD")] = (
+    as_user: Annotated[str, typer.Option("--as", help="publisher; $MAILPLANE_AMQP_<USER>_CERT/_KEY or _PASSWORD")] = (
         "monitoring"
     ),
 ) -> None:
     """Check every PMG node (SMTP banner, API); publish node.down after N failed rounds, node.up after M good ones."""
     from functions.ops.probe import Prober
-    from functions.runtime.amqp import Publisher, params
+    from functions.runtime.amqp import Publisher, credential_from_env, params
 
     main.setup_logging()
-    var = f"MAILPLANE_AMQP_{as_user.upper()}_PASSWORD"
     try:
         settings = main.load_settings(config)
-        if var not in os.environ:
-            raise ConfigError(f"environment variable {var} is not set")
+        credential = credential_from_env(as_user)
         store = main.build_store(settings.store, settings.store.state_bucket, probe=False)
     except AutomationError as exc:
         _fail(exc)
-    pub = Publisher(params(settings.broker, as_user, Secret(os.environ[var])))
+    pub = Publisher(params(settings.broker, as_user, credential))
     prober = Prober(settings, store, lambda ev: pub.publish_event(settings.broker.exchange, ev, as_user))
     try:
         if once:

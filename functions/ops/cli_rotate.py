@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -12,10 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from functions._core.platform.config import Secret, Settings
-from functions._core.platform.errors import AutomationError
+from functions._core.platform.config import Settings
+from functions._core.platform.errors import AutomationError, ConfigError
 from functions.ops import rotate_due
 from functions.runtime import main
+from functions.runtime.amqp import Credential
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="settings file (default: $MAILPLANE_CONFIG)")]
 
@@ -35,10 +35,10 @@ def _now(text: str | None) -> dt.datetime:
 class _Publishing:
     """A confirming publisher as ``user`` (the scheduler by default)."""
 
-    def __init__(self, settings: Settings, user: str, password: Secret) -> None:
+    def __init__(self, settings: Settings, user: str, credential: Credential) -> None:
         from functions.runtime.amqp import Publisher, params
 
-        self._pub = Publisher(params(settings.broker, user, password))
+        self._pub = Publisher(params(settings.broker, user, credential))
 
     def bind(self, exchange: str, user: str) -> Callable[[dict[str, Any]], None]:
         return lambda event: self._pub.publish_event(exchange, event, user)
@@ -48,10 +48,12 @@ class _Publishing:
 
 
 def _publisher(settings: Settings, user: str) -> _Publishing:
-    var = f"MAILPLANE_AMQP_{user.upper()}_PASSWORD"
-    if var not in os.environ:
-        raise typer.BadParameter(f"environment variable {var} is not set")
-    return _Publishing(settings, user, Secret(os.environ[var]))
+    from functions.runtime.amqp import credential_from_env
+
+    try:
+        return _Publishing(settings, user, credential_from_env(user))
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.reason) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -65,7 +67,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="list what is due; publish nothing")] = False,
         as_user: Annotated[
-            str, typer.Option("--as", help="publisher; password from $MAILPLANE_AMQP_<USER>_PASSWORD")
+            str, typer.Option("--as", help="publisher; $MAILPLANE_AMQP_<USER>_CERT/_KEY or _PASSWORD")
         ] = "scheduler",
         now: Annotated[str | None, typer.Option("--now", help="evaluate as of this ISO time (what-if)")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,

@@ -5,7 +5,6 @@ real worker until the queues are drained, then show every domain's status and wh
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,13 @@ from rich.table import Table
 
 from functions._core.model import state
 from functions._core.model.mailset import customer_lines, delegated, desired_records
-from functions._core.platform.config import Secret, Settings
+from functions._core.platform.config import Settings
+from functions._core.platform.errors import ConfigError
 from functions._core.platform.names import normalize_domain
 from functions.ops.render import render_summary
 from functions.ops.status import domain_status
 from functions.runtime import main
-from functions.runtime.amqp import Publisher, params
+from functions.runtime.amqp import Credential, Publisher, credential_from_env, params
 from functions.runtime.consumer import Worker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,11 +35,11 @@ SAMPLES = [
 INVALID = "domain-semicolon.json"
 
 
-def _secret(name: str) -> Secret:
-    value = os.environ.get(name)
-    if value is None:
-        raise SystemExit(f"demo: {name} is not set; source the local stack's env file (infra/local/up prints it)")
-    return Secret(value)
+def _login(user: str) -> Credential:
+    try:
+        return credential_from_env(user)
+    except ConfigError as exc:
+        raise SystemExit(f"demo: {exc.reason}; source the local stack's env file (infra/local/up prints it)") from None
 
 
 def _events() -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -50,7 +50,7 @@ def _events() -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 def _parked(settings: Settings) -> list[tuple[str, str]]:
     """Peek at the parked queue as the operator: (event id, reason); messages stay parked."""
-    conn = pika.BlockingConnection(params(settings.broker, "operator", _secret("MAILPLANE_AMQP_OPERATOR_PASSWORD")))
+    conn = pika.BlockingConnection(params(settings.broker, "operator", _login("operator")))
     ch, seen = conn.channel(), []
     while True:
         method, props, _ = ch.basic_get(settings.broker.parked_queue, auto_ack=False)
@@ -69,7 +69,7 @@ def run_demo(settings: Settings, out: Console) -> int:
     subprocess.run([str(REPO / "infra/local/zone-add"), *hosted], check=True, capture_output=True)
     out.print(f"[bold]1.[/bold] customer zones on the local BIND: {', '.join(hosted)}")
 
-    publisher = Publisher(params(settings.broker, "billing", _secret("MAILPLANE_AMQP_BILLING_PASSWORD")))
+    publisher = Publisher(params(settings.broker, "billing", _login("billing")))
     for event in [*good, bad["event"]]:
         publisher.publish_event(settings.broker.exchange, event, "billing")
     publisher.close()

@@ -16,8 +16,8 @@ from typing import Any
 
 import pika
 
-from functions._core.platform.config import Secret, Settings
-from functions.runtime.amqp import params
+from functions._core.platform.config import Settings
+from functions.runtime.amqp import Credential, params
 
 PARKING_HEADERS = ("x-mailplane-reason", "x-mailplane-error", "x-mailplane-attempt", "x-mailplane-parked-at")
 
@@ -75,7 +75,7 @@ def _parked(method: Any, props: Any, body: bytes) -> Parked:
 
 
 @contextmanager
-def parked_messages(settings: Settings, password: Secret, user: str) -> Iterator[tuple[Any, list[Parked]]]:
+def parked_messages(settings: Settings, password: Credential, user: str) -> Iterator[tuple[Any, list[Parked]]]:
     """Every parked message, held unacked on one channel; those not acked return to the queue on exit."""
     conn = pika.BlockingConnection(params(settings.broker, user, password))
     try:
@@ -92,7 +92,7 @@ def parked_messages(settings: Settings, password: Secret, user: str) -> Iterator
             conn.close()
 
 
-def replay(settings: Settings, password: Secret, user: str, *, text: str | None, ids: set[str]) -> list[Parked]:
+def replay(settings: Settings, password: Credential, user: str, *, text: str | None, ids: set[str]) -> list[Parked]:
     """Re-inject the matching parked events at attempt 0; returns what was replayed."""
     done: list[Parked] = []
     with parked_messages(settings, password, user) as (ch, items):

@@ -10,7 +10,8 @@ that matches the ``<integration>`` block (see README.md):
 - ``hook_url``: ``amqp://monitoring@rabbitmq.example:5672/mailplane`` (user = the validated publisher; the password
   never goes into the URL);
 - ``options_file`` (optional JSON): ``down_rules``/``up_rules`` (rule ids), ``down_groups``/``up_groups`` (rule groups),
-  ``nodes`` (agent name -> node), ``observer``, ``exchange``.
+  ``nodes`` (agent name -> node), ``observer``, ``exchange``, ``ca_file`` (amqps: the broker's CA; the host name
+  of ``hook_url`` is checked against its certificate).
 
 The sequence is the alert's timestamp in milliseconds, the same clock the mailplane prober uses (its sequences are
 ``max(last + 1, now in ms)``), so events of both observers order correctly. Alerts that match no rule are ignored
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "nodes": {},
     "observer": "wazuh",
     "exchange": "events",
+    "ca_file": "",  # amqps: the CA that signed the broker's certificate; "" = the system trust store
 }
 SOURCE = "urn:mailplane:monitoring"
 UTC = dt.timezone.utc  # noqa: UP017 (Wazuh 4 runs integrations with Python 3.10: no datetime.UTC)
@@ -127,8 +129,10 @@ def secret(api_key: str) -> str:
     return api_key
 
 
-def publish(event: dict[str, Any], hook_url: str, password: str, exchange: str) -> None:
-    """Publish with confirms, mandatory routing and the validated user_id."""
+def publish(event: dict[str, Any], hook_url: str, password: str, exchange: str, ca_file: str = "") -> None:
+    """Publish with confirms, mandatory routing and the validated user_id; amqps verifies the broker's certificate
+    (``ca_file`` or the system trust store) and host name. mailplane's own clients build their connections in
+    functions/runtime/amqp.py; this script runs with Wazuh's Python, without mailplane installed."""
     import pika  # imported here so the mapping can be tested without it
 
     url = urlsplit(hook_url)
@@ -140,7 +144,9 @@ def publish(event: dict[str, Any], hook_url: str, password: str, exchange: str) 
         port=url.port or (5671 if url.scheme == "amqps" else 5672),
         virtual_host=unquote(url.path[1:]) or "/",
         credentials=pika.PlainCredentials(user, password),
-        ssl_options=pika.SSLOptions(ssl.create_default_context()) if url.scheme == "amqps" else None,
+        ssl_options=pika.SSLOptions(ssl.create_default_context(cafile=ca_file or None), server_hostname=url.hostname)
+        if url.scheme == "amqps"
+        else None,
         socket_timeout=10,
         blocked_connection_timeout=30,
         connection_attempts=3,
@@ -192,7 +198,7 @@ def main(argv: list[str]) -> int:
         event = to_event(alert, options)
         if event is None:
             return 0
-        publish(event, argv[3], secret(argv[2]), options["exchange"])
+        publish(event, argv[3], secret(argv[2]), options["exchange"], options["ca_file"])
     except (BadInput, OSError, ValueError) as exc:
         print(f"custom-mailplane: {exc}", file=sys.stderr)
         return 2

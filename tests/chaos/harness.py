@@ -114,6 +114,7 @@ class Mgmt:
         self.client = httpx.Client(
             base_url=env["MAILPLANE_AMQP_MGMT_URL"],
             auth=(env["MAILPLANE_AMQP_ADMIN_USER"], env["MAILPLANE_AMQP_ADMIN_PASSWORD"]),
+            verify=ssl.create_default_context(cafile=env["MAILPLANE_STACK_CA"]),
             timeout=30,
         )
 
@@ -458,6 +459,7 @@ def buckets(stack_env: Mapping[str, str], vhost: str, *, create: bool) -> None:
     s3 = boto3.client(
         "s3",
         endpoint_url=stack_env["MAILPLANE_S3_ENDPOINT"],
+        verify=stack_env["MAILPLANE_STACK_CA"],
         region_name="us-east-1",
         aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"],

@@ -173,6 +173,7 @@ class TestS3Store(ObjectStoreContract):
         settings = StoreSettings(
             kind="s3",
             endpoint_url=stack_env["MAILPLANE_S3_ENDPOINT"],
+            ca_file=stack_env["MAILPLANE_STACK_CA"],
             region=stack_env.get("AWS_DEFAULT_REGION", "us-east-1"),
             access_key_id=Secret(stack_env["AWS_ACCESS_KEY_ID"]),
             secret_access_key=Secret(stack_env["AWS_SECRET_ACCESS_KEY"]),

@@ -17,8 +17,8 @@ import httpx
 import pika
 
 from functions._core.model import state
-from functions._core.platform.config import Secret, Settings
-from functions.runtime.amqp import Publisher, params
+from functions._core.platform.config import Settings
+from functions.runtime.amqp import Publisher, credential_from_env, params
 from functions.runtime.consumer import Worker
 from functions.runtime.main import build_ports
 from tests.conftest import load_event
@@ -46,7 +46,8 @@ def created_event(domain: str, sample: str = "domain.created", **data: Any) -> d
 
 
 def publish(env: dict[str, str], settings: Settings, event: dict[str, Any], user: str = "billing") -> None:
-    pub = Publisher(params(settings.broker, user, Secret(env[f"MAILPLANE_AMQP_{user.upper()}_PASSWORD"])))
+    """Publish as ``user`` the way `mailplane publish --as USER` logs in (billing: by its client certificate)."""
+    pub = Publisher(params(settings.broker, user, credential_from_env(user, env)))
     try:
         pub.publish_event(settings.broker.exchange, event, user)
     finally:
@@ -64,7 +65,7 @@ def publish_raw(
     user_id: bool = True,
 ) -> None:
     """Publish bytes as ``user`` with a chosen routing key; ``user_id=False`` leaves the AMQP user_id unset."""
-    pub = Publisher(params(settings.broker, user, Secret(env[f"MAILPLANE_AMQP_{user.upper()}_PASSWORD"])))
+    pub = Publisher(params(settings.broker, user, credential_from_env(user, env)))
     props = pika.BasicProperties(
         content_type="application/cloudevents+json",
         delivery_mode=2,
@@ -86,7 +87,7 @@ def run_worker(settings: Settings) -> Worker:
 
 @contextmanager
 def operator_channel(env: dict[str, str], settings: Settings) -> Iterator[Any]:
-    conn = pika.BlockingConnection(params(settings.broker, "operator", Secret(env["MAILPLANE_AMQP_OPERATOR_PASSWORD"])))
+    conn = pika.BlockingConnection(params(settings.broker, "operator", credential_from_env("operator", env)))
     try:
         yield conn.channel()
     finally:

@@ -20,10 +20,10 @@ from functions import node_up
 from functions._core.model import nodes
 from functions._core.model.ports import Ports
 from functions._core.model.records import Key, RecordSet
-from functions._core.platform.config import Secret, Settings
+from functions._core.platform.config import Settings
 from functions._core.platform.envelope import parse
 from functions.ops.probe import Prober, load
-from functions.runtime.amqp import Publisher, params
+from functions.runtime.amqp import Publisher, credential_from_env, params
 from functions.runtime.main import build_ports
 from tests.conftest import load_event
 from tests.integration import stack
@@ -160,7 +160,7 @@ def outcomes(env: dict[str, str], settings: Settings, subject: str) -> list[dict
 
 
 def monitoring_prober(env: dict[str, str], settings: Settings, ports: Ports) -> tuple[Prober, Publisher]:
-    pub = Publisher(params(settings.broker, "monitoring", Secret(env["MAILPLANE_AMQP_MONITORING_PASSWORD"])))
+    pub = Publisher(params(settings.broker, "monitoring", credential_from_env("monitoring", env)))
     prober = Prober(settings, ports.state, lambda ev: pub.publish_event(settings.broker.exchange, ev, "monitoring"))
     return prober, pub
 

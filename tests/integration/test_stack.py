@@ -26,6 +26,8 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
+from functions._core.platform.config import Settings
+from functions.runtime.amqp import credential_from_env, params
 from tests.stackenv import REPO
 
 pytestmark = pytest.mark.stack
@@ -34,15 +36,8 @@ pytestmark = pytest.mark.stack
 @contextmanager
 def amqp(env: dict[str, str], user: str) -> Iterator[BlockingChannel]:
     """A channel of a fresh connection as ``user`` to the mailplane vhost."""
-    params = pika.ConnectionParameters(
-        host=env["MAILPLANE_AMQP_HOST"],
-        port=int(env["MAILPLANE_AMQP_PORT"]),
-        virtual_host=env["MAILPLANE_AMQP_VHOST"],
-        credentials=pika.PlainCredentials(user, env[f"MAILPLANE_AMQP_{user.upper()}_PASSWORD"]),
-        socket_timeout=5,
-        blocked_connection_timeout=10,
-    )
-    conn = pika.BlockingConnection(params)
+    settings = Settings.load(env["MAILPLANE_CONFIG"], env)
+    conn = pika.BlockingConnection(params(settings.broker, user, credential_from_env(user, env)))
     try:
         yield conn.channel()
     finally:

@@ -60,6 +60,7 @@ class Terraform:
             AWS_ACCESS_KEY_ID=stack_env["AWS_ACCESS_KEY_ID"],
             AWS_SECRET_ACCESS_KEY=stack_env["AWS_SECRET_ACCESS_KEY"],
             AWS_EC2_METADATA_DISABLED="true",
+            AWS_CA_BUNDLE=stack_env["MAILPLANE_STACK_CA"],  # LocalStack's HTTPS certificate is the stack CA's
         )
         env.update({f"TF_VAR_{name}": value for name, value in SECRET_VARS.items()})
         self.env = env
@@ -104,6 +105,7 @@ class Terraform:
 def clients(stack_env: dict[str, str]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "endpoint_url": stack_env["MAILPLANE_S3_ENDPOINT"],
+        "verify": stack_env["MAILPLANE_STACK_CA"],
         "region_name": "us-east-1",
         "aws_access_key_id": stack_env["AWS_ACCESS_KEY_ID"],
         "aws_secret_access_key": stack_env["AWS_SECRET_ACCESS_KEY"],

@@ -156,19 +156,35 @@ class StoreSettings:
     path: str = "/var/lib/mailplane"
     state_bucket: str = "mailplane-state"
     web_bucket: str = "mailplane-mta-sts"
-    endpoint_url: str = ""
+    endpoint_url: str = ""  # "" = AWS S3; else https://... (MinIO); http:// only on a trusted network (warned)
     region: str = "us-east-1"
     access_key_id: Secret = field(default_factory=lambda: Secret(""))
     secret_access_key: Secret = field(default_factory=lambda: Secret(""))
     timeout: float = 10.0
+    ca_file: str = ""  # CA bundle that signed the endpoint's certificate; "" = the system trust store
+
+    def __post_init__(self) -> None:
+        if self.ca_file and not self.endpoint_url.startswith("https://"):
+            raise ConfigError("store.ca_file needs an https:// store.endpoint_url")
 
 
 @dataclass(frozen=True)
 class BrokerSettings:
+    """[broker]: AMQPS by default (CA-verified server certificate, host name checked against ``host``).
+
+    Login: ``password`` (SASL PLAIN inside TLS), or a client certificate ``cert_file`` + ``key_file`` (SASL EXTERNAL:
+    RabbitMQ's rabbitmq_auth_mechanism_ssl takes the user from the certificate's CN, which must then be ``user``).
+    ``tls = false`` (plaintext: credentials and events in clear) only when set explicitly; it is warned at start.
+    """
+
     host: str
     user: str
-    password: Secret
-    port: int = 5672
+    password: Secret | None = None
+    port: int = 5671  # AMQPS; plaintext AMQP is 5672
+    tls: bool = True
+    ca_file: str = ""  # CA bundle that signed the broker's certificate; "" = the system trust store
+    cert_file: str = ""  # client certificate (PEM) for EXTERNAL; its CN is the RabbitMQ user
+    key_file: str = ""  # the client certificate's private key (PEM); read by the TLS library only, never logged
     vhost: str = "mailplane"
     exchange: str = "events"
     parked_exchange: str = "parked"
@@ -181,6 +197,18 @@ class BrokerSettings:
     heartbeat: int = 30
     # event type -> publishers (validated AMQP user_id) allowed to send it
     publishers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError(
+                "broker.cert_file and broker.key_file are set together (a client certificate and its key)"
+            )
+        if not self.tls and (self.ca_file or self.cert_file):
+            raise ConfigError("broker.ca_file and broker.cert_file need broker.tls = true")
+        if self.password is None and not self.cert_file:
+            raise ConfigError("missing setting broker.password (or broker.cert_file and broker.key_file)")
+        if self.password is not None and self.cert_file:
+            raise ConfigError("set broker.password or a client certificate (broker.cert_file), not both")
 
 
 @dataclass(frozen=True)
@@ -262,6 +290,9 @@ def _build(cls: type[T], raw: Any, where: str, env: Mapping[str, str]) -> T:
 
 def _value(tp: Any, raw: Any, where: str, env: Mapping[str, str]) -> Any:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # ``X | None``: TOML has no null, so a value given is an X
+        (tp,) = (a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
     if tp is Secret:
         return Secret(_reference(raw, where, env, allow_file=True))
     if dataclasses.is_dataclass(tp):
