@@ -114,8 +114,11 @@ class Operator:
         pmg_url: str,
         pmg_login: tuple[str, str],
         write_zone: Callable[[str, list[RecordSet], bool], None],
+        *,
+        pmg_verify: str | bool = True,
     ) -> None:
         self.mailcow, self.pmg, self.pmg_url = mailcow, pmg, pmg_url.rstrip("/") + "/api2/json"
+        self.pmg_verify = pmg_verify  # per request: requests lets REQUESTS_CA_BUNDLE override Session.verify
         self.pmg_login, self.write_zone = pmg_login, write_zone
         self._ticket: tuple[str, str] | None = None
 
@@ -139,7 +142,8 @@ class Operator:
     def _pmg_auth(self) -> tuple[str, str]:
         if self._ticket is None:
             user, password = self.pmg_login
-            resp = self.pmg.post(f"{self.pmg_url}/access/ticket", data={"username": user, "password": password})
+            body = {"username": user, "password": password}
+            resp = self.pmg.post(f"{self.pmg_url}/access/ticket", data=body, verify=self.pmg_verify)
             resp.raise_for_status()
             data = resp.json()["data"]
             self._ticket = (data["ticket"], data["CSRFPreventionToken"])
@@ -152,6 +156,7 @@ class Operator:
             data=body,
             headers={"CSRFPreventionToken": csrf},
             cookies={"PMGAuthCookie": ticket},
+            verify=self.pmg_verify,
         )
         if exists_ok and resp.status_code != 200 and "already" in resp.text:
             return
