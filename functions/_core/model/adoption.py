@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from functions._core.model import state
 from functions._core.model.adoption_items import Item, classify, dns_item, fix_name
-from functions._core.model.keys import dkim_txt
 from functions._core.model.mailset import MARKER_NAME, customer_lines, desired_records, mta_sts_policy, policy_key
 from functions._core.model.ports import (
     DkimKey,
@@ -164,50 +163,79 @@ def plan(domain: str, ports: Ports, fix: tuple[str, ...] = ()) -> Plan:
     """
     if ports.state.get(state.state_key(domain)) is not None:
         return Plan(domain, managed=True)
-    mail, refusals = ports.mail.get_domain(domain), []
+    mail = ports.mail.get_domain(domain)
     key = ports.mail.get_dkim(domain) if mail is not None else None
-    items: list[Item] = []
-    if mail is None:
-        refusals.append(f"{domain} is not a Mailcow domain: nothing to adopt (new domains come with domain.created)")
-    elif not mail.active:
-        refusals.append(f"{domain} is inactive in Mailcow: activate it or leave it unmanaged")
-    if mail is not None and key is None:
-        refusals.append(f"Mailcow holds no DKIM key for {domain}: generate one in Mailcow, then adopt")
     mail_items, description = _mail_items(mail, key)
     gw_items, gw_writes, gw_refusals = _gateway(domain, ports)
-    items += mail_items + gw_items
-    refusals += gw_refusals
-    hosted = ports.dns.hosts_zone(domain)
-    selector, pub = (key.selector, key.public_key_b64) if key else ("dkim", "")
-    want = desired_records(domain, ports.settings, selector, pub) if key else {}
-    if not hosted:  # the ownership marker lives only in zones we serve
-        want = {k: rs for k, rs in want.items() if not k[0].startswith(MARKER_NAME + ".")}
-    have = _read_dns(domain, want, ports, hosted=hosted)
-    dns_items = [_dns_item(k, rs, have, domain, hosted) for k, rs in sorted(want.items())]
-    items += dns_items
-    refusals += [f"{i.item} holds foreign data ({i.have})" for i in dns_items if i.cls == "foreign"]
-    fixed = _chosen(fix, dns_items, domain)
-    changes = _dns_changes(want, have, dns_items, fixed, domain) if hosted else ()
-    policy_item, policy = _policy(domain, ports, "mta-sts-policy" in fixed)
-    items.append(policy_item)
-    dkim_key = (f"{selector}._domainkey.{domain}", "TXT")
-    published = have.get(dkim_key)
-    text = published.values[0] if published and len(published.values) == 1 else None
-    writes = replace(gw_writes, mail_description=description, policy=policy, dns=changes)
-    lines = _instructions(want, dns_items, fixed) if not hosted else ()
+    dns = _dns(domain, ports, key, fix)
+    policy_item, policy = _policy(domain, ports, "mta-sts-policy" in dns.fixed)
+    pub = key.public_key_b64 if key else ""
     return Plan(
         domain,
         False,
-        hosted,
-        selector,
+        dns.hosted,
+        key.selector if key else "",
         pub,
         key_bits(pub) if pub else 0,
-        text if text is not None and text != dkim_txt(pub) and dkim_key not in {c.key for c in changes} else None,
+        dns.dkim_text,
         mail,
+        (*mail_items, *gw_items, *dns.items, policy_item),
+        (*_mail_refusals(domain, mail, key), *gw_refusals, *dns.refusals),
+        replace(gw_writes, mail_description=description, policy=policy, dns=dns.changes),
+        dns.lines,
+    )
+
+
+def _mail_refusals(domain: str, mail: MailDomain | None, key: DkimKey | None) -> list[str]:
+    if mail is None:
+        return [f"{domain} is not a Mailcow domain: nothing to adopt (new domains come with domain.created)"]
+    out = [f"{domain} is inactive in Mailcow: activate it or leave it unmanaged"] if not mail.active else []
+    if key is None:
+        out.append(f"Mailcow holds no DKIM key for {domain}: generate one in Mailcow, then adopt")
+    return out
+
+
+@dataclass(frozen=True)
+class _Dns:
+    """The DNS part of a plan."""
+
+    hosted: bool
+    items: tuple[Item, ...] = ()
+    refusals: tuple[str, ...] = ()
+    changes: tuple[DnsChange, ...] = ()
+    fixed: frozenset[str] = frozenset()
+    lines: tuple[str, ...] = ()  # zone hosted elsewhere: what the customer publishes
+    dkim_text: str | None = None  # an equivalent DKIM TXT, recorded as published
+
+
+def _dns(domain: str, ports: Ports, key: DkimKey | None, fix: tuple[str, ...]) -> _Dns:
+    """Class every managed record against the zone (ours) or the public DNS (hosted elsewhere).
+
+    Raises:
+        EventInvalid: ``fix`` names a record that is not different.
+    """
+    hosted = ports.dns.hosts_zone(domain)
+    if key is None:
+        return _Dns(hosted, fixed=frozenset(_chosen(fix, [], domain)))
+    want = desired_records(domain, ports.settings, key.selector, key.public_key_b64)
+    if not hosted:  # the ownership marker lives only in zones we serve
+        want = {k: rs for k, rs in want.items() if not k[0].startswith(MARKER_NAME + ".")}
+    have = _read_dns(domain, want, ports, hosted=hosted)
+    items = [_dns_item(k, rs, have, domain, hosted) for k, rs in sorted(want.items())]
+    fixed = _chosen(fix, items, domain)
+    dkim = next(i for i in items if i.item == f"TXT {key.selector}._domainkey.{domain}")
+    dkim_key = (f"{key.selector}._domainkey.{domain}", "TXT")
+    published = have.get(dkim_key)
+    return _Dns(
+        hosted,
         tuple(items),
-        tuple(refusals),
-        writes,
-        lines,
+        tuple(f"{i.item} holds foreign data ({i.have})" for i in items if i.cls == "foreign"),
+        _dns_changes(want, have, items, fixed, domain) if hosted else (),
+        frozenset(fixed),
+        () if hosted else _instructions(want, items, fixed),
+        published.values[0]
+        if dkim.cls == "equivalent" and published and published.values != want[dkim_key].values
+        else None,
     )
 
 
@@ -250,36 +278,51 @@ def _gateway(domain: str, ports: Ports) -> tuple[list[Item], Writes, list[str]]:
     """PMG's relay domain, transport and trusted networks: items, writes (networks, add/mark relay, add/mark
     transport) and refusals (a transport to another host contradicts Mailcow)."""
     gw, mc = ports.gateway, ports.settings.mailcow
-    relay = next((d for d in gw.list_relay_domains() if d.domain.lower() == domain), None)
-    transport = next((t for t in gw.list_transports() if t.domain.lower() == domain), None)
-    items, refusals = [], []
-    add_relay = mark_relay = add_t = mark_t = None
-    if relay is None:
-        add_relay = RelayDomain(domain, f"{MARK} adopted")
-        items.append(Item("pmg", "relay domain", "missing", "absent", domain, "add", "PMG refuses mail for it today"))
-    else:
-        mark_relay = None if MARK in relay.comment else RelayDomain(relay.domain, relay.comment)
-        items.append(
-            Item("pmg", "relay domain", "same", domain, domain, "leave" + ("" if not mark_relay else "; mark"))
-        )
-    want_t = GatewayTransport(domain, mc.host, 25, "smtp", False, f"{MARK} adopted")
-    if transport is None:
-        add_t = want_t
-        items.append(Item("pmg", "transport", "missing", "absent", f"{mc.host}:25", "add", "mail stays at PMG"))
-    elif (transport.host.lower(), transport.port, transport.protocol) != (mc.host.lower(), 25, "smtp"):
-        have = f"{transport.protocol}:{transport.host}:{transport.port}"
-        items.append(Item("pmg", "transport", "foreign", have, f"{mc.host}:25", "refuse the adoption", "mail leaves"))
-        refusals.append(f"PMG transport of {domain} goes to {have}, not to Mailcow {mc.host}:25 (contradiction)")
-    else:
-        mark_t = None if MARK in transport.comment else transport
-        items.append(
-            Item("pmg", "transport", "same", f"{mc.host}:25", f"{mc.host}:25", "leave" + ("; mark" if mark_t else ""))
-        )
-    nets = _networks(ports)
+    relay_item, add_relay, mark_relay = _relay(domain, gw.list_relay_domains())
+    transport_item, add_t, mark_t = _transport(domain, gw.list_transports(), mc.host)
+    missing = _networks(ports)
+    items = [relay_item, transport_item]
     for net in (TrustedNetwork(f"{mc.ipv4}/32", MARK), TrustedNetwork(f"{mc.ipv6}/128", MARK)):
-        cls = "missing" if net in nets else "same"
-        items.append(Item("pmg", f"trusted network {net.cidr}", cls, "", net.cidr, "add" if net in nets else "leave"))
-    return items, Writes(None, tuple(nets), add_relay, mark_relay, add_t, mark_t), refusals
+        cls, action = ("missing", "add") if net in missing else ("same", "leave")
+        items.append(
+            Item("pmg", f"trusted network {net.cidr}", cls, "" if net in missing else net.cidr, net.cidr, action)
+        )
+    refusals = []
+    if transport_item.cls == "foreign":
+        refusals.append(
+            f"PMG transport of {domain} goes to {transport_item.have}, not to Mailcow {mc.host}:25 (contradiction)"
+        )
+    return items, Writes(None, tuple(missing), add_relay, mark_relay, add_t, mark_t), refusals
+
+
+def _relay(domain: str, have: list[RelayDomain]) -> tuple[Item, RelayDomain | None, RelayDomain | None]:
+    """The relay domain's item, and the entry to add or to mark (its comment gets the marker)."""
+    relay = next((d for d in have if d.domain.lower() == domain), None)
+    if relay is None:
+        item = Item("pmg", "relay domain", "missing", "absent", domain, "add", "PMG refuses mail for it today")
+        return item, RelayDomain(domain, f"{MARK} adopted"), None
+    mark = None if MARK in relay.comment else RelayDomain(relay.domain, relay.comment)
+    return Item("pmg", "relay domain", "same", domain, domain, "leave" + ("; mark" if mark else "")), None, mark
+
+
+def _transport(
+    domain: str, have: list[GatewayTransport], host: str
+) -> tuple[Item, GatewayTransport | None, GatewayTransport | None]:
+    """The transport's item (foreign when it leads elsewhere than Mailcow), and the entry to add or to mark."""
+    found = next((t for t in have if t.domain.lower() == domain), None)
+    want = f"{host}:25"
+    if found is None:
+        item = Item("pmg", "transport", "missing", "absent", want, "add", "mail stays at PMG until then")
+        return item, GatewayTransport(domain, host, 25, "smtp", False, f"{MARK} adopted"), None
+    if (found.host.lower(), found.port, found.protocol) != (host.lower(), 25, "smtp"):
+        shown = f"{found.protocol}:{found.host}:{found.port}"
+        return (
+            Item("pmg", "transport", "foreign", shown, want, "refuse the adoption", "mail goes elsewhere"),
+            None,
+            None,
+        )
+    mark = None if MARK in found.comment else found
+    return Item("pmg", "transport", "same", want, want, "leave" + ("; mark" if mark else "")), None, mark
 
 
 def _networks(ports: Ports) -> list[TrustedNetwork]:
