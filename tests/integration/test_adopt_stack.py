@@ -211,6 +211,28 @@ def test_variant_plan_apply_and_replay(
     drift = domain_drift(domain, ports)
     different = any(i.cls == "different" for i in plan.items)
     assert drift.status == ("drift" if different else "provisioned"), [c for c in drift.failing]
+    first_rotation(stack_env, settings, domain, hosted=variant.hosted)
+
+
+def first_rotation(env: dict[str, str], settings: Settings, domain: str, *, hosted: bool) -> None:
+    """key.rotate moves an adopted domain to a dated 2048-bit selector; a valid key signs at every step. A zone
+    hosted elsewhere waits for the customer to publish the new key, and Mailcow keeps signing with the old one."""
+    clock = Clock(dt.datetime.now(dt.UTC).replace(microsecond=0))
+    ports = ports_at(settings, clock)
+    out = dispatch.run(rotate_body(domain, "scheduled", key_id=f"{domain}:dkim"), "scheduler", ports)
+    assert out.verdict == "done" and out.outcome is not None, out.reason
+    assert mailcow_signature_verifies(env, domain) == "dkim"
+    if not hosted:
+        assert out.outcome.status == "manual_action" and out.outcome.detail
+        return
+    new = next(k.selector for k in state.load(ports.state, domain).keys if k.selector != "dkim")
+    assert new.startswith(clock.now.strftime("fc%Y%m%d"))
+    clock.now += HOUR
+    assert dispatch.run(rotate_body(domain, "nudge"), "scheduler", ports).verdict == "done"
+    assert mailcow_signature_verifies(env, domain) == new
+    signing = ports.mail.get_dkim(domain)
+    assert signing is not None and signing.selector == new and adoption.key_bits(signing.public_key_b64) == 2048
+    assert bind_txt(env, f"dkim._domainkey.{domain}") is not None  # the adopted key: retired, still published
 
 
 # ---------------------------------------------------------------- the first rotation of an adopted 1024-bit key
