@@ -8,7 +8,8 @@ The rule for handlers (every one, present and future; tests/test_layout.py check
     system itself (no ``ports.mail/gateway/dns/state/web``) and stays under 150 lines. The logic module holds the
     steps, their order, the guards and the writes.
 
-    domain.created -> provisioning    domain.deleted -> deletion    key.rotate -> rotation
+    domain.created -> provisioning    domain.deleted -> deletion    domain.adopt -> adoption
+    key.rotate -> rotation
     node.down, node.up -> failover
 
 Where things go: a new event = a schema in schemas/, a sample in events/, a handler here, its logic module in
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from functions import domain_created, domain_deleted, key_rotate, node_down, node_up
+from functions import domain_adopt, domain_created, domain_deleted, key_rotate, node_down, node_up
 
 if TYPE_CHECKING:
     from functions._core.model.ports import Ports
@@ -43,6 +44,7 @@ class Route:
 ROUTES: dict[str, Route] = {
     "domain.created": Route(domain_created.NAME, domain_created.handle),
     "domain.deleted": Route(domain_deleted.NAME, domain_deleted.handle),
+    "domain.adopt": Route(domain_adopt.NAME, domain_adopt.handle),
     "key.rotate": Route(key_rotate.NAME, key_rotate.handle),
     "node.down": Route(node_down.NAME, node_down.handle),
     "node.up": Route(node_up.NAME, node_up.handle),

@@ -123,6 +123,15 @@ class MailcowClient:
             return None  # get/domain/<alias domain> answers with the target's object
         return _to_domain(data)
 
+    def list_domains(self) -> list[MailDomain]:
+        """Every Mailcow domain (``get/domain/all``), names lowercased.
+
+        Raises:
+            MailcowUnavailable: Mailcow did not answer (after retries).
+            MailcowRejected: Mailcow refused the request or answered something unexpected.
+        """
+        return [_to_domain(row) for row in self._get_list("get/domain/all")]
+
     def add_domain(self, want: MailDomain) -> None:
         """Create the domain without a DKIM key (key_size 0), marked as managed; then bind its relayhost.
 

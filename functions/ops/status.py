@@ -8,7 +8,7 @@ from typing import Any
 
 from functions import domain_created
 from functions._core.model import state
-from functions._core.model.keys import dkim_txt
+from functions._core.model.equivalence import covers
 from functions._core.model.mailset import (
     MARKER_NAME,
     delegated,
@@ -81,10 +81,10 @@ def dns_checks(domain: str, hosted: bool, cur: state.KeyRecord, ports: Ports, *,
     """Every managed RRset on every authoritative server (our zone) or in the public view (a zone hosted elsewhere);
     a delegated domain's key TXT on every authoritative server of the delegation zone."""
     s = ports.settings
-    want = desired_records(domain, s, cur.selector, cur.public_b64, delegated=deleg)
+    want = desired_records(domain, s, cur.selector, cur.public_b64, delegated=deleg, dkim_text=cur.txt)
     out: list[Check] = []
     if deleg:
-        key = dkim_record(domain, s, cur.selector, dkim_txt(cur.public_b64), delegated=True)
+        key = dkim_record(domain, s, cur.selector, cur.text, delegated=True)
         for where in ports.dns.servers(s.dkim.delegation_zone):
             got = ports.dns.query(where, key.name, "TXT")
             out.append(Check("dns", where, f"TXT {key.name}", _values(key), _values(got), key.same_data(got)))
@@ -94,7 +94,7 @@ def dns_checks(domain: str, hosted: bool, cur: state.KeyRecord, ports: Ports, *,
             if not hosted and name.startswith(MARKER_NAME + "."):
                 continue
             got = ports.dns.query(where, name, rtype) if hosted else ports.dns.resolve(name, rtype)
-            ok = got is not None and set(rs.values) <= set(got.values)
+            ok = covers(rs, got)  # exactly, or equivalently (functions/_core/model/equivalence.py)
             out.append(Check("dns", where, f"{rtype} {name}", _values(rs), _values(got), ok))
     return out
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dkim
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -756,3 +757,18 @@ def test_serve_pmg_cluster(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+# ---------------------------------------------------------------- the data plane: the signer
+
+
+def test_sim_sign_uses_the_domains_key_and_never_returns_it(sim: Sim) -> None:
+    add_domain(sim, "signed.test", key_size=1024, dkim_selector="dkim")
+    key = sim.get("get/dkim/signed.test")
+    msg = "From: a@signed.test\r\nTo: b@example.net\r\nSubject: s\r\n\r\nbody\r\n"
+    resp = sim.http.post("/_sim/sign", json={"domain": "signed.test", "message": msg})
+    assert resp.status_code == 200 and "PRIVATE" not in resp.text
+    signed = resp.json()["signed"].encode()
+    assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: key["dkim_txt"].encode())
+    missing = sim.http.post("/_sim/sign", json={"domain": "nokey.test", "message": msg})
+    assert missing.status_code == 404

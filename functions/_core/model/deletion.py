@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from functions._core.model import state
-from functions._core.model.keys import REVOKED_TXT, dkim_txt
+from functions._core.model.keys import REVOKED_TXT
 from functions._core.model.mailset import customer_lines, delegated, desired_records, dkim_record, policy_key, spf_value
 from functions._core.model.ports import DkimKey, DnsChange, GatewayTransport, MailDomain, Ports, RelayDomain
 from functions._core.model.records import Key, RecordSet
@@ -96,7 +96,7 @@ def managed_records(
     base = desired_records(domain, settings, "-", "", delegated=delegated)
     out = {k: rs for k, rs in base.items() if not (k[0].endswith(f"._domainkey.{domain}") and k[1] == "TXT")}
     for key in keys:
-        rs = dkim_record(domain, settings, key.selector, dkim_txt(key.public_b64), delegated=delegated)
+        rs = dkim_record(domain, settings, key.selector, key.text, delegated=delegated)
         out[rs.key] = rs
     return out
 

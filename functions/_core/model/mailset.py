@@ -79,10 +79,17 @@ def dkim_record(domain: str, settings: Settings, selector: str, txt: str, *, del
 
 
 def desired_records(
-    domain: str, settings: Settings, selector: str, public_b64: str, *, delegated: bool = False
+    domain: str,
+    settings: Settings,
+    selector: str,
+    public_b64: str,
+    *,
+    delegated: bool = False,
+    dkim_text: str | None = None,
 ) -> dict[Key, RecordSet]:
     """Every RRset mailplane manages in a customer zone (apex TXT holds only the SPF value here). A delegated
-    domain gets one CNAME per slot into the delegation zone instead of the DKIM TXT (see ``dkim_record``)."""
+    domain gets one CNAME per slot into the delegation zone instead of the DKIM TXT (see ``dkim_record``).
+    ``dkim_text``: the DKIM TXT as published (an adopted key typed by an operator), default Mailcow's format."""
     t, mc = settings.ttl, settings.mailcow.host
     pref = settings.provider.mx_preference
     pid = policy_id(mta_sts_policy(settings))
@@ -97,7 +104,7 @@ def desired_records(
                 for slot in settings.dkim.delegation_slots
             ]
             if delegated
-            else [dkim_record(domain, settings, selector, dkim_txt(public_b64), delegated=False)]
+            else [dkim_record(domain, settings, selector, dkim_text or dkim_txt(public_b64), delegated=False)]
         ),
         RecordSet.of(f"_dmarc.{domain}", "TXT", t.txt, [dmarc_value(settings)]),
         RecordSet.of(f"autoconfig.{domain}", "CNAME", t.cname, [fqdn(mc)]),

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from functions._core.model import keys, state
+from functions._core.model import adoption, keys, state
 from functions._core.model.mailset import (
     customer_lines,
     delegated,
@@ -76,6 +76,11 @@ def _key(event: Envelope, ports: Ports) -> tuple[state.DomainState, state.KeyRec
     domain, s = event.subject, ports.settings
     _refuse_protected(domain, ports)
     before = state.load(ports.state, domain)
+    unmanaged = (
+        adoption.unmanaged_reason(domain, ports) if not before.request else adoption.adopted_key_reason(domain, before)
+    )
+    if unmanaged is not None:
+        raise EventInvalid(unmanaged)
     cur, wanted = before.current, delegated(event.data)
     if cur is not None and before.request and delegated(before.request) != wanted:
         raise EventInvalid(

@@ -434,7 +434,7 @@ def generate(ctx: Ctx, st: DomainState, _selector: str) -> DomainState | Wait:
 
 def publish(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
     k, zone = _key(st, selector), ctx.zone
-    want, have = zone.want(selector, keys.dkim_txt(k.public_b64)), zone.txt(selector)
+    want, have = zone.want(selector, k.text), zone.txt(selector)
     serial = None
     if not want.same_data(have):
         manual = [f"publish: {line}" for line in want.zone_lines()]
@@ -452,7 +452,7 @@ def publish(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
 def gate(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
     """Every authoritative server serves the new TXT (content, and a serial not older than the UPDATE's)."""
     k = _key(st, selector)
-    problems = ctx.zone.mismatches(ctx.zone.want(selector, keys.dkim_txt(k.public_b64)), k.serial)
+    problems = ctx.zone.mismatches(ctx.zone.want(selector, k.text), k.serial)
     if problems:
         raise NotPropagated("; ".join(problems[:6]))
     return _commit(ctx, st, {selector: {"status": "VISIBLE"}})
@@ -515,7 +515,7 @@ def revoke(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
     if k.compromised_by:
         _audit(ctx, st, selector, "revoked")
     ours, want, have = (
-        zone.want(selector, keys.dkim_txt(k.public_b64)),
+        zone.want(selector, k.text),
         zone.want(selector, REVOKED_TXT),
         zone.txt(selector),
     )
@@ -534,7 +534,7 @@ def withdraw(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
         _audit(ctx, st, selector, "withdrawn")
     have = zone.txt(selector)
     if have is not None:
-        ours, revoked = zone.want(selector, keys.dkim_txt(k.public_b64)), zone.want(selector, REVOKED_TXT)
+        ours, revoked = zone.want(selector, k.text), zone.want(selector, REVOKED_TXT)
         _check_ours(zone, have, ours, revoked)
         out = zone.write(have, None, [f"delete: {have.name}. TXT (the retired DKIM key {selector})"])
         if isinstance(out, Wait):

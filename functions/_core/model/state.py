@@ -32,9 +32,17 @@ class KeyRecord:
     replaces: str | None = None  # selector this key replaces
     event: str | None = None  # id of the key.rotate event that created this key
     compromised_by: str | None = None  # id of the key.rotate that declared it compromised: revoke, then withdraw
+    # adoption (functions/_core/model/adoption.py): Mailcow's own key, taken over; no sealed private key exists
+    adopted: bool | None = None
+    txt: str | None = None  # the DKIM TXT as the operator published it, when not in Mailcow's format
+
+    @property
+    def text(self) -> str:
+        """The TXT value this key is published with."""
+        return self.txt if self.txt is not None else keys.dkim_txt(self.public_b64)
 
     def to_json(self) -> dict[str, Any]:
-        optional = ("changed_at", "serial", "replaces", "event", "compromised_by")
+        optional = ("changed_at", "serial", "replaces", "event", "compromised_by", "adopted", "txt")
         return {k: v for k, v in self.__dict__.items() if k not in optional or v is not None}
 
 

@@ -50,7 +50,7 @@ __all__ = [
     "schemas_dir",
 ]
 
-INBOUND_TYPES: Final = ("domain.created", "domain.deleted", "key.rotate", "node.down", "node.up")
+INBOUND_TYPES: Final = ("domain.created", "domain.deleted", "domain.adopt", "key.rotate", "node.down", "node.up")
 OUTBOUND_TYPES: Final = ("domain.provisioned", "domain.failed", "key.rotated", "node.drained", "node.restored")
 MAX_BODY: Final = 256 * 1024
 CONTENT_TYPE: Final = "application/cloudevents+json"

@@ -11,6 +11,8 @@ Control plane, no API key, loopback clients only:
   GET  /_sim/state     tables, DKIM selectors and public keys (no private keys, no passwords), auth failures
   GET  /_sim/requests  [{method, path, write, cookie, status}] of /api/v1 requests
   POST /_sim/reset     empty the model, forget sessions, faults and the request log
+  POST /_sim/sign      {"domain", "message"} -> {"signed"}: the message as Mailcow's signer (rspamd) sends it,
+                       DKIM-signed with the domain's key from Redis (the data plane; the key is never returned)
   POST /_sim/faults    {"latency_ms", "error_rate", "hang_ms", "seed",
                         "fail_next": [{"path_prefix", "status", "count", "apply"}]}
                        status 0 = hang ``hang_ms`` then close without an answer; ``apply`` = run the request first
@@ -240,6 +242,8 @@ class MailcowApp:
             if route == ("POST", "/_sim/reset"):
                 self.model.reset()
                 return _json(200, {"ok": True})
+            if route == ("POST", "/_sim/sign"):
+                return self._sign(request)
             if route == ("POST", "/_sim/faults"):
                 try:
                     self.model.set_faults(json.loads(request.body or b"{}"))
@@ -247,6 +251,17 @@ class MailcowApp:
                     return _json(400, {"error": str(exc)})
                 return _json(200, {"ok": True})
         return _json(404, {"error": f"no control endpoint {request.method} {request.path}"})
+
+    def _sign(self, request: Request) -> Response:
+        """``{"domain", "message"}`` -> ``{"signed"}``: what Mailcow's signer sends out (no key is exposed)."""
+        try:
+            body = json.loads(request.body or b"{}")
+            signed = self.model.dkim_sign(str(body["domain"]), str(body["message"]).encode())
+        except (ValueError, KeyError, TypeError) as exc:
+            return _json(400, {"error": f"bad sign request: {type(exc).__name__}"})
+        if signed is None:
+            return _json(404, {"error": "no DKIM key for this domain"})
+        return _json(200, {"signed": signed.decode()})
 
 
 def _decode_body(request: Request, action: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import dkim
 import idna
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -551,6 +552,17 @@ class _Dkim(_State):
             "dkim_selector": selector,
             "privkey": privkey,
         }
+
+    def dkim_sign(self, domain: str, message: bytes) -> bytes | None:
+        """The data plane: ``message`` with the DKIM-Signature rspamd adds with the domain's key from Redis
+        (``DKIM_SELECTORS`` / ``DKIM_PRIV_KEYS``), or None when the domain has no key. The key never leaves."""
+        selector = self.hget("DKIM_SELECTORS", domain)
+        pem = self.hget("DKIM_PRIV_KEYS", f"{selector}.{domain}") if selector else None
+        if selector is None or pem is None:
+            return None
+        headers = [b"from", b"to", b"subject", b"date"]
+        sig = dkim.sign(message, selector.encode(), domain.encode(), pem.encode(), include_headers=headers)
+        return bytes(sig) + message
 
     def dkim_delete(self, items: list[Any], out: Outcome | None = None) -> Outcome:
         """``delete/dkim``: ``dkim_removed`` even when no key existed."""
