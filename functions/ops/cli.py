@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from rich.console import Console
 from functions._core.platform.config import Secret
 from functions._core.platform.errors import AutomationError, ConfigError
 from functions._core.platform.names import normalize_domain
+from functions.ops.event_file import load as load_event_file
 from functions.ops.render import render_checks
 from functions.ops.status import as_json, domain_status
 from functions.runtime import main
@@ -57,24 +57,28 @@ def publish(
     as_user: Annotated[str, typer.Option("--as", help="publisher (RabbitMQ user): billing, scheduler, monitoring")],
     config: ConfigOpt = None,
 ) -> None:
-    """Publish a CloudEvent file as a publisher; its password comes from $MAILPLANE_AMQP_<USER>_PASSWORD."""
-    from functions.runtime.amqp import Publisher, params
+    """Publish a CloudEvent file as a publisher; its password comes from $MAILPLANE_AMQP_<USER>_PASSWORD.
+
+    The file is validated as the worker will validate it (an invalid event is refused here, nothing is published)
+    and its bytes are published unchanged.
+    """
+    from functions.runtime.amqp import Publisher, event_properties, params
 
     var = f"MAILPLANE_AMQP_{as_user.upper()}_PASSWORD"
     try:
+        loaded = load_event_file(file)
         settings = main.load_settings(config)
         if var not in os.environ:
             raise ConfigError(f"environment variable {var} is not set")
-        event = json.loads(file.read_text())
     except AutomationError as exc:
         _fail(exc)
-    except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/red] cannot read {file}: {exc}")
-        raise typer.Exit(2) from None
+    event = loaded.event
     pub = Publisher(params(settings.broker, as_user, Secret(os.environ[var])))
-    pub.publish_event(settings.broker.exchange, event, as_user)
-    pub.close()
-    out.print(f"published {event.get('type')} {event.get('id')} as {as_user}")
+    try:
+        pub.publish(settings.broker.exchange, event.type, loaded.body, event_properties(event.raw, as_user))
+    finally:
+        pub.close()
+    out.print(f"published {event.type} {event.id} as {as_user}")
 
 
 @app.command()
@@ -92,12 +96,12 @@ def invoke(
 
     main.setup_logging("WARNING")
     try:
+        loaded = load_event_file(event_file)
         settings = main.load_settings(config)
-        body = event_file.read_bytes()
+        body, event = loaded.body, loaded.event
         route = next((r for t, r in ROUTES.items() if function in (t, r.name)), None)
         if route is None:
             raise ConfigError(f"unknown function {function!r}; known: {', '.join(r.name for r in ROUTES.values())}")
-        event = parse(body)
         publisher = as_user or settings.broker.publishers.get(event.type, ("",))[0]
         ports = main.build_ports(settings)
         if dry_run:
