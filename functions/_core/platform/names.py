@@ -49,7 +49,7 @@ def normalize_domain(raw: object) -> str:
     labels = alabel.split(".")
     if len(labels) < 2:
         raise EventInvalid(f"domain {_show(raw)} must have at least two labels")
-    if len(alabel) > 253 or any(not _LDH.match(label) for label in labels):
+    if len(alabel) > 253 or any(not _LDH.fullmatch(label) for label in labels):
         raise EventInvalid(f"domain {_show(raw)} has an invalid or over-long label")
     if labels[-1].isdigit():
         raise EventInvalid(f"domain {_show(raw)} has an all-numeric top-level label (an address is not a domain)")
