@@ -36,6 +36,8 @@ def load(path: Path) -> EventFile:
             body = handle.read(MAX_BODY + 1)
     except OSError as exc:
         raise EventInvalid(f"{path}: cannot read the event file ({exc.strerror or type(exc).__name__})") from None
+    if len(body) > MAX_BODY:
+        raise EventInvalid(f"{path}: body: larger than the limit of {MAX_BODY} bytes")
     try:
         return EventFile(body, parse(body))
     except EventInvalid as exc:

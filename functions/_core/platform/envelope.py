@@ -343,8 +343,13 @@ def _format_checker() -> Any:
     checker = jsonschema.FormatChecker(formats=())
     checker.checks("date-time")(_is_date_time)
     checker.checks("uri-reference")(_is_uri_reference)
-    checker.checks("uri")(lambda value: _is_uri_reference(value) and bool(urlsplit(value).scheme))
+    checker.checks("uri")(_is_uri)
     return checker
+
+
+def _is_uri(value: object) -> bool:
+    """An absolute URI (not a string: the ``type`` keyword's business; a list here crashed ``urlsplit``)."""
+    return not isinstance(value, str) or (_is_uri_reference(value) and bool(urlsplit(value).scheme))
 
 
 def _is_date_time(value: object) -> bool:
