@@ -124,7 +124,8 @@ def zone_of(event: Any) -> str | None:
 
 def publisher_for(event: Any, rnd: random.Random) -> str | None:
     """The allowed publisher mostly; sometimes another one or none (to be refused as NotAuthorized)."""
-    allowed = PUBLISHERS.get(event.get("type")) if isinstance(event, dict) else None
+    kind = event.get("type") if isinstance(event, dict) else None
+    allowed = PUBLISHERS.get(kind) if isinstance(kind, str) else None
     return rnd.choice([allowed, allowed, allowed, allowed, "billing", "monitoring", None])
 
 
