@@ -18,6 +18,7 @@ import datetime as dt
 import random
 from typing import Any
 
+from hypothesis import event as tally
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
@@ -42,6 +43,7 @@ from tests.fuzz.strategies import (
     hostile_bodies,
     mutated_events,
     samples,
+    seeds,
     valid_events,
 )
 from tests.fuzz.test_fuzz_envelope import thaw
@@ -126,16 +128,16 @@ def publisher_for(event: Any, rnd: random.Random) -> str | None:
     """The allowed publisher mostly; sometimes another one or none (to be refused as NotAuthorized)."""
     kind = event.get("type") if isinstance(event, dict) else None
     allowed = PUBLISHERS.get(kind) if isinstance(kind, str) else None
-    return rnd.choice([allowed, allowed, allowed, allowed, "billing", "monitoring", None])
+    return rnd.choice([allowed] * 7 + ["billing", "monitoring", None])
 
 
-events = st.one_of(valid_events, samples, mutated_events.map(lambda m: m[1]))
+events = st.one_of(valid_events, valid_events, valid_events, samples, mutated_events.map(lambda m: m[1]))
 
 
 @fuzz(FUZZ_SHARE)
-@given(st.one_of(events.map(lambda e: (e, dumps(e))), hostile_bodies.map(lambda b: (None, b))), st.integers(0, 2**32))
+@given(st.one_of(*[events.map(lambda e: (e, dumps(e)))] * 4, hostile_bodies.map(lambda b: (None, b))), seeds)
 @example((SAMPLES["domain.created.json"], dumps(SAMPLES["domain.created.json"])), 0)
-@example((None, b"[" * 100_000), 0)  # found by fuzzing: dispatch.peek raised RecursionError out of dispatch.run
+@example((None, b"[" * 100_000), 0)  # bug found probing: peek raised RecursionError out of run
 @example((SAMPLES["domain.created.delegate.json"], dumps(SAMPLES["domain.created.delegate.json"])), 1)
 def test_dispatch_parks_refusals_without_changes_and_never_crashes(case: tuple[Any, bytes], seed: int) -> None:
     event, body = case
@@ -153,6 +155,8 @@ def test_dispatch_parks_refusals_without_changes_and_never_crashes(case: tuple[A
     result = dispatch.run(body, publisher, world.ports)
 
     assert result.verdict in ("done", "park"), result.reason  # no fault injected: a retry is an unexpected error
+    outcome = result.outcome.status if result.outcome else ""
+    tally(f"{result.verdict}: {type(result.error).__name__ if result.error else outcome}")
     if refused is not None:
         assert isinstance(result.error, EventInvalid) and str(result.error) == str(refused)
         assert world.write_requests() == {"mailcow": 0, "pmg": 0, "dns": 0, "state": 0, "web": 0}

@@ -83,8 +83,8 @@ CHECKS = {"hostile": check_hostile, "spoof": check_spoof, "any": normalized_or_r
 
 @fuzz()
 @given(inputs)
-@example(("any", "1.2.3.4"))  # found by fuzzing: an IPv4 address was accepted as a domain (all-numeric TLD)
-@example(("any", "example.com\u3002"))  # found by fuzzing: a trailing ideographic full stop was refused, "." not
+@example(("any", "1.2.3.4"))  # bug found probing: an IPv4 address was accepted as a domain (all-numeric TLD)
+@example(("any", "example.com\u3002"))  # bug found probing: a trailing ideographic full stop refused, "." not
 @example(("any", "a\u00adb.test"))  # soft hyphen: UTS 46 ignores it
 @example(("any", "\u0661\u0662.test"))  # Arabic-Indic digits: bidi rule
 @example(("any", "xn--abc-.test"))  # an A-label that decodes to ASCII
