@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +11,7 @@ from rich.console import Console
 
 from functions._core.platform.errors import AutomationError, ConfigError
 from functions._core.platform.names import normalize_domain
+from functions.ops.event_file import load as load_event_file
 from functions.ops.render import render_checks
 from functions.ops.status import as_json, domain_status
 from functions.runtime import main
@@ -61,22 +61,26 @@ def publish(
     config: ConfigOpt = None,
 ) -> None:
     """Publish a CloudEvent file as a publisher: its client certificate from $MAILPLANE_AMQP_<USER>_CERT and _KEY,
-    or its password from $MAILPLANE_AMQP_<USER>_PASSWORD."""
-    from functions.runtime.amqp import Publisher, credential_from_env, params
+    or its password from $MAILPLANE_AMQP_<USER>_PASSWORD.
+
+    The file is validated as the worker will validate it (an invalid event is refused here, nothing is published)
+    and its bytes are published unchanged.
+    """
+    from functions.runtime.amqp import Publisher, credential_from_env, event_properties, params
 
     try:
+        loaded = load_event_file(file)
         settings = main.load_settings(config)
         credential = credential_from_env(as_user)
-        event = json.loads(file.read_text())
     except AutomationError as exc:
         _fail(exc)
-    except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/red] cannot read {file}: {exc}")
-        raise typer.Exit(2) from None
+    event = loaded.event
     pub = Publisher(params(settings.broker, as_user, credential))
-    pub.publish_event(settings.broker.exchange, event, as_user)
-    pub.close()
-    out.print(f"published {event.get('type')} {event.get('id')} as {as_user}")
+    try:
+        pub.publish(settings.broker.exchange, event.type, loaded.body, event_properties(event.raw, as_user))
+    finally:
+        pub.close()
+    out.print(f"published {event.type} {event.id} as {as_user}")
 
 
 @app.command()
@@ -94,12 +98,12 @@ def invoke(
 
     main.setup_logging("WARNING")
     try:
+        loaded = load_event_file(event_file)
         settings = main.load_settings(config)
-        body = event_file.read_bytes()
+        body, event = loaded.body, loaded.event
         route = next((r for t, r in ROUTES.items() if function in (t, r.name)), None)
         if route is None:
             raise ConfigError(f"unknown function {function!r}; known: {', '.join(r.name for r in ROUTES.values())}")
-        event = parse(body)
         publisher = as_user or settings.broker.publishers.get(event.type, ("",))[0]
         ports = main.build_ports(settings)
         if dry_run:

@@ -12,6 +12,7 @@ from functions._core.platform.errors import AutomationError, ConfigError, Perman
 from functions._core.platform.names import normalize_domain
 from functions.ops import drift as drift_mod
 from functions.ops import plan as plan_mod
+from functions.ops.event_file import load as load_event_file
 from functions.runtime import main
 
 out = Console()
@@ -37,8 +38,9 @@ def plan(
     """
     main.setup_logging("WARNING")
     try:
+        body = load_event_file(event_file).body  # refused before any system is contacted
         ports = main.build_ports(main.load_settings(config), probe=False)
-        result = plan_mod.plan_event(event_file.read_bytes(), ports)
+        result = plan_mod.plan_event(body, ports)
     except ConfigError as exc:
         _fail(exc)
     except PermanentError as exc:

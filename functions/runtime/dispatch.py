@@ -13,7 +13,7 @@ from typing import Any
 
 from functions import ROUTES
 from functions._core.model.ports import Ports
-from functions._core.platform.envelope import Envelope, parse
+from functions._core.platform.envelope import MAX_BODY, Envelope, parse
 from functions._core.platform.errors import AutomationError, EventInvalid, NotAuthorized, PermanentError, TransientError
 from functions._core.platform.idempotency import LeaseHeld
 from functions._core.platform.outcome import Outcome
@@ -109,8 +109,11 @@ def _log(result: Result, body: bytes, attempt: int) -> None:
 
 
 def peek(body: bytes, field: str) -> str | None:
+    """``field`` of a body that did not parse as an event, as a bounded string, or None; never raises."""
+    if len(body) > MAX_BODY:
+        return None
     try:
         value = json.loads(body).get(field)
-    except (ValueError, AttributeError):
+        return str(value)[:200] if value is not None else None
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: JSON nested deeper than the stack
         return None
-    return str(value)[:200] if value is not None else None

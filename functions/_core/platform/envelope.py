@@ -4,7 +4,8 @@ A body is checked in this order, and the first failure raises ``EventInvalid`` w
 with the JSON path (``data.plan.mailboxes: -1 is less than the minimum of 1``):
 
 1. size (``MAX_BODY``), UTF-8, JSON (no duplicate keys, NaN or unpaired surrogates), a JSON object;
-2. ``schemas/envelope.schema.json`` (CloudEvents attributes, ``type`` is the routing key);
+2. ``schemas/envelope.schema.json`` (CloudEvents attributes, ``type`` is the routing key); a ``pattern`` is matched
+   with ECMA-262's ``$`` (end of string), as JSON Schema specifies, not Python's (which allows a final newline);
 3. ``schemas/<type>.schema.json`` against ``data``;
 4. every ``domain`` field normalised to its lowercase A-label (``normalize_domain``), except in ``domain.failed``,
    whose domain may be the invalid input it reports;
@@ -22,7 +23,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -32,7 +33,7 @@ from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
 import jsonschema  # type: ignore[import-untyped]
-from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
+from jsonschema.exceptions import ValidationError, best_match  # type: ignore[import-untyped]
 
 from functions._core.platform.errors import ConfigError, EventInvalid
 from functions._core.platform.names import normalize_domain
@@ -342,14 +343,19 @@ def _format_checker() -> Any:
     checker = jsonschema.FormatChecker(formats=())
     checker.checks("date-time")(_is_date_time)
     checker.checks("uri-reference")(_is_uri_reference)
-    checker.checks("uri")(lambda value: _is_uri_reference(value) and bool(urlsplit(value).scheme))
+    checker.checks("uri")(_is_uri)
     return checker
+
+
+def _is_uri(value: object) -> bool:
+    """An absolute URI (not a string: the ``type`` keyword's business; a list here crashed ``urlsplit``)."""
+    return not isinstance(value, str) or (_is_uri_reference(value) and bool(urlsplit(value).scheme))
 
 
 def _is_date_time(value: object) -> bool:
     if not isinstance(value, str):
         return True
-    if not _DATE_TIME.match(value):
+    if not _DATE_TIME.fullmatch(value):
         return False
     try:
         _to_datetime(value)
@@ -361,7 +367,7 @@ def _is_date_time(value: object) -> bool:
 def _is_uri_reference(value: object) -> bool:
     if not isinstance(value, str):
         return True
-    if not _URI_CHARS.match(value) or _BAD_PERCENT.search(value):
+    if not _URI_CHARS.fullmatch(value) or _BAD_PERCENT.search(value):
         return False
     try:
         urlsplit(value)
@@ -374,6 +380,29 @@ def _strict_int(_checker: Any, instance: object) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
+def _ecma_pattern(validator: Any, pattern: str, instance: object, _schema: Any) -> Iterator[Any]:
+    """JSON Schema's ``pattern`` with ECMA-262's ``$`` (the end of the string). Python's ``$`` also matches before a
+    final newline, so with jsonschema's own check ``^[a-z0-9]+$`` accepted the node ``"pmg1\\n"``."""
+    if isinstance(instance, str) and not _ecma(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@cache
+def _ecma(pattern: str) -> re.Pattern[str]:
+    """``pattern`` with every ``$`` outside a character class (and not escaped) replaced by ``\\Z``."""
+    out, in_class, i = [], False, 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        in_class = (in_class or char == "[") and char != "]"
+        out.append(r"\Z" if char == "$" and not in_class else char)
+        i += 1
+    return re.compile("".join(out))
+
+
 @cache
 def _load(directory: Path) -> _Schemas:
     """Read and check every schema in ``directory`` once.
@@ -382,7 +411,11 @@ def _load(directory: Path) -> _Schemas:
         ConfigError: a schema is missing, unreadable, invalid, or has the wrong ``$id``.
     """
     base = jsonschema.Draft202012Validator
-    cls = jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", _strict_int))
+    cls = jsonschema.validators.extend(
+        base,
+        validators={"pattern": _ecma_pattern},
+        type_checker=base.TYPE_CHECKER.redefine("integer", _strict_int),
+    )
     checker = _format_checker()
     envelope = _read(directory, "envelope", base)
     data = {name: _read(directory, name, base) for name in INBOUND_TYPES + OUTBOUND_TYPES}

@@ -1,4 +1,12 @@
-"""Domain names: accept U-labels and A-labels, return lowercase A-labels (IDNA 2008 via ``idna``), refuse the rest."""
+"""Domain names: accept U-labels and A-labels, return lowercase A-labels (IDNA 2008 via ``idna``), refuse the rest.
+
+The normal form (``normalize_domain``): lowercase ASCII, no trailing dot, at least two labels, each 1-63 letters,
+digits or inner hyphens (``xn--`` A-labels for Unicode labels), at most 253 characters, a top-level label that is not
+all digits, and not a public suffix. It is a fixed point (``normalize_domain(n) == n``) and round-trips through its
+U-label form (``normalize_domain(to_unicode(n)) == n``). Spellings that UTS 46 maps to one name (case, full-width
+letters, ideographic full stops, a trailing dot, soft hyphens) give the same normal form; a homoglyph (Cyrillic ``а``
+for Latin ``a``) is another name, with its own A-label, never the one it imitates.
+"""
 
 from __future__ import annotations
 
@@ -24,24 +32,27 @@ def normalize_domain(raw: object) -> str:
 
     Raises:
         EventInvalid: not a string, empty, a wildcard, a single label, an over-long name or label, characters
-            outside IDNA 2008 (quotes, spaces, newlines, semicolons, underscores ...), or a public suffix.
+            outside IDNA 2008 (quotes, spaces, newlines, semicolons, underscores, NUL, bidi controls ...), an
+            all-numeric top-level label (``1.2.3.4``, RFC 3696 §2), or a public suffix.
     """
     if not isinstance(raw, str):
         raise EventInvalid("domain must be a string")
-    name = raw[:-1] if raw.endswith(".") else raw
-    if not name or name != name.strip() or any(c.isspace() for c in name):
+    if raw in ("", ".") or any(c.isspace() for c in raw):
         raise EventInvalid(f"domain {_show(raw)} is empty or contains whitespace")
-    if "*" in name:
+    if "*" in raw:
         raise EventInvalid(f"domain {_show(raw)} is a wildcard")
     try:
-        alabel = idna.encode(name, uts46=True, transitional=False).decode("ascii").lower()
+        alabel = idna.encode(raw, uts46=True, transitional=False).decode("ascii").lower()
     except (idna.IDNAError, UnicodeError) as exc:
         raise EventInvalid(f"domain {_show(raw)} is not a valid IDNA 2008 name: {exc}") from None
+    alabel = alabel.removesuffix(".")  # the root: "." or a full stop UTS 46 maps to "." (U+3002, U+FF0E ...)
     labels = alabel.split(".")
     if len(labels) < 2:
         raise EventInvalid(f"domain {_show(raw)} must have at least two labels")
-    if len(alabel) > 253 or any(not _LDH.match(label) for label in labels):
+    if len(alabel) > 253 or any(not _LDH.fullmatch(label) for label in labels):
         raise EventInvalid(f"domain {_show(raw)} has an invalid or over-long label")
+    if labels[-1].isdigit():
+        raise EventInvalid(f"domain {_show(raw)} has an all-numeric top-level label (an address is not a domain)")
     if _PSL.is_public(alabel):
         raise EventInvalid(f"domain {_show(raw)} is a public suffix")
     return alabel
