@@ -256,6 +256,7 @@ SCHEMAS = {
 PUBLISHERS = {
     "domain.created": "billing",
     "domain.deleted": "billing",
+    "domain.adopt": "operator",
     "key.rotate": "scheduler",
     "node.down": "monitoring",
     "node.up": "monitoring",
@@ -288,6 +289,8 @@ def _emit(items: Any, rnd: random.Random, cap: int) -> str:
             out.extend(_emit(sub, rnd, cap) for _ in range(rnd.randint(low, max(low, min(high, cap)))))
         elif name == "SUBPATTERN":
             out.append(_emit(arg[-1], rnd, cap))
+        elif name == "BRANCH":  # a|b
+            out.append(_emit(rnd.choice(arg[1]), rnd, cap))
         elif name != "AT":
             raise AssertionError(f"pattern element {name} not supported")
     return "".join(out)
@@ -335,6 +338,10 @@ def from_schema(schema: dict[str, Any], root: dict[str, Any], rnd: random.Random
         return rnd.choice([low, high, rnd.randint(low, high), rnd.randint(low, min(high, low + 100))])
     if kind == "boolean":
         return rnd.random() < 0.5
+    if kind == "array":  # distinct items, within minItems/maxItems (domain.adopt's fix list)
+        want = rnd.randint(schema.get("minItems", 0), min(schema.get("maxItems", 5), 5))
+        items = [from_schema(schema["items"], root, rnd) for _ in range(want)]
+        return list(dict.fromkeys(items)) if schema.get("uniqueItems") else items
     if kind == "string" and "pattern" in schema:
         return match(schema["pattern"], rnd)
     if kind == "string" and schema.get("format") == "date-time":
