@@ -22,7 +22,7 @@ import botocore.config
 import botocore.exceptions
 
 from functions._core.platform.config import StoreSettings
-from functions._core.platform.errors import PreconditionFailed, StoreRejected, StoreUnavailable
+from functions._core.platform.errors import PreconditionFailed, StoreRejected, StoreUnavailable, StoreUnreadable
 from functions._core.platform.retry import retried
 from functions._core.platform.store import ObjectStore, StoredObject
 
@@ -176,7 +176,15 @@ class S3Store:
                 if _code(exc) in ("NoSuchKey", "404"):
                     return None
                 raise
-            return StoredObject(response["Body"].read(), response["ETag"])
+            try:
+                return StoredObject(response["Body"].read(), response["ETag"])
+            except (botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError) as exc:
+                modified = response.get("LastModified")
+                raise StoreUnreadable(
+                    f"get {key}: {type(exc).__name__}",
+                    etag=response["ETag"],
+                    modified=modified.timestamp() if modified is not None else None,
+                ) from exc
 
         return self._call(f"get {key}", fetch)
 

@@ -25,7 +25,8 @@ import pika
 import pika.exceptions
 
 from functions._core.model.ports import Ports
-from functions.runtime import dispatch
+from functions._core.platform.idempotency import default_owner
+from functions.runtime import dispatch, poison
 from functions.runtime.amqp import Publisher, params
 from functions.runtime.metrics import Metrics
 from functions.runtime.settle import Incoming, Settler, effective_publisher
@@ -89,6 +90,8 @@ class Worker:
         self._in_flight = 0
         self._guard = threading.Lock()
         self.locks = SubjectMutexes()
+        self.gate = poison.SoloGate()
+        self.deaths = poison.DeathRecords(ports.state, owner=default_owner())
         self.counts = {"done": 0, "retry": 0, "park": 0, "requeue": 0, "reconnects": 0}
         self.on_result: Callable[[dispatch.Result], None] | None = None
         self.metrics = metrics
@@ -197,9 +200,7 @@ class Worker:
             return
         headers = props.headers or {}
         publisher = effective_publisher(props.user_id, headers, self.broker)
-        subject = str(headers.get("ce-subject", "")).lower()
-        with self.locks.hold(subject):  # two events for one subject never run at once in this process
-            result = dispatch.run(body, publisher, self.ports, attempt=rung, last_attempt=rung >= self.rungs)
+        result = self._run(body, publisher, rung, headers)
         msg = Incoming(body, publisher, rung, props.message_id, props.content_type, props.type, headers)
         try:
             verdict = self.settler.settle(result, msg)
@@ -212,6 +213,26 @@ class Worker:
             conn.add_callback_threadsafe(functools.partial(self._finish, ch, tag, verdict, result))
         except pika.exceptions.AMQPError:  # the connection is gone: the broker redelivers this event
             self._flight(-1)
+
+    def _run(self, body: bytes, publisher: str | None, rung: int, headers: dict[str, Any]) -> dispatch.Result:
+        """Run one delivery; a redelivery under its death record (poison.py): alone once it has a death on
+        record, refused (parked) once it has too many."""
+        subject = str(headers.get("ce-subject", "")).lower()
+        count = poison.delivery_count(headers)
+        deaths = self.deaths.deaths(body) if count else 0
+        error = self.deaths.poison(deaths, count)
+        if error is not None:
+            log.error("poison: %s", error.reason)
+            self.deaths.finished(body)
+            return dispatch.refused(body, error, attempt=rung)
+        with self.gate.hold(solo=deaths > 0):
+            if count:
+                self.deaths.starting(body, deaths)
+            with self.locks.hold(subject):  # two events for one subject never run at once in this process
+                result = dispatch.run(body, publisher, self.ports, attempt=rung, last_attempt=rung >= self.rungs)
+            if count:
+                self.deaths.finished(body)
+        return result
 
     def _finish(self, ch: Any, tag: int, verdict: str, result: dispatch.Result) -> None:
         self._flight(-1)

@@ -27,7 +27,7 @@ from functions._core.platform.idempotency import PREFIX
 from functions.adapters.dns import Rfc2136Dns
 from functions.runtime.main import build_ports
 from tests.chaos.harness import Slice
-from tests.chaos.mix import Message, Mix
+from tests.chaos.mix import REFUSED_ALIASES, Message, Mix
 
 ZONE_BASICS = ("SOA", "NS")
 
@@ -117,7 +117,7 @@ def audit(sl: Slice, mix: Mix) -> Report:
     outcomes = [json.loads(b) for _, b in sl.drain("q.outcomes")]
     records = ledger(ports, mix.messages)
     r.completed = {mid for mid, rec in records.items() if rec["status"] == "COMPLETED"}
-    _account(r, mix, records)
+    _account(r, mix, records, ports)
     _domains(r, sl, mix, ports, records)
     _node(r, sl, mix, ports, records)
     r.figures["outcome events"] = dict(Counter(o["type"] for o in outcomes))
@@ -125,9 +125,10 @@ def audit(sl: Slice, mix: Mix) -> Report:
     return r
 
 
-def _account(r: Report, mix: Mix, records: dict[str, dict[str, Any]]) -> None:
-    """Every logical event completed or parked with a reason; the refused ones never completed."""
-    lost, wrong, transient_parked = [], [], []
+def _account(r: Report, mix: Mix, records: dict[str, dict[str, Any]], ports: Ports) -> None:
+    """Every logical event completed or parked with a reason; the refused ones never completed; no valid event
+    parked (a refusable one only with the refusal's reason; a LocalStack artefact only with evidence)."""
+    lost, wrong, valid_parked, artefacts = [], [], [], []
     for mid, msgs in mix.logical().items():
         expect = {m.expect for m in msgs}
         done, parked = mid in r.completed, r.parked.get(mid, [])
@@ -140,15 +141,22 @@ def _account(r: Report, mix: Mix, records: dict[str, dict[str, Any]]) -> None:
         if any(m.kind == "twin" for m in msgs):
             if not done or len(parked) != 1 or "same id, different body" not in parked[0].reason:
                 wrong.append(f"twin {mid}: completed={done} parked={[p.reason for p in parked]}")
-        elif "complete" in expect and parked:
-            transient_parked.append(f"{msgs[0].kind} {mid}: {parked[0].reason}")
+        elif expect & {"complete", "complete or refuse"} and parked:
+            refusable = "complete or refuse" in expect
+            for p in parked:
+                if refusable and REFUSED_ALIASES in p.reason and not done:
+                    continue
+                torn = torn_key(ports, p.reason)
+                text = f"{msgs[0].kind} {mid}: {p.reason}"
+                (artefacts if torn else valid_parked).append(text + (f" [torn object {torn}]" if torn else ""))
         if any(not p.reason for p in parked):
             wrong.append(f"{mid} parked without a reason")
     r.figures["lost"] = len(lost)
     r.figures["logical events"] = len(mix.logical())
     r.figures["completed (ledger)"] = len(r.completed)
     r.figures["parked events"] = sum(1 for v in r.parked.values() if v)
-    r.figures["valid events parked (transient)"] = len(transient_parked)
+    r.figures["valid events parked"] = len(valid_parked)
+    r.figures["valid events parked by a LocalStack artefact (torn object, with evidence)"] = artefacts[:10]
     reasons = Counter(_reason_class(p.reason) for ps in r.parked.values() for p in ps)
     r.figures["parked by reason"] = dict(reasons.most_common())
     r.figures["parked not ours"] = sorted(set(r.parked) - set(mix.logical()))[:5]
@@ -156,7 +164,18 @@ def _account(r: Report, mix: Mix, records: dict[str, dict[str, Any]]) -> None:
         r.fail(f"lost: {text}")
     for text in wrong[:20]:
         r.fail(text)
-    r.figures["transient parked detail"] = transient_parked[:10]
+    for text in valid_parked[:20]:
+        r.fail(f"valid event parked: {text}")
+
+
+_STORE_KEY = re.compile(r"StoreUnavailable: get (\S+): ResponseStreamingError")
+
+
+def torn_key(ports: Ports, reason: str) -> str | None:
+    """The object a parking reason names, when it is verifiably one LocalStack stored torn (see ``corrupted``):
+    the only evidence that excuses a valid event parked."""
+    m = _STORE_KEY.search(reason)
+    return m.group(1) if m and corrupted(ports, m.group(1)) else None
 
 
 def _reason_class(reason: str) -> str:

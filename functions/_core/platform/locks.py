@@ -4,7 +4,8 @@ processes and Lambda containers, while different subjects run in parallel.
 Chosen over hash-partitioned single-active-consumer queues because it works the same for the pika worker and the
 Lambda adapter (one ESM per queue, no consistent-hash exchange on Amazon MQ), needs no topology change, and
 survives retries, which would break per-queue order anyway (broker.md §6). Cost: two conditional writes per event.
-The lease expires (a crashed holder cannot block a subject forever); a lease still held -> LeaseHeld, and the event
+The lease expires (a crashed holder cannot block a subject forever), and a lease whose holder is a process of this
+host that no longer exists is taken over at once (``owner_gone``); a lease still held -> LeaseHeld, and the event
 goes to the next retry rung.
 """
 
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from functions._core.platform.errors import PreconditionFailed
-from functions._core.platform.idempotency import LeaseHeld, default_owner
+from functions._core.platform.idempotency import LeaseHeld, default_owner, owner_gone
 from functions._core.platform.store import ObjectStore
 
 PREFIX = "locks/"
@@ -60,9 +61,10 @@ class SubjectLocks:
         held = self.store.get(key)
         if held is None:
             return self._retry_absent(key, body)
-        if datetime.fromisoformat(json.loads(held.body)["until"]) > now:
+        lease = json.loads(held.body)
+        if datetime.fromisoformat(lease["until"]) > now and not owner_gone(str(lease.get("owner", ""))):
             raise LeaseHeld(f"{subject} is being handled by another worker") from None
-        try:  # expired: take it over
+        try:  # expired, or its holder died (a process of this host that is gone): take it over
             return self.store.put(key, body, if_match=held.etag)
         except PreconditionFailed:
             raise LeaseHeld(f"{subject} was taken by another worker") from None

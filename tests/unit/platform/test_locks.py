@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -65,3 +69,23 @@ def test_concurrent_holders_never_overlap() -> None:
     for t in threads:
         t.join()
     assert overlaps[0] == 0 and refused[0] > 0
+
+
+def test_a_lease_of_a_dead_process_of_this_host_is_taken_over_at_once() -> None:
+    store = MemoryStore()
+    locks = SubjectLocks(store, lease=timedelta(seconds=30), clock=lambda: T0)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    key = locks.key("alpha.test")
+    until = (T0 + timedelta(seconds=30)).isoformat()
+    store.put(
+        key,
+        json.dumps({"subject": "alpha.test", "owner": f"{socket.gethostname()}:{proc.pid}:7", "until": until}).encode(),
+    )
+    with locks.hold("alpha.test"):  # its holder was killed: no wait for the lease
+        pass
+    store.put(
+        key, json.dumps({"subject": "alpha.test", "owner": f"{socket.gethostname()}:1:7", "until": until}).encode()
+    )
+    with pytest.raises(LeaseHeld), locks.hold("alpha.test"):  # alive: held
+        pass
