@@ -47,6 +47,7 @@ class Report:
     figures: dict[str, Any] = field(default_factory=dict)
     completed: set[str] = field(default_factory=set)
     parked: dict[str, list[Parked]] = field(default_factory=dict)
+    raw: list[tuple[str, bytes]] = field(default_factory=list)  # parked messages and outcome events, for the scan
 
     def fail(self, text: str) -> None:
         self.problems.append(text)
@@ -55,10 +56,14 @@ class Report:
 # ---------------------------------------------------------------------------------------------- collecting
 
 
-def parked_messages(sl: Slice) -> dict[str, list[Parked]]:
+def parked_messages(sl: Slice, raw: list[tuple[str, bytes]] | None = None) -> dict[str, list[Parked]]:
+    """The parked queue by message id (drained); with ``raw``, each message's properties and body appended."""
     out: dict[str, list[Parked]] = {}
-    for props, _body in sl.drain(sl.settings.broker.parked_queue):
+    for props, body in sl.drain(sl.settings.broker.parked_queue):
         h = props.headers or {}
+        if raw is not None:
+            raw.append((f"parked {props.message_id} (properties)", repr(props).encode()))
+            raw.append((f"parked {props.message_id} (body)", body))
         reason = str(h.get("x-mailplane-reason", ""))
         broker = not reason
         if broker:  # dead-lettered by a queue's delivery limit (or the last rung): the broker says why
@@ -113,8 +118,11 @@ def _envelope(m: Message) -> Envelope | None:
 def audit(sl: Slice, mix: Mix) -> Report:
     r = Report()
     ports = build_ports(sl.settings, probe=False)
-    r.parked = parked_messages(sl)
-    outcomes = [json.loads(b) for _, b in sl.drain("q.outcomes")]
+    r.parked = parked_messages(sl, r.raw)
+    drained = sl.drain("q.outcomes")
+    r.raw += [(f"outcome event {p.message_id} (properties)", repr(p).encode()) for p, _ in drained]
+    r.raw += [(f"outcome event {p.message_id}", b) for p, b in drained]
+    outcomes = [json.loads(b) for _, b in drained]
     records = ledger(ports, mix.messages)
     r.completed = {mid for mid, rec in records.items() if rec["status"] == "COMPLETED"}
     _account(r, mix, records, ports)
