@@ -215,19 +215,19 @@ class Worker:
             self._flight(-1)
 
     def _run(self, body: bytes, publisher: str | None, rung: int, headers: dict[str, Any]) -> dispatch.Result:
-        """Run one delivery; a redelivery under its death record (poison.py): alone once it has a death on
-        record, refused (parked) once it has too many."""
+        """Run one delivery; a redelivery under its death record (poison.py): alone once it has deaths on
+        record, refused (parked) once it died too often alone."""
         subject = str(headers.get("ce-subject", "")).lower()
         count = poison.delivery_count(headers)
-        deaths = self.deaths.deaths(body) if count else 0
-        error = self.deaths.poison(deaths, count)
+        record = self.deaths.read(body) if count else poison.Record()
+        error = self.deaths.poison(record, count)
         if error is not None:
             log.error("poison: %s", error.reason)
             self.deaths.finished(body)
             return dispatch.refused(body, error, attempt=rung)
-        with self.gate.hold(solo=deaths > 0):
+        with self.gate.hold(solo=record.alone):
             if count:
-                self.deaths.starting(body, deaths)
+                self.deaths.starting(body, record)
             with self.locks.hold(subject):  # two events for one subject never run at once in this process
                 result = dispatch.run(body, publisher, self.ports, attempt=rung, last_attempt=rung >= self.rungs)
             if count:

@@ -10,15 +10,16 @@ happened *while a delivery was running*:
 * a redelivery (count >= 1) is a suspect: before it runs, its death record ``deaths/<sha256(body)>.json`` in the
   state bucket goes up by one; the record is deleted when the run ends, whatever the verdict. A record left
   behind means that the process died while this delivery was running;
-* a suspect whose record shows a death runs **alone** in its process (``SoloGate``: no other handler runs
-  meanwhile), so a further death is its own;
-* once the record shows ``MAX_DEATHS`` deaths, the delivery is parked (``PoisonError``, with the count) without
-  running it again.
+* a suspect with ``SOLO_AFTER`` (2) deaths on record runs **alone** in its process (``SoloGate``: no other handler
+  runs meanwhile), so a further death is its own: a *solo death*;
+* once the record shows ``MAX_DEATHS`` (3) solo deaths, the delivery is parked (``PoisonError``, with the counts)
+  without running it again.
 
-A neighbour comes back at most once per death of the poison, which dies at most ``MAX_DEATHS + 1`` times: below
-the work queues' delivery limit (5), so no neighbour moves down the ladder. The broker's delivery limit stays the
-backstop (the store down, a death before the record is written). A store error here is logged, never raised: the
-death record must not stop work that would otherwise succeed.
+A poison message thus costs 1 + ``SOLO_AFTER`` + ``MAX_DEATHS`` = 6 deaths, and a neighbour comes back at most once
+per death: below the work queues' delivery limit (10), so no neighbour moves down the ladder. A valid delivery is
+parked only if a random death (the OOM killer, a node failure) hits two of its runs and then three solo runs in a
+row. The broker's delivery limit stays the backstop (the store down, a death before the record is written). A store
+error here is logged, never raised: the death record must not stop work that would otherwise succeed.
 """
 
 from __future__ import annotations
@@ -29,17 +30,19 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from functions._core.platform.errors import AutomationError, PoisonError
 from functions._core.platform.store import ObjectStore
 
-__all__ = ["MAX_DEATHS", "DeathRecords", "SoloGate", "delivery_count"]
+__all__ = ["MAX_DEATHS", "SOLO_AFTER", "DeathRecords", "Record", "SoloGate", "delivery_count"]
 
 log = logging.getLogger("mailplane.poison")
 
-MAX_DEATHS: Final = 3  # deaths while running, recorded on redeliveries, before a delivery is parked as poison
+SOLO_AFTER: Final = 2  # deaths on record after which a redelivery runs alone in its process
+MAX_DEATHS: Final = 3  # solo deaths on record after which a delivery is parked as poison
 PREFIX: Final = "deaths/"
 
 
@@ -51,11 +54,24 @@ def delivery_count(headers: Mapping[str, Any]) -> int:
         return 0
 
 
+@dataclass(frozen=True)
+class Record:
+    """Deaths recorded while a delivery ran: all of them, and those while it ran alone."""
+
+    deaths: int = 0
+    solo: int = 0
+
+    @property
+    def alone(self) -> bool:
+        """Whether the next run must be alone in its process."""
+        return self.deaths >= SOLO_AFTER
+
+
 class DeathRecords:
     """Per-delivery death records in ``store`` (see the module docstring)."""
 
     def __init__(self, store: ObjectStore, *, owner: str, limit: int = MAX_DEATHS) -> None:
-        """``owner`` names this worker in the records; ``limit`` deaths make a delivery poison.
+        """``owner`` names this worker in the records; ``limit`` solo deaths make a delivery poison.
 
         Raises:
             ValueError: a limit below 1.
@@ -68,20 +84,28 @@ class DeathRecords:
     def key(body: bytes) -> str:
         return f"{PREFIX}{hashlib.sha256(body).hexdigest()}.json"
 
-    def deaths(self, body: bytes) -> int:
-        """Deaths recorded while this delivery ran (0 when there is no readable record, or the store fails)."""
+    def read(self, body: bytes) -> Record:
+        """The deaths recorded while this delivery ran (none when there is no readable record, or the store fails)."""
         try:
             found = self.store.get(self.key(body))
-            return int(json.loads(found.body)["deaths"]) if found is not None else 0
+            if found is None:
+                return Record()
+            doc = json.loads(found.body)
+            return Record(int(doc["deaths"]), int(doc["solo"]))
         except AutomationError as exc:
             log.warning("cannot read the death record of a redelivery: %s", exc.reason)
         except (ValueError, TypeError, KeyError):
             log.warning("unreadable death record %s: counting from 0", self.key(body))
-        return 0
+        return Record()
 
-    def starting(self, body: bytes, deaths: int) -> None:
+    def starting(self, body: bytes, record: Record) -> None:
         """Record that this delivery is about to run: if the process dies now, that is one more death."""
-        doc = {"deaths": deaths + 1, "owner": self.owner, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        doc = {
+            "deaths": record.deaths + 1,
+            "solo": record.solo + (1 if record.alone else 0),
+            "owner": self.owner,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         try:
             self.store.put(self.key(body), json.dumps(doc).encode())
         except AutomationError as exc:
@@ -94,13 +118,13 @@ class DeathRecords:
         except AutomationError as exc:
             log.warning("cannot delete the death record %s: %s", self.key(body), exc.reason)
 
-    def poison(self, deaths: int, count: int) -> PoisonError | None:
-        """The error to park with once ``deaths`` reached the limit, else None."""
-        if deaths < self.limit:
+    def poison(self, record: Record, count: int) -> PoisonError | None:
+        """The error to park with once the solo deaths reached the limit, else None."""
+        if record.solo < self.limit:
             return None
         return PoisonError(
-            f"the worker process died {deaths} times while running this delivery (x-delivery-count {count}; the"
-            " last runs alone in their process): parked without running it again, so that it takes no other"
+            f"the worker process died {record.deaths} times while running this delivery, {record.solo} of them while"
+            f" it ran alone (x-delivery-count {count}): parked without running it again, so that it takes no other"
             " delivery down with it"
         )
 

@@ -176,7 +176,7 @@ def _account(r: Report, mix: Mix, records: dict[str, dict[str, Any]], ports: Por
         r.fail(f"valid event parked: {text}")
 
 
-_STORE_KEY = re.compile(r"StoreUnavailable: get (\S+): ResponseStreamingError")
+_STORE_KEY = re.compile(r"Store\w+: get (\S+): (ResponseStreamingError|IncompleteReadError)")
 
 
 def torn_key(ports: Ports, reason: str) -> str | None:

@@ -14,7 +14,7 @@ import pytest
 
 from functions._core.platform.errors import PoisonError, StoreUnavailable
 from functions._core.platform.idempotency import owner_gone
-from functions.runtime.poison import MAX_DEATHS, DeathRecords, SoloGate, delivery_count
+from functions.runtime.poison import MAX_DEATHS, SOLO_AFTER, DeathRecords, Record, SoloGate, delivery_count
 from tests.fakes.store import MemoryStore
 
 BODY = b'{"id": "e1"}'
@@ -33,39 +33,47 @@ def test_delivery_count_reads_the_quorum_header_and_tolerates_junk() -> None:
     assert delivery_count({"x-delivery-count": None}) == 0
 
 
-def test_a_record_left_behind_counts_a_death_and_the_limit_makes_poison() -> None:
+def test_deaths_on_record_make_it_run_alone_and_solo_deaths_make_it_poison() -> None:
     store = MemoryStore()
     records = DeathRecords(store, owner="w1")
-    assert records.deaths(BODY) == 0
-    for died in range(MAX_DEATHS):
-        assert records.poison(records.deaths(BODY), died + 1) is None
-        records.starting(BODY, records.deaths(BODY))  # ... and the process dies: the record stays
-    deaths = records.deaths(BODY)
-    assert deaths == MAX_DEATHS
-    error = records.poison(deaths, MAX_DEATHS + 1)
-    assert isinstance(error, PoisonError) and f"died {MAX_DEATHS} times" in error.reason
+    assert records.read(BODY) == Record()
+    seen = []
+    for _ in range(SOLO_AFTER + MAX_DEATHS):
+        record = records.read(BODY)
+        assert records.poison(record, 1) is None
+        seen.append(record.alone)
+        records.starting(BODY, record)  # ... and the process dies: the record stays
+    assert seen == [False] * SOLO_AFTER + [True] * MAX_DEATHS
+    record = records.read(BODY)
+    assert record == Record(SOLO_AFTER + MAX_DEATHS, MAX_DEATHS)
+    error = records.poison(record, 6)
+    assert isinstance(error, PoisonError)
+    assert (
+        f"died {SOLO_AFTER + MAX_DEATHS} times" in error.reason
+        and f"{MAX_DEATHS} of them while it ran alone" in error.reason
+    )
     records.finished(BODY)
-    assert records.deaths(BODY) == 0 and not store.objects
+    assert records.read(BODY) == Record() and not store.objects
 
 
 def test_a_run_that_ends_leaves_no_record() -> None:
     store = MemoryStore()
     records = DeathRecords(store, owner="w1")
-    records.starting(BODY, 0)
+    records.starting(BODY, Record())
     assert json.loads(store.objects[records.key(BODY)].body)["deaths"] == 1
     records.finished(BODY)
-    assert records.deaths(BODY) == 0
+    assert records.read(BODY) == Record()
 
 
 def test_store_failures_never_stop_the_work() -> None:
     store = MemoryStore()
     records = DeathRecords(store, owner="w1")
     store.faults = [StoreUnavailable("get: down"), StoreUnavailable("put: down"), StoreUnavailable("delete: down")]
-    assert records.deaths(BODY) == 0
-    records.starting(BODY, 0)
+    assert records.read(BODY) == Record()
+    records.starting(BODY, Record())
     records.finished(BODY)
     store.put(records.key(BODY), b"{torn")
-    assert records.deaths(BODY) == 0
+    assert records.read(BODY) == Record()
     with pytest.raises(ValueError):
         DeathRecords(store, owner="w1", limit=0)
 
