@@ -3,7 +3,9 @@
 The main thread owns the consuming connection; handlers run in a bounded pool and hand their verdicts back
 through ``add_callback_threadsafe`` (heartbeats never starve; prefetch bounds memory). Acks happen only after the
 outcome is published with confirms, so a crash at any point redelivers the event and the idempotent handler (plus
-the ledger) converges again. A lost connection is re-opened with jittered backoff; verdicts for deliveries of the
+the ledger) converges again. A redelivery runs under its death record (poison.py): alone once deaths were recorded
+while it ran, parked as PoisonError once it kept killing the process, so its neighbours stay on their rung. A lost
+connection is re-opened with jittered backoff; verdicts for deliveries of the
 old connection are dropped (their tags are invalid; the broker redelivers them). SIGTERM stops consuming, lets
 in-flight work finish within the grace period, and exits 0 with nothing unacked.
 """
