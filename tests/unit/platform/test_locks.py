@@ -10,8 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from functions._core.platform.errors import StoreUnreadable
 from functions._core.platform.idempotency import LeaseHeld
 from functions._core.platform.locks import SubjectLocks
+from functions._core.platform.store import StoredObject
 from tests.fakes.store import MemoryStore
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -89,3 +91,23 @@ def test_a_lease_of_a_dead_process_of_this_host_is_taken_over_at_once() -> None:
     )
     with pytest.raises(LeaseHeld), locks.hold("alpha.test"):  # alive: held
         pass
+
+
+def test_a_torn_lease_is_held_for_a_lease_from_its_last_write_then_taken_over() -> None:
+    class Torn(MemoryStore):
+        def get(self, key: str) -> StoredObject | None:
+            obj = super().get(key)
+            if obj is not None and obj.body == b"torn":
+                raise StoreUnreadable(f"get {key}: ResponseStreamingError", etag=obj.etag, modified=T0.timestamp())
+            return obj
+
+    store = Torn()
+    now = [T0 + timedelta(seconds=10)]
+    locks = SubjectLocks(store, lease=timedelta(seconds=30), clock=lambda: now[0])
+    store.put(locks.key("alpha.test"), b"torn")
+    with pytest.raises(LeaseHeld, match="unreadable lease"), locks.hold("alpha.test"):
+        pass
+    now[0] = T0 + timedelta(seconds=31)
+    with locks.hold("alpha.test"):
+        pass
+    assert list(store.list("locks/")) == []
