@@ -220,19 +220,19 @@ class Worker:
         """Run one delivery; a redelivery under its death record (poison.py): alone once it has deaths on
         record, refused (parked) once it died too often alone."""
         subject = str(headers.get("ce-subject", "")).lower()
-        count = poison.delivery_count(headers)
-        record = self.deaths.read(body) if count else poison.Record()
+        count, suspect = poison.delivery_count(headers), poison.suspect(headers)
+        record = self.deaths.read(body) if suspect else poison.Record()
         error = self.deaths.poison(record, count)
         if error is not None:
             log.error("poison: %s", error.reason)
             self.deaths.finished(body)
             return dispatch.refused(body, error, attempt=rung)
         with self.gate.hold(solo=record.alone):
-            if count:
+            if suspect:
                 self.deaths.starting(body, record)
             with self.locks.hold(subject):  # two events for one subject never run at once in this process
                 result = dispatch.run(body, publisher, self.ports, attempt=rung, last_attempt=rung >= self.rungs)
-            if count:
+            if suspect:
                 self.deaths.finished(body)
         return result
 

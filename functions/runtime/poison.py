@@ -6,8 +6,9 @@ killed the process from its innocent neighbours, and its delivery limit would mo
 ladder together (and park them after the last rung). So the worker keeps its own count, of the deaths that
 happened *while a delivery was running*:
 
-* a first delivery (no ``x-delivery-count``) runs as usual, at no extra cost;
-* a redelivery (count >= 1) is a suspect: before it runs, its death record ``deaths/<sha256(body)>.json`` in the
+* a first delivery, or one given back once (``x-delivery-count`` < ``RECORD_AFTER``, 2: the bystanders of a single
+  death), runs as usual, at no extra cost;
+* a delivery given back more often is a suspect: before it runs, its death record ``deaths/<sha256(body)>.json`` in the
   state bucket goes up by one; the record is deleted when the run ends, whatever the verdict. A record left
   behind means that the process died while this delivery was running;
 * a suspect with ``SOLO_AFTER`` (2) deaths on record runs **alone** in its process (``SoloGate``: no other handler
@@ -15,11 +16,12 @@ happened *while a delivery was running*:
 * once the record shows ``MAX_DEATHS`` (3) solo deaths, the delivery is parked (``PoisonError``, with the counts)
   without running it again.
 
-A poison message thus costs 1 + ``SOLO_AFTER`` + ``MAX_DEATHS`` = 6 deaths, and a neighbour comes back at most once
-per death: below the work queues' delivery limit (10), so no neighbour moves down the ladder. A valid delivery is
-parked only if a random death (the OOM killer, a node failure) hits two of its runs and then three solo runs in a
-row. The broker's delivery limit stays the backstop (the store down, a death before the record is written). A store
-error here is logged, never raised: the death record must not stop work that would otherwise succeed.
+A poison message thus costs ``RECORD_AFTER`` + ``SOLO_AFTER`` + ``MAX_DEATHS`` = 7 deaths, and a neighbour comes
+back at most once per death: below the work queues' delivery limit (10), so no neighbour moves down the ladder. A
+valid delivery is parked only if random deaths (the OOM killer, a node failure) hit four of its runs and then three
+solo runs in a row. The broker's delivery limit stays the backstop (the store down, a death before the record is
+written). A store error here is logged, never raised: the death record must not stop work that would otherwise
+succeed.
 """
 
 from __future__ import annotations
@@ -37,13 +39,28 @@ from typing import Any, Final
 from functions._core.platform.errors import AutomationError, PoisonError
 from functions._core.platform.store import ObjectStore
 
-__all__ = ["MAX_DEATHS", "SOLO_AFTER", "DeathRecords", "Record", "SoloGate", "delivery_count"]
+__all__ = [
+    "MAX_DEATHS",
+    "RECORD_AFTER",
+    "SOLO_AFTER",
+    "DeathRecords",
+    "Record",
+    "SoloGate",
+    "delivery_count",
+    "suspect",
+]
 
 log = logging.getLogger("mailplane.poison")
 
+RECORD_AFTER: Final = 2  # x-delivery-count from which a redelivery runs under a death record
 SOLO_AFTER: Final = 2  # deaths on record after which a redelivery runs alone in its process
 MAX_DEATHS: Final = 3  # solo deaths on record after which a delivery is parked as poison
 PREFIX: Final = "deaths/"
+
+
+def suspect(headers: Mapping[str, Any]) -> bool:
+    """Whether this delivery runs under a death record: given back ``RECORD_AFTER`` times or more."""
+    return delivery_count(headers) >= RECORD_AFTER
 
 
 def delivery_count(headers: Mapping[str, Any]) -> int:

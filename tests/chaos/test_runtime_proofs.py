@@ -23,7 +23,7 @@ from functions._core.model import state
 from functions.adapters.dns import Rfc2136Dns
 from functions.runtime import lambda_rmq
 from functions.runtime.main import build_ports
-from functions.runtime.poison import MAX_DEATHS, SOLO_AFTER
+from functions.runtime.poison import MAX_DEATHS, RECORD_AFTER, SOLO_AFTER
 from functions.runtime.settle import Settler
 from tests.chaos import audit
 from tests.chaos.harness import PY, Slice, esm_batch, publish_raw, wait_for, zone_script
@@ -182,7 +182,7 @@ def test_a_delivery_that_kills_its_worker_is_parked_alone_and_its_prefetch_windo
     assert headers["x-mailplane-error"] == "PoisonError" and headers["x-mailplane-attempt"] == 0
     assert f"{MAX_DEATHS} of them while it ran alone" in headers["x-mailplane-reason"]
     assert not any(d["reason"] == "delivery_limit" for d in headers.get("x-death") or [])  # never the broker's fuse
-    assert deaths == 1 + SOLO_AFTER + MAX_DEATHS  # the first death, then recorded ones, the last ones alone
+    assert deaths == RECORD_AFTER + SOLO_AFTER + MAX_DEATHS  # unrecorded, then recorded ones, the last ones alone
     assert headers["x-delivery-count"] == deaths <= DELIVERY_LIMIT
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from functions._core.platform.errors import PoisonError, StoreUnavailable
 from functions._core.platform.idempotency import owner_gone
-from functions.runtime.poison import MAX_DEATHS, SOLO_AFTER, DeathRecords, Record, SoloGate, delivery_count
+from functions.runtime.poison import MAX_DEATHS, SOLO_AFTER, DeathRecords, Record, SoloGate, delivery_count, suspect
 from tests.fakes.store import MemoryStore
 
 BODY = b'{"id": "e1"}'
@@ -31,6 +31,8 @@ def test_delivery_count_reads_the_quorum_header_and_tolerates_junk() -> None:
     assert delivery_count({"x-delivery-count": 2}) == 2
     assert delivery_count({"x-delivery-count": "x"}) == 0
     assert delivery_count({"x-delivery-count": None}) == 0
+    assert not suspect({}) and not suspect({"x-delivery-count": 1})  # a bystander of one death: no record
+    assert suspect({"x-delivery-count": 2})
 
 
 def test_deaths_on_record_make_it_run_alone_and_solo_deaths_make_it_poison() -> None:
