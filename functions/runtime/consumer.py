@@ -3,7 +3,9 @@
 The main thread owns the consuming connection; handlers run in a bounded pool and hand their verdicts back
 through ``add_callback_threadsafe`` (heartbeats never starve; prefetch bounds memory). Acks happen only after the
 outcome is published with confirms, so a crash at any point redelivers the event and the idempotent handler (plus
-the ledger) converges again. A lost connection is re-opened with jittered backoff; verdicts for deliveries of the
+the ledger) converges again. A redelivery runs under its death record (poison.py): alone once deaths were recorded
+while it ran, parked as PoisonError once it kept killing the process, so its neighbours stay on their rung. A lost
+connection is re-opened with jittered backoff; verdicts for deliveries of the
 old connection are dropped (their tags are invalid; the broker redelivers them). SIGTERM stops consuming, lets
 in-flight work finish within the grace period, and exits 0 with nothing unacked.
 """
@@ -25,7 +27,8 @@ import pika
 import pika.exceptions
 
 from functions._core.model.ports import Ports
-from functions.runtime import dispatch
+from functions._core.platform.idempotency import default_owner
+from functions.runtime import dispatch, poison
 from functions.runtime.amqp import Publisher, params
 from functions.runtime.metrics import Metrics
 from functions.runtime.settle import Incoming, Settler, effective_publisher
@@ -89,6 +92,8 @@ class Worker:
         self._in_flight = 0
         self._guard = threading.Lock()
         self.locks = SubjectMutexes()
+        self.gate = poison.SoloGate()
+        self.deaths = poison.DeathRecords(ports.state, owner=default_owner())
         self.counts = {"done": 0, "retry": 0, "park": 0, "requeue": 0, "reconnects": 0}
         self.on_result: Callable[[dispatch.Result], None] | None = None
         self.metrics = metrics
@@ -197,9 +202,7 @@ class Worker:
             return
         headers = props.headers or {}
         publisher = effective_publisher(props.user_id, headers, self.broker)
-        subject = str(headers.get("ce-subject", "")).lower()
-        with self.locks.hold(subject):  # two events for one subject never run at once in this process
-            result = dispatch.run(body, publisher, self.ports, attempt=rung, last_attempt=rung >= self.rungs)
+        result = self._run(body, publisher, rung, headers)
         msg = Incoming(body, publisher, rung, props.message_id, props.content_type, props.type, headers)
         try:
             verdict = self.settler.settle(result, msg)
@@ -212,6 +215,26 @@ class Worker:
             conn.add_callback_threadsafe(functools.partial(self._finish, ch, tag, verdict, result))
         except pika.exceptions.AMQPError:  # the connection is gone: the broker redelivers this event
             self._flight(-1)
+
+    def _run(self, body: bytes, publisher: str | None, rung: int, headers: dict[str, Any]) -> dispatch.Result:
+        """Run one delivery; a redelivery under its death record (poison.py): alone once it has deaths on
+        record, refused (parked) once it died too often alone."""
+        subject = str(headers.get("ce-subject", "")).lower()
+        count, suspect = poison.delivery_count(headers), poison.suspect(headers)
+        record = self.deaths.read(body) if suspect else poison.Record()
+        error = self.deaths.poison(record, count)
+        if error is not None:
+            log.error("poison: %s", error.reason)
+            self.deaths.finished(body)
+            return dispatch.refused(body, error, attempt=rung)
+        with self.gate.hold(solo=record.alone):
+            if suspect:
+                self.deaths.starting(body, record)
+            with self.locks.hold(subject):  # two events for one subject never run at once in this process
+                result = dispatch.run(body, publisher, self.ports, attempt=rung, last_attempt=rung >= self.rungs)
+            if suspect:
+                self.deaths.finished(body)
+        return result
 
     def _finish(self, ch: Any, tag: int, verdict: str, result: dispatch.Result) -> None:
         self._flight(-1)

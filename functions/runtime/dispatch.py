@@ -75,6 +75,13 @@ def run(body: bytes, publisher: str | None, ports: Ports, *, attempt: int = 0, l
     return result
 
 
+def refused(body: bytes, error: PermanentError, *, attempt: int) -> Result:
+    """The verdict for a delivery refused without running it (a poison message): park, logged like any outcome."""
+    result = Result("park", None, None, error)
+    _log(result, body, attempt)
+    return result
+
+
 def _handle_once(name: str, handle: Callable[[Envelope, Ports], Outcome], event: Envelope, ports: Ports) -> Outcome:
     """Run the handler under the idempotency ledger: a completed duplicate returns its stored outcome untouched."""
     if ports.ledger is None:

@@ -27,7 +27,7 @@ from functions._core.platform.idempotency import PREFIX
 from functions.adapters.dns import Rfc2136Dns
 from functions.runtime.main import build_ports
 from tests.chaos.harness import Slice
-from tests.chaos.mix import Message, Mix
+from tests.chaos.mix import REFUSED_ALIASES, Message, Mix
 
 ZONE_BASICS = ("SOA", "NS")
 
@@ -47,6 +47,7 @@ class Report:
     figures: dict[str, Any] = field(default_factory=dict)
     completed: set[str] = field(default_factory=set)
     parked: dict[str, list[Parked]] = field(default_factory=dict)
+    raw: list[tuple[str, bytes]] = field(default_factory=list)  # parked messages and outcome events, for the scan
 
     def fail(self, text: str) -> None:
         self.problems.append(text)
@@ -55,10 +56,14 @@ class Report:
 # ---------------------------------------------------------------------------------------------- collecting
 
 
-def parked_messages(sl: Slice) -> dict[str, list[Parked]]:
+def parked_messages(sl: Slice, raw: list[tuple[str, bytes]] | None = None) -> dict[str, list[Parked]]:
+    """The parked queue by message id (drained); with ``raw``, each message's properties and body appended."""
     out: dict[str, list[Parked]] = {}
-    for props, _body in sl.drain(sl.settings.broker.parked_queue):
+    for props, body in sl.drain(sl.settings.broker.parked_queue):
         h = props.headers or {}
+        if raw is not None:
+            raw.append((f"parked {props.message_id} (properties)", repr(props).encode()))
+            raw.append((f"parked {props.message_id} (body)", body))
         reason = str(h.get("x-mailplane-reason", ""))
         broker = not reason
         if broker:  # dead-lettered by a queue's delivery limit (or the last rung): the broker says why
@@ -113,11 +118,14 @@ def _envelope(m: Message) -> Envelope | None:
 def audit(sl: Slice, mix: Mix) -> Report:
     r = Report()
     ports = build_ports(sl.settings, probe=False)
-    r.parked = parked_messages(sl)
-    outcomes = [json.loads(b) for _, b in sl.drain("q.outcomes")]
+    r.parked = parked_messages(sl, r.raw)
+    drained = sl.drain("q.outcomes")
+    r.raw += [(f"outcome event {p.message_id} (properties)", repr(p).encode()) for p, _ in drained]
+    r.raw += [(f"outcome event {p.message_id}", b) for p, b in drained]
+    outcomes = [json.loads(b) for _, b in drained]
     records = ledger(ports, mix.messages)
     r.completed = {mid for mid, rec in records.items() if rec["status"] == "COMPLETED"}
-    _account(r, mix, records)
+    _account(r, mix, records, ports)
     _domains(r, sl, mix, ports, records)
     _node(r, sl, mix, ports, records)
     r.figures["outcome events"] = dict(Counter(o["type"] for o in outcomes))
@@ -125,9 +133,10 @@ def audit(sl: Slice, mix: Mix) -> Report:
     return r
 
 
-def _account(r: Report, mix: Mix, records: dict[str, dict[str, Any]]) -> None:
-    """Every logical event completed or parked with a reason; the refused ones never completed."""
-    lost, wrong, transient_parked = [], [], []
+def _account(r: Report, mix: Mix, records: dict[str, dict[str, Any]], ports: Ports) -> None:
+    """Every logical event completed or parked with a reason; the refused ones never completed; no valid event
+    parked (a refusable one only with the refusal's reason; a LocalStack artefact only with evidence)."""
+    lost, wrong, valid_parked, artefacts = [], [], [], []
     for mid, msgs in mix.logical().items():
         expect = {m.expect for m in msgs}
         done, parked = mid in r.completed, r.parked.get(mid, [])
@@ -138,17 +147,26 @@ def _account(r: Report, mix: Mix, records: dict[str, dict[str, Any]]) -> None:
         if "park" in expect and not parked:
             wrong.append(f"{msgs[0].kind} {mid} not parked")
         if any(m.kind == "twin" for m in msgs):
-            if not done or len(parked) != 1 or "same id, different body" not in parked[0].reason:
+            # parking is at-least-once (a worker killed between the parked copy's confirm and its ack parks it
+            # again): copies of the one refusal are fine, another reason is not
+            if not done or len({p.reason for p in parked}) != 1 or "same id, different body" not in parked[0].reason:
                 wrong.append(f"twin {mid}: completed={done} parked={[p.reason for p in parked]}")
-        elif "complete" in expect and parked:
-            transient_parked.append(f"{msgs[0].kind} {mid}: {parked[0].reason}")
+        elif expect & {"complete", "complete or refuse"} and parked:
+            refusable = "complete or refuse" in expect
+            for p in parked:
+                if refusable and REFUSED_ALIASES in p.reason and not done:
+                    continue
+                torn = torn_key(ports, p.reason)
+                text = f"{msgs[0].kind} {mid}: {p.reason}"
+                (artefacts if torn else valid_parked).append(text + (f" [torn object {torn}]" if torn else ""))
         if any(not p.reason for p in parked):
             wrong.append(f"{mid} parked without a reason")
     r.figures["lost"] = len(lost)
     r.figures["logical events"] = len(mix.logical())
     r.figures["completed (ledger)"] = len(r.completed)
     r.figures["parked events"] = sum(1 for v in r.parked.values() if v)
-    r.figures["valid events parked (transient)"] = len(transient_parked)
+    r.figures["valid events parked"] = len(valid_parked)
+    r.figures["valid events parked by a LocalStack artefact (torn object, with evidence)"] = artefacts[:10]
     reasons = Counter(_reason_class(p.reason) for ps in r.parked.values() for p in ps)
     r.figures["parked by reason"] = dict(reasons.most_common())
     r.figures["parked not ours"] = sorted(set(r.parked) - set(mix.logical()))[:5]
@@ -156,7 +174,18 @@ def _account(r: Report, mix: Mix, records: dict[str, dict[str, Any]]) -> None:
         r.fail(f"lost: {text}")
     for text in wrong[:20]:
         r.fail(text)
-    r.figures["transient parked detail"] = transient_parked[:10]
+    for text in valid_parked[:20]:
+        r.fail(f"valid event parked: {text}")
+
+
+_STORE_KEY = re.compile(r"Store\w+: get (\S+): (ResponseStreamingError|IncompleteReadError)")
+
+
+def torn_key(ports: Ports, reason: str) -> str | None:
+    """The object a parking reason names, when it is verifiably one LocalStack stored torn (see ``corrupted``):
+    the only evidence that excuses a valid event parked."""
+    m = _STORE_KEY.search(reason)
+    return m.group(1) if m and corrupted(ports, m.group(1)) else None
 
 
 def _reason_class(reason: str) -> str:

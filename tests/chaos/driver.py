@@ -29,6 +29,7 @@ import pika.exceptions
 from tests.chaos.audit import Report, audit
 from tests.chaos.harness import Slice, Ticker, WorkerProc, publish_raw, zone_script
 from tests.chaos.mix import Mix, build_mix, waves
+from tests.chaos.secrets_scan import scan_run
 from tests.stackenv import REPO
 
 MAILCOW_FAULTS = {"error_rate": 0.1, "hang_ms": 1500}
@@ -100,7 +101,10 @@ def run_chaos(sl: Slice, knobs: Knobs) -> Run:
     cpu = cpu_delta(cpu_before, cpu_table(sl, workers))
     codes = [w.terminate(90) for w in workers]
     report = audit(sl, mix)
+    hits, scanned = scan_run(sl, report.raw)
+    report.problems += [f"secret {h.secret} appears in {h.where}" for h in hits[:20]]
     figures = _figures(sl, mix, report, workers, external, codes, spikes)
+    figures.update(scanned)
     figures.update(
         {
             "zones added (s)": round(t_zones, 1),

@@ -6,7 +6,10 @@ Kinds (``Message.kind``) and what the audit expects of them:
 kind           what                                                                      expected end
 =============  ========================================================================  =================
 create         domain.created for a new domain (zone added first; some dns.hosted=false)  completed
-quota          domain.created again for an existing domain, later time, new quotas        completed
+quota          domain.created again for an existing domain, later time, new quotas        completed; one that
+                                                                                          lowers aliases to 0
+                                                                                          (Mailcow cannot) may
+                                                                                          be refused instead
 duplicate      the very same message (same id and body) published again                   completed (replay)
 twin           same id as a create, other body (customer_id): a hostile id reuse          one of the two parks
 invalid        schema-invalid, not JSON, hostile domain names, the provider's own zone     parked
@@ -69,6 +72,8 @@ class Message:
 
     @property
     def expect(self) -> str:
+        if self.kind in ("create", "quota", "duplicate") and self.refusable:
+            return "complete or refuse"
         if self.kind in ("create", "quota", "duplicate", "node"):
             return "complete"
         if self.kind == "twin":
@@ -76,6 +81,17 @@ class Message:
         if self.kind == "rotate":
             return "complete" if "key.rotate" in ROUTES else "park"
         return "park"
+
+    @property
+    def refusable(self) -> bool:
+        """A domain.created asking for 0 aliases: Mailcow's edit/domain cannot lower aliases to 0, so the product
+        refuses it up front (REFUSED_ALIASES in the reason) when the domain exists with other limits; it completes
+        when it creates the domain, finds 0 already, or is older than what was applied."""
+        ev = self.event or {}
+        return ev.get("type") == "domain.created" and ev.get("data", {}).get("plan", {}).get("aliases") == 0
+
+
+REFUSED_ALIASES = "Mailcow cannot lower aliases"  # the reason of a refused refusable message
 
 
 @dataclass

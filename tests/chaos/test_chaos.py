@@ -31,8 +31,10 @@ def test_every_event_completed_or_parked_and_applied_exactly_once(chaos_slice: S
     if report:
         Path(report).write_text(json.dumps(run.figures, indent=1, default=str))
     f = run.figures
+    print("\n".join(f"problem: {p}" for p in run.report.problems))
     assert run.report.problems == []
-    assert f["lost"] == 0 and f["duplicated"] == 0
+    assert f["lost"] == 0 and f["duplicated"] == 0 and f["valid events parked"] == 0
+    assert f["secret hits"] == 0  # no secret of the stack in a log line, a parked message or an outbound event
     assert f["worker exit codes after SIGTERM"] == [0, 0]
     # the chaos really happened: every kill point was hit (the first four lives of each worker die on schedule)
     assert set(f["kills in the worker, by point"]) == {"received", "before", "after", "settled"}

@@ -23,6 +23,7 @@ from functions._core.model import state
 from functions.adapters.dns import Rfc2136Dns
 from functions.runtime import lambda_rmq
 from functions.runtime.main import build_ports
+from functions.runtime.poison import MAX_DEATHS, RECORD_AFTER, SOLO_AFTER
 from functions.runtime.settle import Settler
 from tests.chaos import audit
 from tests.chaos.harness import PY, Slice, esm_batch, publish_raw, wait_for, zone_script
@@ -32,7 +33,7 @@ from tests.stackenv import REPO
 
 pytestmark = pytest.mark.stack
 
-DELIVERY_LIMIT = 5  # infra/rabbitmq/definitions.json, policies work-k
+DELIVERY_LIMIT = 10  # infra/rabbitmq/definitions.json, policies work-k
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -146,19 +147,21 @@ def test_poison_message_is_parked_within_a_second_with_no_retry(chaos_slice: Sli
     assert sl.sims.mailcow_requests() == []  # nothing touched any system
 
 
-def test_crash_loop_is_bounded_by_the_delivery_limit(chaos_slice: Slice) -> None:
+def test_a_delivery_that_kills_its_worker_is_parked_alone_and_its_prefetch_window_completes(
+    chaos_slice: Slice,
+) -> None:
+    """A crash loop among valid events of the same prefetch window: each death gives the whole window back to the
+    queue (every delivery count goes up). The neighbours must all complete on rung 0 (none parked, none moved down
+    the ladder); the killer is parked by the worker after MAX_DEATHS deaths while it ran alone."""
     sl = chaos_slice
     marker = f"crashloop{uuid.uuid4().hex[:8]}"
-    w = sl.worker("w1", CHAOS_RESPAWN="1", CHAOS_CRASH_SUBJECT=marker)
-    w.wait_ready()
+    after, *innocent_domains = _domains(sl, 9, "after")
     crasher = created_event(f"{marker}.test")
-    after, *innocent_domains = _domains(sl, 4, "after")
-    neighbours = [created_event(d) for d in innocent_domains]  # published with it: they share its prefetch window
-    rungs = len(sl.settings.broker.retry_delays) + 1
+    neighbours = [created_event(d) for d in innocent_domains]
     with ParkedWatcher(sl) as watcher:
-        t0 = time.monotonic()
-        _publish(sl, [crasher, *neighbours])
-        took = wait_for(lambda: crasher["id"] in watcher.seen, 180, "crash-looping event parked", 0.5)
+        _publish(sl, [*neighbours[:4], crasher, *neighbours[4:]])  # queued first: one prefetch window (32)
+        w = sl.worker("w1", CHAOS_RESPAWN="1", CHAOS_CRASH_SUBJECT=marker)
+        took = wait_for(lambda: crasher["id"] in watcher.seen, 120, "crash-looping event parked", 0.2)
         deaths = w.deaths()
         _, headers = watcher.seen[crasher["id"]]
         late = created_event(after)  # the worker is healthy again afterwards
@@ -167,16 +170,20 @@ def test_crash_loop_is_bounded_by_the_delivery_limit(chaos_slice: Slice) -> None
         sl.wait_settled(120, quiet=6)
         done = _completed(sl, neighbours)
         parked = {e["id"] for e in neighbours if e["id"] in watcher.seen}
-    total = time.monotonic() - t0
+    attempts = {e["id"]: {line["attempt"] for line in _lines(sl, e["id"])} for e in neighbours}
     print(
-        f"\ncrash loop: {deaths} worker deaths over {rungs} rungs, parked after {took:.1f} s ({total:.1f} s);"
-        f" neighbours in its prefetch window: {len(done)} completed, {len(parked)} parked"
+        f"\npoison: {deaths} worker deaths, parked by the worker after {took:.1f} s"
+        f" ({headers.get('x-mailplane-reason', '')[:90]}...);"
+        f" {len(neighbours)} neighbours in its prefetch window: {len(done)} completed, {len(parked)} parked,"
+        f" attempts {sorted({a for v in attempts.values() for a in v})}"
     )
-    assert done | parked == {e["id"] for e in neighbours}  # none lost
-    deaths_on = [d["queue"] for d in headers["x-death"] if d["reason"] == "delivery_limit"]
-    assert sorted(deaths_on) == [f"q.work.{r}" for r in range(rungs)]  # every rung's fuse blew once
-    assert headers["x-death"][0]["reason"] == "delivery_limit" and "x-mailplane-reason" not in headers
-    assert rungs <= deaths <= rungs * (DELIVERY_LIMIT + 1)
+    assert done == {e["id"] for e in neighbours} and parked == set()
+    assert all(a == {0} for a in attempts.values()), attempts  # none moved down the ladder
+    assert headers["x-mailplane-error"] == "PoisonError" and headers["x-mailplane-attempt"] == 0
+    assert f"{MAX_DEATHS} of them while it ran alone" in headers["x-mailplane-reason"]
+    assert not any(d["reason"] == "delivery_limit" for d in headers.get("x-death") or [])  # never the broker's fuse
+    assert deaths == RECORD_AFTER + SOLO_AFTER + MAX_DEATHS  # unrecorded, then recorded ones, the last ones alone
+    assert headers["x-delivery-count"] == deaths <= DELIVERY_LIMIT
 
 
 # ---------------------------------------------------------------------------------------------- publishers, Lambda

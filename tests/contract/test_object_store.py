@@ -3,6 +3,8 @@ DirStore and (marked ``stack``) S3Store on LocalStack; then S3Store's error mapp
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import hashlib
 import io
 import uuid
@@ -17,7 +19,7 @@ import pytest
 from botocore.stub import Stubber
 
 from functions._core.platform.config import Secret, StoreSettings
-from functions._core.platform.errors import PreconditionFailed, StoreRejected, StoreUnavailable
+from functions._core.platform.errors import PreconditionFailed, StoreRejected, StoreUnavailable, StoreUnreadable
 from functions._core.platform.store import ObjectStore
 from functions.adapters.dirstore import DirStore
 from functions.adapters.s3 import PROBE_PREFIX, S3Store, probe_conditional_writes
@@ -268,3 +270,30 @@ def test_connection_errors_are_unavailable() -> None:
     store = S3Store(StoreSettings(kind="s3"), "bucket", client=cast(Any, _DownClient()))
     with pytest.raises(StoreUnavailable, match="EndpointConnectionError"):
         store.get("k")
+
+
+def test_an_object_whose_body_breaks_off_every_time_is_unreadable_with_its_etag(
+    stubbed: tuple[S3Store, Stubber],
+) -> None:
+    store, stub = stubbed
+    data = b'{"status": "IN_PROGRESS"}'
+    etag = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+    modified = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
+    for _ in range(3):  # a torn object: announces more bytes than it sends, on every attempt (retried in place)
+        torn = botocore.response.StreamingBody(io.BytesIO(data[:7]), len(data))
+        stub.add_response(
+            "get_object", {"Body": torn, "ETag": etag, "LastModified": modified}, {"Bucket": "bucket", "Key": "k"}
+        )
+    with pytest.raises(StoreUnreadable) as info:
+        store.get("k")
+    assert info.value.etag == etag and info.value.modified == modified.timestamp()
+    assert isinstance(info.value, StoreUnavailable)
+
+
+def test_every_put_carries_content_md5(stubbed: tuple[S3Store, Stubber]) -> None:
+    store, stub = stubbed
+    body = b'{"a": 1}'
+    md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+    expected = {"Bucket": "bucket", "Key": "k", "Body": body, "ContentType": "application/json", "ContentMD5": md5}
+    stub.add_response("put_object", {"ETag": '"e"'}, {**expected, "IfNoneMatch": "*"})
+    assert store.put("k", body, if_none_match=True) == '"e"'

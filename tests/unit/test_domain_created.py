@@ -103,6 +103,24 @@ def test_other_quotas_converge_with_one_edit(world: World) -> None:
     assert len(world.ports.gateway.list_transports()) == 1
 
 
+def test_lowering_aliases_to_zero_is_refused_before_any_write(world: World) -> None:
+    domain_created.handle(event(), world.ports)
+    world.reset()
+    plan = dict(load_event("domain.created")["data"]["plan"], aliases=0, mailboxes=25)
+    with pytest.raises(EventInvalid, match="Mailcow cannot lower aliases=.* to 0"):
+        domain_created.handle(event(plan=plan), world.ports)
+    assert world.writes() == {"mail": [], "gateway": [], "dns": [], "state": [], "web": []}
+    dom = world.ports.mail.get_domain("alpha.test")
+    assert dom is not None and dom.mailboxes != 25  # nothing half-applied either
+
+
+def test_zero_aliases_on_a_new_domain_is_created_as_asked(world: World) -> None:
+    plan = dict(load_event("domain.created")["data"]["plan"], aliases=0)
+    assert domain_created.handle(event(plan=plan), world.ports).status == "provisioned"
+    dom = world.ports.mail.get_domain("alpha.test")
+    assert dom is not None and dom.aliases == 0
+
+
 def test_customer_records_survive(world: World) -> None:
     www = RecordSet.of("www.alpha.test", "A", 300, ["192.0.2.80"])
     verification = RecordSet.of("alpha.test", "TXT", 300, ["google-site-verification=abc"])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functions._core.model.mailset import MARKER_NAME, MARKER_VALUE, SPF_PREFIX
 from functions._core.model.ports import DkimKey, DnsChange, GatewayTransport, MailDomain, RelayDomain, TrustedNetwork
 from functions._core.model.records import Key, RecordSet
-from functions._core.platform.errors import OwnershipConflict
+from functions._core.platform.errors import EventInvalid, OwnershipConflict
 
 # ---------------------------------------------------------------- Mailcow
 
@@ -21,6 +21,9 @@ _EDITABLE = {
     "maxquota_mib": "maxquota",
     "defquota_mib": "defquota",
 }
+# Mailcow's edit/domain reads these with !empty(): 0 means "unchanged", so an edit cannot lower them to 0
+# (add/domain stores 0 as given). reference/mailcow.md §4; the simulator's model does the same.
+_NO_EDIT_TO_ZERO = ("aliases", "quota", "maxquota")
 
 
 @dataclass(frozen=True)
@@ -37,16 +40,31 @@ class MailPlan:
 
 
 def plan_mail(want: MailDomain, have: MailDomain | None, want_key: DkimKey, have_key: DkimKey | None) -> MailPlan:
-    """Add the domain or edit the fields that differ; import the DKIM key unless Mailcow already signs with it."""
+    """Add the domain or edit the fields that differ; import the DKIM key unless Mailcow already signs with it.
+
+    Raises:
+        EventInvalid: the edit would set a field to 0 that Mailcow's edit/domain cannot set to 0 (it ignores it):
+            refused before anything is written, instead of a Mailcow call that silently changes nothing.
+    """
     key = None if have_key == want_key else want_key
     if have is None:
         return MailPlan(add=want, dkim_import=key)
     edit: dict[str, int | str] = {
         api: getattr(want, attr) for attr, api in _EDITABLE.items() if getattr(want, attr) != getattr(have, attr)
     }
+    zeroed = [api for api in _NO_EDIT_TO_ZERO if edit.get(api) == 0]
+    if zeroed:
+        raise EventInvalid(
+            f"{want.domain}: Mailcow cannot lower {', '.join(f'{f}={getattr(have, _attr(f))}' for f in zeroed)} to 0"
+            " on an existing domain (edit/domain ignores 0 for it); nothing was changed"
+        )
     if want.active != have.active:
         edit["active"] = int(want.active)
     return MailPlan(edit=edit, dkim_import=key)
+
+
+def _attr(api: str) -> str:
+    return next(attr for attr, name in _EDITABLE.items() if name == api)
 
 
 # ---------------------------------------------------------------- PMG

@@ -8,10 +8,12 @@ AutomationError
 │   ├── DnsConflict           NXRRSET/YXRRSET/YXDOMAIN/NXDOMAIN: state changed; re-read and re-plan
 │   ├── NotPropagated         an authoritative server does not serve the planned data yet
 │   └── StoreUnavailable      object store 5xx, throttling, timeouts
+│       └── StoreUnreadable   an object that exists (ETag known) but whose body cannot be read back
 └── PermanentError            parked with the reason, never retried
     ├── ConfigError           missing or unknown setting, bad secret reference
     ├── EventInvalid          schema-invalid event, bad or hostile domain name, refused zone
     ├── NotAuthorized         event from a publisher not allowed to send it
+    ├── PoisonError           a delivery that killed its worker again and again (parked alone)
     ├── OwnershipConflict     a managed name holds data we do not own
     ├── MailcowRejected       Mailcow said no (danger entries, 4xx, false-positive success)
     ├── PmgRejected           PMG said no (400 field errors, 401/403, other 500s)
@@ -58,6 +60,11 @@ class NotAuthorized(PermanentError):
     """The event's validated publisher may not send this event type."""
 
 
+class PoisonError(PermanentError):
+    """The delivery killed the worker process running it, again and again: parked so that it cannot take others
+    down with it (functions/runtime/poison.py)."""
+
+
 class OwnershipConflict(PermanentError):
     """A managed name already holds data mailplane does not own."""
 
@@ -96,6 +103,17 @@ class DnsRefused(PermanentError):
 
 class StoreUnavailable(TransientError):
     """The object store did not answer or throttled."""
+
+
+class StoreUnreadable(StoreUnavailable):
+    """The object exists (its ETag and time are known) but its body could not be read (e.g. a torn object that
+    LocalStack stored from an aborted PUT: it announces more bytes than it sends). Transient like any read error,
+    so retried in place; a caller that can do without the body (the ledger: take the record over) may catch it."""
+
+    def __init__(self, message: str, *, etag: str, modified: float | None = None) -> None:
+        super().__init__(message)
+        self.etag = etag
+        self.modified = modified  # POSIX time of the object's last write, when the store says
 
 
 class StoreRejected(PermanentError):

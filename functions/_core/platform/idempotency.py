@@ -13,9 +13,12 @@ Protocol (powertools semantics, with conditional writes instead of a database):
   If a record exists (ETag E) and has not expired:
   COMPLETED and same fingerprint -> ``claim.completed``, ``claim.result`` (touch no other system, return it);
   other fingerprint (COMPLETED or IN_PROGRESS) -> ``EventInvalid`` (same id, different body);
-  IN_PROGRESS with a valid lease -> ``LeaseHeld`` (give the delivery back, whoever holds it).
+  IN_PROGRESS with a valid lease -> ``LeaseHeld`` (give the delivery back, whoever holds it), unless its owner is a
+  process of this host that no longer exists (``owner_gone``: a worker killed mid-run) -> taken over at once.
   Expired (IN_PROGRESS past ``lease_until``, any record past ``expires_at``) or unreadable -> take over with
-  ``If-Match: E``; losing that race -> ``LeaseHeld``.
+  ``If-Match: E``; losing that race -> ``LeaseHeld``. A record whose body cannot even be fetched (``StoreUnreadable``
+  after the in-place retries: LocalStack keeps torn objects of aborted PUTs) counts as an IN_PROGRESS of an unknown
+  owner leased from its last write: ``LeaseHeld`` until that lease is over, then taken over the same way.
 * ``claim.complete(outcome_json)``: put ``If-Match: <our ETag>`` COMPLETED (``expires_at = now + keep``); a lost
   lease is logged loudly and raises ``LeaseHeld``.
 * leaving the block with an exception (or without ``complete``) releases the claim: our record is deleted if its
@@ -41,10 +44,16 @@ from types import TracebackType
 from typing import Any, Final
 
 from functions._core.platform.envelope import Envelope, fingerprint
-from functions._core.platform.errors import AutomationError, EventInvalid, PreconditionFailed, TransientError
+from functions._core.platform.errors import (
+    AutomationError,
+    EventInvalid,
+    PreconditionFailed,
+    StoreUnreadable,
+    TransientError,
+)
 from functions._core.platform.store import ObjectStore
 
-__all__ = ["COMPLETED", "IN_PROGRESS", "Claim", "LeaseHeld", "Ledger", "default_owner", "ledger_key"]
+__all__ = ["COMPLETED", "IN_PROGRESS", "Claim", "LeaseHeld", "Ledger", "default_owner", "ledger_key", "owner_gone"]
 
 log = logging.getLogger("mailplane.idempotency")
 
@@ -66,6 +75,25 @@ def _utcnow() -> datetime:
 def default_owner() -> str:
     """``<hostname>:<pid>``: who holds a lease, for logs and operators."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_gone(owner: str) -> bool:
+    """True when ``owner`` (``<hostname>:<pid>[:…]``, see ``default_owner``) names a process of this host that no
+    longer exists: a worker that died, whose claims and leases need not wait for their expiry. Never True for
+    another host, this process, or an owner of another form. Needs hostnames unique per pid namespace (the default
+    for hosts, containers and pods).
+    """
+    host, _, rest = owner.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) in (0, os.getpid()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, but not ours to signal
+        return False
+    return False
 
 
 def ledger_key(function: str, event: Envelope, prefix: str = PREFIX) -> str:
@@ -191,7 +219,12 @@ class Claim:
         for _ in range(_ACQUIRE_ROUNDS):
             if self._put_new():
                 return self
-            current = self.ledger.store.get(self.key)
+            try:
+                current = self.ledger.store.get(self.key)
+            except StoreUnreadable as exc:  # exists, body unreadable (after the in-place retries): a lost record
+                if self._decide_unreadable(exc):
+                    return self
+                continue
             if current is None:
                 continue  # released between our put and our read: try again
             if self._decide(_read(current.body), current.etag):
@@ -251,7 +284,7 @@ class Claim:
     def _decide(self, record: _Record | None, etag: str) -> bool:
         """Act on an existing record: True when the claim is settled (replay or taken over), False to retry."""
         now = self.ledger.now()
-        if record is not None and not record.expired(now):
+        if record is not None and not record.expired(now) and not self._dead_claim(record):
             if record.payload_hash != self.payload_hash:
                 raise EventInvalid(f"{self.event.type} {self.event.id}: same id, different body")
             if record.status == COMPLETED:
@@ -260,6 +293,24 @@ class Claim:
             until = _stamp(record.lease_until)
             raise LeaseHeld(f"{self.function} {self.event.id}: held by {record.owner} until {until}")
         return self._take_over(record, etag, now)
+
+    def _dead_claim(self, record: _Record) -> bool:
+        """An IN_PROGRESS of a worker of this host that died (of the same body): taken over without waiting."""
+        return record.status == IN_PROGRESS and record.payload_hash == self.payload_hash and owner_gone(record.owner)
+
+    def _decide_unreadable(self, exc: StoreUnreadable) -> bool:
+        """A record that exists but cannot be read is an IN_PROGRESS of an unknown owner whose lease runs from its
+        last write: held while that lease lasts (it may be a live claim), taken over with ``If-Match`` after.
+
+        Raises:
+            LeaseHeld: the lease is not over yet, or another worker took it over first.
+        """
+        now = self.ledger.now()
+        written = datetime.fromtimestamp(exc.modified, UTC) if exc.modified is not None else now - self.ledger.lease
+        if now < written + self.ledger.lease:
+            until = _stamp(written + self.ledger.lease)
+            raise LeaseHeld(f"{self.function} {self.event.id}: unreadable record, held until {until}")
+        return self._take_over(None, exc.etag, now)
 
     def _take_over(self, record: _Record | None, etag: str, now: datetime) -> bool:
         self.attempt = 1 if record is None else record.attempt + 1

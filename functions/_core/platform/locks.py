@@ -4,7 +4,8 @@ processes and Lambda containers, while different subjects run in parallel.
 Chosen over hash-partitioned single-active-consumer queues because it works the same for the pika worker and the
 Lambda adapter (one ESM per queue, no consistent-hash exchange on Amazon MQ), needs no topology change, and
 survives retries, which would break per-queue order anyway (broker.md §6). Cost: two conditional writes per event.
-The lease expires (a crashed holder cannot block a subject forever); a lease still held -> LeaseHeld, and the event
+The lease expires (a crashed holder cannot block a subject forever), and a lease whose holder is a process of this
+host that no longer exists is taken over at once (``owner_gone``); a lease still held -> LeaseHeld, and the event
 goes to the next retry rung.
 """
 
@@ -12,16 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from functions._core.platform.errors import PreconditionFailed
-from functions._core.platform.idempotency import LeaseHeld, default_owner
+from functions._core.platform.errors import PreconditionFailed, StoreUnreadable
+from functions._core.platform.idempotency import LeaseHeld, default_owner, owner_gone
 from functions._core.platform.store import ObjectStore
 
 PREFIX = "locks/"
+log = logging.getLogger("mailplane.locks")
 
 
 class SubjectLocks:
@@ -46,9 +49,12 @@ class SubjectLocks:
         try:
             yield
         finally:
-            current = self.store.get(key)
-            if current is not None and current.etag == etag:  # still ours: release
-                self.store.delete(key)
+            try:
+                current = self.store.get(key)
+                if current is not None and current.etag == etag:  # still ours: release
+                    self.store.delete(key)
+            except StoreUnreadable as exc:  # never raised over the block's own outcome; expires with its lease
+                log.warning("cannot release %s: %s", key, exc.reason)
 
     def _acquire(self, key: str, subject: str, owner: str) -> str:
         now = self.clock()
@@ -57,15 +63,33 @@ class SubjectLocks:
             return self.store.put(key, body, if_none_match=True)
         except PreconditionFailed:
             pass
-        held = self.store.get(key)
-        if held is None:
-            return self._retry_absent(key, body)
-        if datetime.fromisoformat(json.loads(held.body)["until"]) > now:
-            raise LeaseHeld(f"{subject} is being handled by another worker") from None
-        try:  # expired: take it over
-            return self.store.put(key, body, if_match=held.etag)
+        try:
+            held = self.store.get(key)
+        except StoreUnreadable as exc:  # torn (LocalStack): a lease of an unknown holder, from its last write
+            written = datetime.fromtimestamp(exc.modified, UTC) if exc.modified is not None else now - self.lease
+            if now < written + self.lease:
+                raise LeaseHeld(f"{subject}: unreadable lease, held until its expiry") from None
+            etag = exc.etag
+        else:
+            if held is None:
+                return self._retry_absent(key, body)
+            etag = held.etag
+            if not self._expired(held.body, now):
+                raise LeaseHeld(f"{subject} is being handled by another worker") from None
+        try:  # expired, or its holder died (a process of this host that is gone): take it over
+            return self.store.put(key, body, if_match=etag)
         except PreconditionFailed:
             raise LeaseHeld(f"{subject} was taken by another worker") from None
+
+    @staticmethod
+    def _expired(body: bytes, now: datetime) -> bool:
+        """Past its ``until``, held by a process of this host that is gone, or not a lease at all (unreadable)."""
+        try:
+            lease = json.loads(body)
+            until, owner = datetime.fromisoformat(lease["until"]), str(lease.get("owner", ""))
+        except (ValueError, TypeError, KeyError):
+            return True
+        return until <= now or owner_gone(owner)
 
     def _retry_absent(self, key: str, body: bytes) -> str:
         try:

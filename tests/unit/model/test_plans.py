@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from functions._core.model.mailset import MARKER_NAME, MARKER_VALUE
 from functions._core.model.plans import plan_dns, plan_gateway, plan_mail
 from functions._core.model.ports import DkimKey, GatewayTransport, MailDomain, RelayDomain, TrustedNetwork
 from functions._core.model.records import Key, RecordSet
-from functions._core.platform.errors import OwnershipConflict
+from functions._core.platform.errors import EventInvalid, OwnershipConflict
 
 Z = "alpha.test"
 MX = RecordSet.of(Z, "MX", 3600, ["10 pmg1.faster.test.", "10 pmg2.faster.test.", "10 pmg3.faster.test."])
@@ -88,3 +90,12 @@ def test_gateway_plan_respects_read_back_normalisation() -> None:
     assert plan.summary() == []
     plan = plan_gateway(domain, transport, nets, [], [GatewayTransport("alpha.test", "old.host", 25)], [])
     assert plan.add_domain == domain and plan.update_transport == transport and len(plan.add_networks) == 2
+
+
+def test_mail_plan_refuses_an_edit_to_zero_aliases_that_mailcow_would_ignore() -> None:
+    have = MailDomain("alpha.test", "managed-by mailplane customer=C1", 10, 100, 2048, 1024, 512)
+    with pytest.raises(EventInvalid, match="cannot lower aliases=100 to 0"):
+        plan_mail(replace(WANT_MAIL, aliases=0), have, KEY, KEY)
+    assert plan_mail(replace(WANT_MAIL, aliases=0), None, KEY, None).add is not None  # add/domain stores 0
+    same = replace(have, aliases=0)
+    assert plan_mail(replace(WANT_MAIL, aliases=0), same, KEY, KEY).summary() == []  # already 0: nothing to edit

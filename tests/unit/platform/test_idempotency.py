@@ -6,6 +6,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +16,7 @@ from typing import Any
 import pytest
 
 from functions._core.platform.envelope import Envelope, parse
-from functions._core.platform.errors import EventInvalid, StoreUnavailable, TransientError
+from functions._core.platform.errors import EventInvalid, StoreUnavailable, StoreUnreadable, TransientError
 from functions._core.platform.idempotency import COMPLETED, IN_PROGRESS, LeaseHeld, Ledger, ledger_key
 from functions._core.platform.store import StoredObject
 from tests.conftest import load_event
@@ -218,6 +221,21 @@ def test_valid_lease_is_held() -> None:
         assert stored(store)["owner"] == "w1"
 
 
+def test_claim_of_a_dead_process_of_this_host_is_taken_over_at_once() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    store = MemoryStore()
+    dead = f"{socket.gethostname()}:{proc.pid}"
+    ledger(store, dead).claim(NAME, event()).__enter__()  # killed mid-run: the record stays IN_PROGRESS
+    with ledger(store, "w2").claim(NAME, event()) as claim:  # no wait for the lease
+        assert claim.attempt == 2
+        claim.complete(OUTCOME)
+    other = MemoryStore()
+    ledger(other, f"{socket.gethostname()}:1").claim(NAME, event()).__enter__()  # a live process of this host
+    with pytest.raises(LeaseHeld), ledger(other, "w2").claim(NAME, event()):
+        pass
+
+
 def test_expired_lease_is_taken_over_and_the_old_owner_loses() -> None:
     store = MemoryStore()
     clock = Clock()
@@ -267,6 +285,38 @@ def test_unreadable_record_is_taken_over() -> None:
         assert claim.attempt == 1
         claim.complete(OUTCOME)
     assert stored(store)["status"] == COMPLETED
+
+
+class TornStore(MemoryStore):
+    """An object whose body cannot be fetched (LocalStack's torn object after an aborted PUT): every get of it
+    raises StoreUnreadable with its real ETag, as S3Store does after its in-place retries."""
+
+    def __init__(self, torn: str, modified: dt.datetime) -> None:
+        super().__init__()
+        self.torn, self.modified = torn, modified
+
+    def get(self, key: str) -> StoredObject | None:
+        obj = super().get(key)
+        if key == self.torn and obj is not None and obj.body == b"torn":
+            raise StoreUnreadable(
+                f"get {key}: ResponseStreamingError", etag=obj.etag, modified=self.modified.timestamp()
+            )
+        return obj
+
+
+def test_record_whose_body_cannot_be_fetched_is_held_for_a_lease_then_taken_over() -> None:
+    key = ledger_key(NAME, event())
+    store = TornStore(key, modified=T0)
+    store.put(key, b"torn")
+    clock = Clock()
+    with pytest.raises(LeaseHeld, match="unreadable record, held until"):  # it may be a live claim
+        ledger(store, clock=clock).claim(NAME, event()).__enter__()
+    clock.advance(LEASE)
+    with ledger(store, clock=clock).claim(NAME, event()) as claim:  # then it is a lost one: taken over (If-Match)
+        claim.complete(OUTCOME)
+    assert stored(store)["status"] == COMPLETED
+    with ledger(store, clock=clock).claim(NAME, event()) as again:
+        assert again.completed and again.result == OUTCOME
 
 
 def test_losing_the_takeover_race_gives_back() -> None:

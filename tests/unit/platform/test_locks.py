@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from functions._core.platform.errors import StoreUnreadable
 from functions._core.platform.idempotency import LeaseHeld
 from functions._core.platform.locks import SubjectLocks
+from functions._core.platform.store import StoredObject
 from tests.fakes.store import MemoryStore
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -65,3 +71,43 @@ def test_concurrent_holders_never_overlap() -> None:
     for t in threads:
         t.join()
     assert overlaps[0] == 0 and refused[0] > 0
+
+
+def test_a_lease_of_a_dead_process_of_this_host_is_taken_over_at_once() -> None:
+    store = MemoryStore()
+    locks = SubjectLocks(store, lease=timedelta(seconds=30), clock=lambda: T0)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    key = locks.key("alpha.test")
+    until = (T0 + timedelta(seconds=30)).isoformat()
+    store.put(
+        key,
+        json.dumps({"subject": "alpha.test", "owner": f"{socket.gethostname()}:{proc.pid}:7", "until": until}).encode(),
+    )
+    with locks.hold("alpha.test"):  # its holder was killed: no wait for the lease
+        pass
+    store.put(
+        key, json.dumps({"subject": "alpha.test", "owner": f"{socket.gethostname()}:1:7", "until": until}).encode()
+    )
+    with pytest.raises(LeaseHeld), locks.hold("alpha.test"):  # alive: held
+        pass
+
+
+def test_a_torn_lease_is_held_for_a_lease_from_its_last_write_then_taken_over() -> None:
+    class Torn(MemoryStore):
+        def get(self, key: str) -> StoredObject | None:
+            obj = super().get(key)
+            if obj is not None and obj.body == b"torn":
+                raise StoreUnreadable(f"get {key}: ResponseStreamingError", etag=obj.etag, modified=T0.timestamp())
+            return obj
+
+    store = Torn()
+    now = [T0 + timedelta(seconds=10)]
+    locks = SubjectLocks(store, lease=timedelta(seconds=30), clock=lambda: now[0])
+    store.put(locks.key("alpha.test"), b"torn")
+    with pytest.raises(LeaseHeld, match="unreadable lease"), locks.hold("alpha.test"):
+        pass
+    now[0] = T0 + timedelta(seconds=31)
+    with locks.hold("alpha.test"):
+        pass
+    assert list(store.list("locks/")) == []
