@@ -58,7 +58,8 @@ def _note(path_var: str, line: str) -> None:
 
 
 def _die(point: str, subject: str) -> None:
-    _note("CHAOS_KILL_LOG", f"{os.getpid()} {point} {subject[:80]}\n")
+    shown = subject[:80].encode("unicode_escape").decode("ascii")  # hostile subjects carry newlines: one line each
+    _note("CHAOS_KILL_LOG", f"{os.getpid()} {point} {shown}\n")
     os.kill(os.getpid(), signal.SIGKILL)
 
 
