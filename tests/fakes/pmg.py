@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sim.common import ensure_certs
 from sim.pmg import PmgModel, PmgNodeApp, serve_cluster
@@ -31,6 +31,11 @@ def no_wait(fn: Callable[..., T]) -> Callable[..., T]:
     return fast
 
 
+def quick_model(**kwargs: Any) -> PmgModel:
+    """A PmgModel without the real waits (3 s after a refused login, ~2 s per trusted-network write)."""
+    return PmgModel(**{"auth_failure_delay": 0.0, "network_write_delay": 0.0, **kwargs})
+
+
 def node_url(name: str) -> str:
     """The (never resolved) API URL of a simulated node in the in-process fake."""
     return f"https://{name}.pmg.invalid:8006"
@@ -47,7 +52,7 @@ def fake_pmg(
 
     ``password`` overrides the model's (to test refused logins); ``clock`` is the client's monotonic clock.
     """
-    model = PmgModel() if model is None else model
+    model = quick_model() if model is None else model
     router = HostRouter({node_url(name).removeprefix("https://"): PmgNodeApp(model, name) for name in model.node_names})
     user, real_password = model.credentials
     nodes = [MxHost(name, n.ip, "", api_url=node_url(name)) for name, n in model.nodes.items()]
@@ -87,7 +92,7 @@ def https_cluster(directory: Path, model: PmgModel | None = None) -> Iterator[Ht
     """Serve ``model`` (default: a fresh 3-node cluster) on ephemeral loopback ports; stop the servers on exit."""
     ca, cert, key = ensure_certs(directory)
     if model is None:
-        model = PmgModel(nodes=[(f"pmg{i}", "127.0.0.1") for i in (1, 2, 3)])
+        model = quick_model(nodes=[(f"pmg{i}", "127.0.0.1") for i in (1, 2, 3)])
     user, password = model.credentials
     servers = serve_cluster([0] * len(model.node_names), (cert, key), user, password, model=model)
     try:
