@@ -149,9 +149,9 @@ def demo(config: ConfigOpt = None) -> None:
 
 
 def _register_subcommands() -> None:
-    from functions.ops import cli_dlq, cli_nodes, cli_ops, cli_rotate
+    from functions.ops import cli_dlq, cli_nodes, cli_ops, cli_pmg, cli_rotate
 
-    for module in (cli_ops, cli_nodes, cli_rotate, cli_dlq):  # cli_nodes' `plan` extends cli_ops' one
+    for module in (cli_ops, cli_nodes, cli_rotate, cli_dlq, cli_pmg):  # cli_nodes' `plan` extends cli_ops' one
         module.register(app)
 
 

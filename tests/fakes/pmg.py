@@ -17,9 +17,10 @@ from sim.pmg import PmgModel, PmgNodeApp, serve_cluster
 from sim.transports import HostRouter, RequestsAdapter
 from tenacity import wait_none
 
-from functions._core.platform.config import MxHost, PmgSettings, Secret
+from functions._core.platform.config import MxHost, PmgSettings, Secret, Settings
 from functions._core.platform.retry import retried
 from functions.adapters.pmg import PmgClient
+from tests.fakes.smtp import FakeSmtp
 
 T = TypeVar("T")
 
@@ -34,6 +35,48 @@ def no_wait(fn: Callable[..., T]) -> Callable[..., T]:
 def quick_model(**kwargs: Any) -> PmgModel:
     """A PmgModel without the real waits (3 s after a refused login, ~2 s per trusted-network write)."""
     return PmgModel(**{"auth_failure_delay": 0.0, "network_write_delay": 0.0, **kwargs})
+
+
+class VirtualClock:
+    """Seconds since the epoch that move only when someone sleeps (the client's waits cost no real time)."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+
+
+@dataclass(frozen=True)
+class FakeGateway:
+    client: PmgClient
+    model: PmgModel
+    smtp: FakeSmtp
+    clock: VirtualClock
+
+
+def fake_gateway(settings: Settings, *, map_writes: str = "retouch", sync_interval: float = 0.0) -> FakeGateway:
+    """The PMG cluster of ``settings`` (its mx hosts as nodes pmg1..N) in-process: the client (MapWrites on a virtual
+    clock shared with the model) and the SMTP probe answering from each node's effective maps."""
+    clock = VirtualClock()
+    hosts = settings.provider.mx_hosts
+    model = quick_model(nodes=[(f"pmg{i}", h.ipv4) for i, h in enumerate(hosts, 1)], clock=clock)
+    model.configure(sync_interval_s=sync_interval)
+    router = HostRouter({node_url(name).removeprefix("https://"): PmgNodeApp(model, name) for name in model.node_names})
+    user, password = model.credentials
+    client = PmgClient(
+        PmgSettings(user=user, password=Secret(password), map_writes=map_writes),
+        [MxHost(name, n.ip, "", api_url=node_url(name)) for name, n in model.nodes.items()],
+        session_adapter=RequestsAdapter(router),
+        clock=clock,
+        sleep=clock.sleep,
+        retry=no_wait,
+    )
+    targets = {h.smtp or f"{h.name}:25": f"pmg{i}" for i, h in enumerate(hosts, 1)}
+    return FakeGateway(client, model, FakeSmtp(model, targets, settings.smtp_probe.source or "127.0.0.2"), clock)
 
 
 def node_url(name: str) -> str:

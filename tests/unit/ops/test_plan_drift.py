@@ -25,9 +25,10 @@ from functions.runtime import main
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow
-from tests.fakes.pmg import fake_pmg
+from tests.fakes.pmg import fake_gateway
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
+from tests.fakes.smtp import FakeSmtp
 from tests.fakes.store import MemoryStore
 
 NOW = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
@@ -39,12 +40,15 @@ class World:
     fake_dns: FakeDns
     recorders: dict[str, Recorder]
     state: MemoryStore
+    smtp: FakeSmtp
     now: dt.datetime = NOW
 
     @property
     def ports(self) -> Ports:
         r = self.recorders
-        return Ports(r["mail"], r["gateway"], r["dns"], r["state"], r["web"], make_settings(), clock=lambda: self.now)
+        return Ports(
+            r["mail"], r["gateway"], r["dns"], r["state"], r["web"], make_settings(), lambda: self.now, smtp=self.smtp
+        )
 
     def writes(self) -> list[str]:
         return [w for r in self.recorders.values() for w in r.writes]
@@ -60,8 +64,9 @@ def world() -> World:
         fake_dns.add_zone(d)
     store = MemoryStore()
     names = ("mail", "gateway", "dns", "state", "web")
-    targets = (fake_mailcow()[0], fake_pmg()[0], fake_dns, store, MemoryStore())
-    return World(fake_dns, {n: Recorder(t) for n, t in zip(names, targets, strict=True)}, store)
+    gw = fake_gateway(make_settings())
+    targets = (fake_mailcow()[0], gw.client, fake_dns, store, MemoryStore())
+    return World(fake_dns, {n: Recorder(t) for n, t in zip(names, targets, strict=True)}, store, gw.smtp)
 
 
 def created(domain: str = "alpha.test") -> bytes:

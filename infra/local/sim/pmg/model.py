@@ -718,12 +718,16 @@ class PmgModel:
                     self._copy(source, node)
 
     def _copy(self, source: Node, target: Node) -> None:
-        """pmgmirror: rsync the changed files from the master (written now), then rewrite_config (postmap, reload)."""
+        """pmgmirror: rsync the master's files, then rewrite_config (postmap under the whole-second rule, reload).
+
+        rsync runs with ``-lpgoq`` (no ``-t``), so the copies never keep the master's mtimes and every sync writes
+        every file anew (mtime now): a node rebuilds its maps at each sync that falls in a later second than its
+        last rebuild.
+        """
         now = self.now()
         for name in FILES:
-            if target.files[name] != source.files[name]:
-                target.files[name] = source.files[name]
-                target.postfix.write(name, source.files[name], now)
+            target.files[name] = source.files[name]
+            target.postfix.write(name, source.files[name], now)
         target.postfix.rewrite(now)
         target.last_sync = now
 
