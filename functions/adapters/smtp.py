@@ -52,5 +52,3 @@ class SmtpProbe:
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").replace("\n", " ")[:500]
-
-

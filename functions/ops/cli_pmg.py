@@ -38,7 +38,7 @@ def fingerprint(
     except OSError as exc:
         err.print(f"[red]error:[/red] {host.name}: no TLS answer from {address[0]}:{address[1]}: {exc}")
         raise typer.Exit(2) from None
-    out.print(served, soft_wrap=True)
+    typer.echo(served)
     pinned = host.api_fingerprint
     if pinned and pinned != served:
         err.print(f"[yellow]warning:[/yellow] {host.name} is pinned to another fingerprint: {pinned}")

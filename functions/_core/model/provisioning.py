@@ -285,6 +285,7 @@ def _accept(event: Envelope, ports: Ports, st: state.DomainState) -> tuple[str, 
     detail = "; ".join(c.describe() for c in failed[:6])
     raise NotPropagated(f"{event.subject} not accepted yet (waited {waited:.0f} of {limit} s): {detail}")
 
+
 def _gate(
     ports: Ports, domain: str, plans: Plans, serial: int | None, pair: keys.KeyPair, *, replay: bool
 ) -> tuple[str, list[str]]:

@@ -15,7 +15,7 @@ the stacks of a fatal crash.
 Certificates: ``sim.common.ensure_certs(DIR)`` (clients verify with ``DIR/ca.pem``). Credentials come from the
 environment only, never argv: SIM_MAILCOW_API_KEY (required), SIM_MAILCOW_API_KEY_RO (optional); SIM_PMG_USER and
 SIM_PMG_PASSWORD (required). Port 0 picks a free port; the bound ports are printed as ``<system> <port>`` lines on
-stdout, then ``ready``.
+stdout (``pmg-smtp <port>`` for the SMTP listeners), then ``ready``.
 """
 
 from __future__ import annotations
@@ -157,9 +157,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except (UsageError, OSError, ValueError) as exc:
         log(f"cannot start: {exc}")
         return 2
-    for server in servers:
-        if not hasattr(server, "node"):  # SMTP listeners are announced on stderr only (harnesses read HTTP ports)
-            print(f"{args.system} {server.server_address[1]}")
+    for server in servers:  # "<system> <port>" per HTTP(S) server, then "pmg-smtp <port>" per SMTP listener
+        kind = f"{args.system}-smtp" if hasattr(server, "node") else args.system
+        print(f"{kind} {server.server_address[1]}")
     print("ready", flush=True)
     log(f"ready: {args.system} on {', '.join(str(s.server_address[1]) for s in servers)}")
     while not stop.wait(0.5):

@@ -27,6 +27,7 @@ Admin hooks (PMG has no API for them): ``promote``, ``set_down``, ``set_view``, 
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import ipaddress
@@ -46,6 +47,7 @@ TICKET_LIFETIME = 7200  # s, PMG::Ticket
 CLOCK_DRIFT = 300  # s a ticket may be from the future
 INSYNC_MAX_AGE = 180  # s since a node's last sync before insync turns 0
 LOCK_FILE = "/var/lock/pmgconfig.lck"
+LOG_MAX = 50_000  # request log entries kept (/_sim/requests shows the newest)
 FILES = MAPS  # ("domains", "transport", "mynetworks")
 DEFAULT_NODES = (("pmg1", "192.0.2.11"), ("pmg2", "192.0.2.12"), ("pmg3", "192.0.2.13"))
 
@@ -536,7 +538,10 @@ class PmgModel:
                 node.postfix.own_networks = (f"{node.ip}/32",)
             self.master = first
             self.faults = Faults()
-            self.log: list[dict[str, Any]] = []
+            # bounded: a long benchmark must not grow the simulator until the OOM killer ends it without a log line
+            self.log: collections.deque[dict[str, Any]] = collections.deque(maxlen=LOG_MAX)
+            self._seq = 0
+            self._writes = 0
             self._rng = random.Random(self._seed)
             self.sync_interval = float(self._defaults["sync_interval"])
             self.auth_failure_delay = float(self._defaults["auth_failure_delay"])
@@ -661,6 +666,7 @@ class PmgModel:
             return {
                 "master": self.master,
                 "time": self.now(),
+                "writes": self._writes,
                 "body_style": self.body_style,
                 "sync_interval": self.sync_interval,
                 "nodes": [
@@ -697,7 +703,7 @@ class PmgModel:
     def writes(self) -> int:
         """Config writes (non-GET ``/config`` requests) received so far, on any node."""
         with self._lock:
-            return sum(1 for entry in self.log if entry["write"])
+            return self._writes
 
     # ------------------------------------------------------------ sync (pmgmirror)
 
@@ -776,7 +782,9 @@ class PmgModel:
         with self._lock:
             self._tick()
             write = call.method != "GET" and call.path.startswith("/config/")
-            entry: dict[str, Any] = {"seq": len(self.log) + 1, "method": call.method, "path": call.path}
+            self._seq += 1
+            self._writes += write
+            entry: dict[str, Any] = {"seq": self._seq, "method": call.method, "path": call.path}
             entry.update(node=call.node, write=write, status=0)
             if call.path.startswith("/config/"):
                 entry["params"] = {k: v if isinstance(v, str | int | bool) else str(v) for k, v in call.params.items()}
