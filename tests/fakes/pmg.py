@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from sim.common import ensure_certs
 from sim.pmg import PmgModel, PmgNodeApp, serve_cluster
+from sim.pmg.tls import node_certs
 from sim.transports import HostRouter, RequestsAdapter
 from tenacity import wait_none
 
@@ -131,13 +132,18 @@ class HttpsCluster:
 
 
 @contextmanager
-def https_cluster(directory: Path, model: PmgModel | None = None) -> Iterator[HttpsCluster]:
-    """Serve ``model`` (default: a fresh 3-node cluster) on ephemeral loopback ports; stop the servers on exit."""
+def https_cluster(directory: Path, model: PmgModel | None = None, *, cn_only: bool = False) -> Iterator[HttpsCluster]:
+    """Serve ``model`` (default: a fresh 3-node cluster) on ephemeral loopback ports; stop the servers on exit.
+
+    ``cn_only``: each node serves PMG's stock certificate (self-signed, CN only; ``node_certs``) instead of one
+    signed by the simulator CA.
+    """
     ca, cert, key = ensure_certs(directory)
     if model is None:
         model = quick_model(nodes=[(f"pmg{i}", "127.0.0.1") for i in (1, 2, 3)])
     user, password = model.credentials
-    servers = serve_cluster([0] * len(model.node_names), (cert, key), user, password, model=model)
+    tls: Any = node_certs(directory / "pmg-tls", model.node_names) if cn_only else (cert, key)
+    servers = serve_cluster([0] * len(model.node_names), tls, user, password, model=model)
     try:
         urls = {
             name: f"https://127.0.0.1:{s.server_address[1]}" for name, s in zip(model.node_names, servers, strict=True)

@@ -235,3 +235,22 @@ def test_plan_command(cli: typer.Typer, world: World, tmp_path: Path) -> None:
     world.fake_dns.set_rrset("alpha.test", RecordSet.of("autoconfig.alpha.test", "CNAME", 300, ["x.example."]))
     refused = runner.invoke(cli, ["plan", str(event)])
     assert refused.exit_code == 1 and "OwnershipConflict" in refused.output
+
+
+def test_status_shows_the_smtp_acceptance_per_node(world: World) -> None:
+    domain_created.handle(parse(created(), publisher="billing"), world.ports)
+    overall, checks = domain_status("alpha.test", world.ports)
+    smtp = [c for c in checks if c.item == "RCPT TO:<postmaster@alpha.test>"]
+    assert [c.where for c in smtp] == [
+        f"pmg{i}.faster.test smtp 127.0.0.1:252{4 + i} from 127.0.0.2" for i in (1, 2, 3)
+    ]
+    assert overall == "provisioned" and all(c.ok and c.have.startswith("450 4.7.1") for c in smtp)
+    model = world.smtp.model
+    model.configure(node_sync_interval_s={"pmg3": 3600})
+    model.advance(2)  # a later second: the delete below is postmapped on the master
+    world.ports.gateway.delete_relay_domain("alpha.test")  # behind mailplane's back; pmg3 keeps relaying it
+    model.advance(1)  # pmg2 syncs
+    overall, checks = domain_status("alpha.test", world.ports)
+    bad = {c.where.split()[0]: c.have for c in checks if c.item.startswith("RCPT") and not c.ok}
+    assert overall == "drift" and set(bad) == {"pmg1.faster.test", "pmg2.faster.test"}
+    assert all(have.startswith("554 5.7.1") for have in bad.values())
