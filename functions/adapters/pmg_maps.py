@@ -13,6 +13,9 @@ over the whole file, ours included.
 - ``space``: a write waits until 1 s after the previous write to that map by this process. Serialises every write
   to a map to one per second per process, and does not protect against another process writing in the same second.
 - ``off``: neither (to show the loss).
+
+Limit: a delete that leaves a map without any entry of ours has nothing to re-touch (PMG's API rewrites a map only
+through an entry); postfix may then keep the deleted key until the next change to that map.
 Benchmark: benchmarks/bench_pmg_maps.py, figures in BENCHMARKS.md.
 """
 
