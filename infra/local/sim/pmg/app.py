@@ -7,7 +7,7 @@ A node that is down raises ``ConnectionRefusedError``: the server drops the conn
 their connection error.
 
 Control plane, no auth, loopback clients only:
-  GET  /_sim/state     nodes, views, sync times, each node's parsed config
+  GET  /_sim/state     nodes, views, sync times, each node's parsed config and what its postfix uses ("effective")
   GET  /_sim/requests  [{seq, method, path, node, write, status[, params]}] (params only for /config paths)
   POST /_sim/reset     back to the initial state
   POST /_sim/faults    JSON, see PmgModel.configure (latency_ms, error_rate, fail_next, master_down, down, promote, ...)
