@@ -263,6 +263,8 @@ class Sandbox:
             "127.0.0.1:0,127.0.0.1:0,127.0.0.1:0",
             "--network-write-delay",
             "0.05",
+            "--sync-interval",
+            "0.5",
         ]
         pmg = start_sim("pmg", pmg_args, tls, sim_env, self.workdir / "sim-pmg.log")
         self.sims.append(pmg)

@@ -190,7 +190,19 @@ class Sims:
         ports = self._serve(["mailcow", "--port", "0"], env)
         self.mailcow_url = f"https://127.0.0.1:{ports[0]}"
         smtp = "127.0.0.1:0,127.0.0.1:0,127.0.0.1:0"
-        pmg = ["pmg", "--ports", "0,0,0", "--cert", "ca-signed", "--smtp", smtp, "--network-write-delay", "0.05"]
+        pmg = [
+            "pmg",
+            "--ports",
+            "0,0,0",
+            "--cert",
+            "ca-signed",
+            "--smtp",
+            smtp,
+            "--network-write-delay",
+            "0.05",
+            "--sync-interval",
+            "0.5",
+        ]
         ports = self._serve(pmg, env)
         self.pmg_urls = tuple(f"https://127.0.0.1:{p}" for p in ports[:3])
         self.pmg_smtp = tuple(f"127.0.0.1:{p}" for p in ports[3:])
