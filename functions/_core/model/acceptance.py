@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from functions._core.model import state
 from functions._core.model.ports import Ports, SmtpAnswer
+from functions._core.model.state import DomainState
 from functions._core.platform.errors import ConfigError
 
 CONTROL = "postmaster@relay-check.mailplane.invalid"  # no PMG relays .invalid: accepting it means "trusted source"
@@ -81,22 +81,22 @@ def smtp_checks(ports: Ports, domain: str) -> list[Acceptance]:
     return out
 
 
-def webmail_ready(ports: Ports, domain: str, st: state.DomainState) -> bool:
+def webmail_ready(ports: Ports, domain: str, state: DomainState) -> bool:
     """Whether Mailcow's webmail (SOGo) serves ``domain``. The Mailcow side of the gate (SOGo's start-time domain
     list, the debounced restart recorded in the domain's state) fills this in; until then it is always True."""
     return True
 
 
-def mailcow_checks(ports: Ports, domain: str, st: state.DomainState) -> list[Acceptance]:
+def mailcow_checks(ports: Ports, domain: str, state: DomainState) -> list[Acceptance]:
     """Mailcow has the domain, active, and webmail-ready."""
     have = ports.mail.get_domain(domain)
     active = have is not None and have.active
     out = [Acceptance("mailcow", "mailcow domain active", active, "active" if active else "absent or inactive")]
-    ready = webmail_ready(ports, domain, st)
+    ready = webmail_ready(ports, domain, state)
     out.append(Acceptance("mailcow", "mailcow webmail ready", ready, "ready" if ready else "not yet"))
     return out
 
 
-def gate(ports: Ports, domain: str, st: state.DomainState) -> list[Acceptance]:
-    """Every check of the acceptance gate, passing or not."""
-    return [*smtp_checks(ports, domain), *mailcow_checks(ports, domain, st)]
+def gate(ports: Ports, domain: str, state: DomainState) -> list[Acceptance]:
+    """Every check of the acceptance gate, passing or not (``state``: the domain's state as this attempt read it)."""
+    return [*smtp_checks(ports, domain), *mailcow_checks(ports, domain, state)]
