@@ -131,7 +131,7 @@ def start_sim(system: str, port_args: list[str], tls_dir: Path, env: Mapping[str
     deadline = time.monotonic() + 60
     for line in proc.stdout:
         words = line.split()
-        if words[:1] == [system] and len(words) == 2:
+        if words[:1] in ([system], [f"{system}-smtp"]) and len(words) == 2:  # HTTP ports first, then SMTP
             ports.append(int(words[1]))
         if line.strip() == "ready" or time.monotonic() > deadline:
             break
@@ -255,7 +255,19 @@ class Sandbox:
         sim_env = {**os.environ, **creds, "PYTHONPATH": str(REPO / "infra/local")}
         mailcow = start_sim("mailcow", ["--port", "0"], tls, sim_env, self.workdir / "sim-mailcow.log")
         self.sims.append(mailcow)
-        pmg = start_sim("pmg", ["--ports", "0,0,0"], tls, sim_env, self.workdir / "sim-pmg.log")
+        pmg_args = [
+            "--ports",
+            "0,0,0",
+            "--cert",
+            "ca-signed",
+            "--smtp",
+            "127.0.0.1:0,127.0.0.1:0,127.0.0.1:0",
+            "--network-write-delay",
+            "0.05",
+            "--sync-interval",
+            "0.5",
+        ]
+        pmg = start_sim("pmg", pmg_args, tls, sim_env, self.workdir / "sim-pmg.log")
         self.sims.append(pmg)
         self.env = {
             **os.environ,
@@ -267,8 +279,11 @@ class Sandbox:
             "MAILPLANE_PMG_PASSWORD": creds["SIM_PMG_PASSWORD"],
             "PYTHONPATH": os.pathsep.join([str(REPO / "infra/local"), str(REPO)]),
         }
-        for i, port in enumerate(pmg.ports, start=1):
+        for i, port in enumerate(pmg.ports[:3], start=1):
             self.env[f"MAILPLANE_PMG{i}_URL"] = f"https://127.0.0.1:{port}"
+            self.env[f"MAILPLANE_PMG{i}_FINGERPRINT"] = ""  # ca-signed certificates: verified with the CA
+        for i, port in enumerate(pmg.ports[3:], start=1):
+            self.env[f"MAILPLANE_PMG{i}_SMTP"] = f"127.0.0.1:{port}"
 
     def _write_settings(self) -> None:
         text = TEMPLATE.read_text().replace(PLATFORM_ZONE, self.provider_zone)

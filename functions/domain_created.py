@@ -1,8 +1,9 @@
 """domain.created (billing): provision a customer domain on Mailcow, PMG, DNS and the MTA-STS store, verified.
 
 A thin adapter over functions/_core/model/provisioning.py (the logic): this module turns its result into the
-outcome and the domain.provisioned event (status provisioned or awaiting_dns, with the zone-file lines for a zone
-hosted elsewhere). The outbound event's id depends only on the incoming event, so a redelivery announces the same.
+outcome and the domain.provisioned event (status provisioned, awaiting_dns with the zone-file lines for a zone
+hosted elsewhere, or degraded with the acceptance checks that still failed when the bounded wait ended).
+The outbound event's id depends only on the incoming event, so a redelivery announces the same.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def handle(event: Envelope, ports: Ports) -> Outcome:
     }
     if done.instructions is not None:
         data["instructions"] = list(done.instructions)
+    if done.accepted:  # the acceptance gate: every node's SMTP answer (with the source address) and Mailcow's state
+        data["acceptance"] = [c.as_json() for c in done.accepted]
+    if done.status == "degraded":
+        data["degraded"] = [c.as_json() for c in done.accepted if not c.ok]
     out_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}/{event.id}/{NAME}"))
     emitted = build("domain.provisioned", event.subject, data, source=SOURCE, id=out_id)
     frozen = {k: tuple(v) for k, v in done.changes.items()}

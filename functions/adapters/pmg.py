@@ -16,6 +16,11 @@ proxmoxer's own https pieces (``ProxmoxHttpSession`` + ``JsonSerializer`` + ``Pr
 - Reads are retried in place with the shared policy; a write is repeated only after a re-read shows it did not land.
 - Writes send 1/0 for booleans (proxmoxer would send "True"), lower-case new domains, refuse multi-line values and
   put the ownership marker ``managed-by mailplane`` into every comment they write.
+- Writes to the relay-domain and transport maps go through ``MapWrites`` (pmg_maps.py) so that PMG's whole-second
+  postmap rule loses none of them; ``settle()`` finishes that once an event's writes are done.
+- TLS: a node with ``api_fingerprint`` is pinned by the SHA-256 fingerprint of its certificate (PMG's stock
+  certificate is CN-only, so no CA chain verifies it); a different certificate is refused (PmgRejected, no
+  failover). Other nodes verify with ``ca_file`` or the system CAs.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from functions._core.model.ports import GatewayNode, GatewayTransport, RelayDoma
 from functions._core.platform.config import MxHost, PmgSettings, Secret
 from functions._core.platform.errors import ConfigError, PmgRejected, PmgUnavailable
 from functions._core.platform.retry import retried
+from functions.adapters.pmg_maps import MapWrites
 
 __all__ = ["MANAGED_COMMENT", "PmgClient", "effective_use_mx"]
 
@@ -126,6 +132,25 @@ class _TicketAuth(AuthBase):
         return "_TicketAuth(***)"
 
 
+class _PinnedAdapter(requests.adapters.HTTPAdapter):
+    """HTTPS to one node whose certificate must have this SHA-256 fingerprint (urllib3 ``assert_fingerprint``); the
+    CA chain and host name are not checked (PMG's stock certificate has neither a CA nor a subjectAltName)."""
+
+    def __init__(self, fingerprint: str) -> None:
+        self._fingerprint = fingerprint.replace(":", "").lower()
+        super().__init__(pool_maxsize=64)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["assert_fingerprint"] = self._fingerprint
+        super().init_poolmanager(*args, **kwargs)
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs["verify"] = False  # no chain: the fingerprint is the check
+        if len(args) > 2:
+            args = (*args[:2], False, *args[3:])
+        return super().send(request, *args, **kwargs)
+
+
 class PmgClient:
     """GatewayPort for a PMG cluster. Every method raises PmgUnavailable (transient) or PmgRejected (permanent)."""
 
@@ -137,8 +162,9 @@ class PmgClient:
         session_adapter: requests.adapters.BaseAdapter | None = None,
         clock: Callable[[], float] | None = None,
         retry: RetryPolicy = retried,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
-        """Nothing is sent before the first call.
+        """Nothing is sent before the first call. ``clock`` (monotonic) and ``sleep`` drive tickets and MapWrites.
 
         Raises:
             ConfigError: no nodes.
@@ -150,6 +176,7 @@ class PmgClient:
         self._timeout = settings.timeout
         self._verify: bool | str = settings.ca_file if settings.ca_file else settings.verify_tls
         self._nodes = [(mx.name, _base_url(mx)) for mx in nodes]
+        self._pins = {_base_url(mx): mx.api_fingerprint for mx in nodes if mx.api_fingerprint}
         self._current = 0
         self._clock = time.monotonic if clock is None else clock
         self._retry = retry
@@ -163,7 +190,11 @@ class PmgClient:
         for session in (self._session, self._login_session):
             session.mount("https://", adapter)
             session.mount("http://", adapter)
+            if session_adapter is None:
+                for base, fingerprint in self._pins.items():
+                    session.mount(_origin(base), _PinnedAdapter(fingerprint))
         self._serializer = JsonSerializer()
+        self._maps = MapWrites(settings.map_writes, self._clock, time.sleep if sleep is None else sleep)
 
     def __repr__(self) -> str:
         return f"PmgClient(user={self._user!r}, nodes={[n for n, _ in self._nodes]!r})"
@@ -176,7 +207,9 @@ class PmgClient:
     def add_relay_domain(self, item: RelayDomain) -> None:
         domain = _key("domain", item.domain.lower())
         body = {"domain": domain, "comment": _marked(item.comment)}
-        self._write(
+        self._map_write(
+            "domains",
+            domain,
             f"add relay domain {domain}",
             lambda api: _outcome(api.config.domains.post, body, "already exists"),
             lambda: any(d.domain == domain for d in self._relay_domains()),
@@ -185,7 +218,9 @@ class PmgClient:
     def update_relay_domain(self, item: RelayDomain) -> None:
         """Set the comment of the entry whose key is exactly ``item.domain`` (PMG keys are case-sensitive)."""
         domain, comment = _key("domain", item.domain), _marked(item.comment)
-        self._write(
+        self._map_write(
+            "domains",
+            domain,
             f"update relay domain {domain}",
             lambda api: api.config.domains(domain).put(comment=comment),
             lambda: RelayDomain(domain, comment) in self._relay_domains(),
@@ -194,7 +229,9 @@ class PmgClient:
     def delete_relay_domain(self, domain: str) -> None:
         """Delete the entry whose key is exactly ``domain``; a missing entry is success."""
         key = _key("domain", domain)
-        self._write(
+        self._map_write(
+            "domains",
+            key,
             f"delete relay domain {key}",
             lambda api: _outcome(api.config.domains(key).delete, {}, "does not exist"),
             lambda: all(d.domain != key for d in self._relay_domains()),
@@ -208,7 +245,9 @@ class PmgClient:
     def add_transport(self, item: GatewayTransport) -> None:
         domain = _key("transport domain", item.domain.lower())
         body = {"domain": domain, **self._transport_fields(item)}
-        self._write(
+        self._map_write(
+            "transport",
+            domain,
             f"add transport {domain}",
             lambda api: _outcome(api.config.transport.post, body, "already exists"),
             lambda: any(t.domain == domain for t in self._transports()),
@@ -218,7 +257,9 @@ class PmgClient:
         """Set every field of the entry whose key is exactly ``item.domain``."""
         domain, fields = _key("transport domain", item.domain), self._transport_fields(item)
         want = self._normalised(item, fields["comment"])
-        self._write(
+        self._map_write(
+            "transport",
+            domain,
             f"update transport {domain}",
             lambda api: api.config.transport(domain).put(**fields),
             lambda: want in self._transports(),
@@ -226,7 +267,9 @@ class PmgClient:
 
     def delete_transport(self, domain: str) -> None:
         key = _key("transport domain", domain)
-        self._write(
+        self._map_write(
+            "transport",
+            key,
             f"delete transport {key}",
             lambda api: _outcome(api.config.transport(key).delete, {}, "does not exist"),
             lambda: all(t.domain != key for t in self._transports()),
@@ -336,6 +379,32 @@ class PmgClient:
 
     # ------------------------------------------------------------ writes
 
+    def settle(self) -> None:
+        """Make this thread's relay-domain and transport writes effective on the master (pmg_maps.py)."""
+        touched = self._maps.settle()
+        if touched:
+            log.info("pmg: re-touched %d map(s) so that postmap includes the last writes", touched)
+
+    def _map_write(
+        self, name: str, key: str, action: str, op: Callable[[Api], Any], landed: Callable[[], bool]
+    ) -> None:
+        self._maps.write(name, lambda: self._write(action, op, landed), lambda: self._touch(name, key))
+
+    def _touch(self, name: str, prefer: str) -> None:
+        """Rewrite map ``name`` unchanged: PUT the comment of ``prefer`` (or of another entry of ours) again."""
+        if name == "domains":
+            rows = [(d.domain, d.comment) for d in self._retry(self._relay_domains)()]
+        else:
+            rows = [(t.domain, t.comment) for t in self._retry(self._transports)()]
+        ours = [r for r in rows if r[0] == prefer] + [r for r in rows if MANAGED_COMMENT in r[1]]
+        if not ours:
+            return  # an empty map: nothing of ours left to rewrite
+        key, comment = ours[0]
+        resource = "domains" if name == "domains" else "transport"
+        self._retry(
+            lambda: self._call(f"re-touch {name} ({key})", lambda api: api.config(resource)(key).put(comment=comment))
+        )()
+
     def _write(self, action: str, op: Callable[[Api], Any], landed: Callable[[], bool]) -> None:
         """Run ``op``; on a transient failure re-read, and repeat only if the write did not land."""
         attempts = 0
@@ -366,7 +435,16 @@ class PmgClient:
             name, base = self._nodes[index]
             try:
                 result = self._on_node(base, op)
-            except requests.exceptions.ConnectionError as exc:  # includes ConnectTimeout and SSLError
+            except requests.exceptions.SSLError as exc:
+                if base in self._pins and "Fingerprints did not match" in str(exc):
+                    raise PmgRejected(
+                        f"pmg: {action}: {name}: its API certificate does not have the pinned SHA-256 fingerprint "
+                        f"{self._pins[base]} (provider.mx_hosts api_fingerprint; `mailplane pmg fingerprint` shows "
+                        "the one served); refused"
+                    ) from None
+                failures.append(f"{name}: SSLError")
+                continue
+            except requests.exceptions.ConnectionError as exc:  # includes ConnectTimeout
                 failures.append(f"{name}: {type(exc).__name__}")
                 continue
             except requests.exceptions.Timeout:
@@ -464,6 +542,12 @@ class PmgClient:
 def _base_url(mx: MxHost) -> str:
     url = mx.api_url.rstrip("/") if mx.api_url else f"https://{mx.name}:8006"
     return f"{url}/api2/json"
+
+
+def _origin(base: str) -> str:
+    """``https://host:port/`` of an API base URL (the prefix a pinned adapter is mounted on)."""
+    scheme, _, rest = base.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}/"
 
 
 def _outcome(method: Callable[..., Any], body: Mapping[str, Any], success: str) -> None:

@@ -155,9 +155,17 @@ def demo(config: ConfigOpt = None) -> None:
 
 
 def _register_subcommands() -> None:
-    from functions.ops import cli_adopt, cli_dlq, cli_health, cli_nodes, cli_ops, cli_rotate
+    from functions.ops import cli_adopt, cli_dlq, cli_health, cli_nodes, cli_ops, cli_pmg, cli_rotate
 
-    for module in (cli_ops, cli_nodes, cli_rotate, cli_dlq, cli_health, cli_adopt):  # cli_nodes' plan extends cli_ops'
+    for module in (
+        cli_ops,
+        cli_nodes,
+        cli_rotate,
+        cli_dlq,
+        cli_health,
+        cli_adopt,
+        cli_pmg,
+    ):  # cli_nodes extends cli_ops
         module.register(app)
 
 

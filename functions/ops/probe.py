@@ -22,6 +22,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from functions._core.platform.config import MxHost, PmgSettings, Settings
 from functions._core.platform.envelope import build
 from functions._core.platform.errors import PreconditionFailed
 from functions._core.platform.store import ObjectStore, put_over
+from functions.ops.fingerprint import served_fingerprint
 
 SOURCE = "urn:mailplane:monitoring"
 PUBLISHER = "monitoring"
@@ -99,12 +101,22 @@ def smtp_banner(target: str, timeout: float) -> tuple[bool, str]:
     return True, ""
 
 
-def api_alive(url: str, pmg: PmgSettings, timeout: float) -> tuple[bool, str]:
-    """``GET <url>/api2/json/version`` answered below 500 (no credentials sent); never raises."""
+def api_alive(url: str, pmg: PmgSettings, timeout: float, fingerprint: str = "") -> tuple[bool, str]:
+    """``GET <url>/api2/json/version`` answered below 500 (no credentials sent); never raises.
+
+    With ``fingerprint`` the served certificate must have it (pinning; no CA chain is checked then).
+    """
     verify: ssl.SSLContext | bool = pmg.verify_tls
     if pmg.ca_file:
         verify = ssl.create_default_context(cafile=pmg.ca_file)
     try:
+        if fingerprint:
+            parts = urllib.parse.urlsplit(url)
+            served = served_fingerprint((parts.hostname or "", parts.port or 8006), timeout)
+            if served != fingerprint:
+                return False, f"API {url}: certificate fingerprint {served} is not the pinned one"
+            verify = ssl.create_default_context()
+            verify.check_hostname, verify.verify_mode = False, ssl.CERT_NONE
         resp = httpx.get(f"{url.rstrip('/')}/api2/json/version", verify=verify, timeout=timeout)
     except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
         return False, f"API {url}: {type(exc).__name__}"
@@ -119,7 +131,7 @@ def check_node(host: MxHost, settings: Settings) -> Check:
     api: bool | None = None
     api_why = ""
     if host.api_url:
-        api, api_why = api_alive(host.api_url, settings.pmg, timeout)
+        api, api_why = api_alive(host.api_url, settings.pmg, timeout, host.api_fingerprint)
     return Check(smtp_ok, api, "; ".join(w for w in (smtp_why, api_why) if w))
 
 

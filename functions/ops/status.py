@@ -1,4 +1,5 @@
-"""`mailplane status`: desired vs actual for one domain, per system and per authoritative server."""
+"""`mailplane status`: desired vs actual for one domain, per system and per authoritative server, and the SMTP
+acceptance of every PMG node (the RCPT answer and the source address it was asked from)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from functions import domain_created
-from functions._core.model import state
+from functions._core.model import acceptance, state
 from functions._core.model.equivalence import covers
 from functions._core.model.mailset import (
     MARKER_NAME,
@@ -77,6 +78,20 @@ def gateway_checks(domain: str, ports: Ports) -> list[Check]:
     return out
 
 
+def smtp_checks(domain: str, ports: Ports) -> list[Check]:
+    """RCPT TO:<postmaster@DOMAIN> on every PMG node, as the acceptance gate asks it: the answer code and text, the
+    node's SMTP address and the source address the probe came from (none without an SMTP probe)."""
+    if ports.smtp is None:
+        return []
+    want = "accepted (250, 450 greylisting or 550 5.1.1 user unknown; 554 relay denied = not effective)"
+    return [
+        Check(
+            "pmg", f"{c.node} smtp {c.target} from {c.source}", f"RCPT TO:<postmaster@{domain}>", want, c.answer, c.ok
+        )
+        for c in acceptance.smtp_checks(ports, domain)
+    ]
+
+
 def dns_checks(domain: str, hosted: bool, cur: state.KeyRecord, ports: Ports, *, deleg: bool = False) -> list[Check]:
     """Every managed RRset on every authoritative server (our zone) or in the public view (a zone hosted elsewhere);
     a delegated domain's key TXT on every authoritative server of the delegation zone."""
@@ -111,6 +126,7 @@ def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:
     checks = [
         *mail_checks(domain, st.request, cur, ports),
         *gateway_checks(domain, ports),
+        *smtp_checks(domain, ports),
         Check(
             "store",
             "web",

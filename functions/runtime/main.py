@@ -80,6 +80,7 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
     from functions.adapters.dns import Rfc2136Dns
     from functions.adapters.mailcow import MailcowClient
     from functions.adapters.pmg import PmgClient
+    from functions.adapters.smtp import SmtpProbe
 
     state = build_store(settings.store, settings.store.state_bucket, probe=probe)
     ledger = Ledger(
@@ -97,6 +98,7 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         settings=settings,
         ledger=ledger,
         locks=SubjectLocks(state, lease=dt.timedelta(seconds=settings.broker.lease_seconds)),
+        smtp=SmtpProbe(settings.smtp_probe),
     )
 
 

@@ -21,7 +21,7 @@ from sim.pmg import PmgModel
 
 from functions._core.model.ports import GatewayPort, GatewayTransport, RelayDomain, TrustedNetwork
 from functions._core.platform.config import MxHost, PmgSettings, Secret
-from functions._core.platform.errors import PmgRejected, PmgUnavailable
+from functions._core.platform.errors import ConfigError, PmgRejected, PmgUnavailable
 from functions.adapters.pmg import MANAGED_COMMENT, PmgClient, effective_use_mx
 from tests.fakes.pmg import HttpsCluster, fake_pmg, https_cluster, no_wait
 
@@ -370,8 +370,10 @@ class TestLivePmg(GatewayPortContract):
         port.delete_network(self.names()[2].cidr)
 
     def with_password(self, env: Env, password: str) -> PmgClient:
+        """A client with another password, through the SAME counting adapter as ``env`` (so its logins count)."""
+        assert isinstance(env, LiveEnv)
         settings, nodes = self.settings(password)
-        return PmgClient(settings, nodes, retry=no_wait)
+        return PmgClient(settings, nodes, session_adapter=env.counter, retry=no_wait)
 
     def assert_no_secret(self, env: Env, text: str) -> None:
         assert os.environ["PMG_PASSWORD"] not in text
@@ -537,3 +539,55 @@ def test_a_hand_edited_unbracketed_ip_host_reads_as_no_mx(fake: tuple[PmgClient,
     client, model = fake
     model.nodes["pmg1"].files["transport"] = "a.test smtp:192.0.2.1:25\n"  # PMG itself would have bracketed it
     assert client.list_transports() == [GatewayTransport("a.test", "192.0.2.1", 25, "smtp", False, "")]
+
+
+# ---------------------------------------------------------------- TLS: PMG's CN-only certificate, pinned by fingerprint
+
+
+@pytest.fixture(scope="module")
+def cn_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpsCluster]:
+    with https_cluster(tmp_path_factory.mktemp("pmg-cn-only"), cn_only=True) as cluster:
+        yield cluster
+
+
+def pinned_client(cluster: HttpsCluster, fingerprints: dict[str, str], ca_file: str = "") -> PmgClient:
+    user, password = cluster.model.credentials
+    hosts = [
+        MxHost(n, "127.0.0.1", "", api_url=u, api_fingerprint=fingerprints.get(n, "")) for n, u in cluster.urls.items()
+    ]
+    return PmgClient(PmgSettings(user=user, password=Secret(password), ca_file=ca_file), hosts, retry=no_wait)
+
+
+def served_fingerprints(cluster: HttpsCluster, tmp: Path) -> dict[str, str]:
+    from sim.pmg.tls import fingerprint
+
+    return {name: fingerprint(tmp / "pmg-tls" / f"{name}.pem") for name in cluster.urls}
+
+
+def test_cn_only_certificate_fails_as_a_ca_and_works_pinned(cn_only: HttpsCluster) -> None:
+    tmp = Path(cn_only.ca).parent
+    cert = str(tmp / "pmg-tls" / "pmg1.pem")
+    with pytest.raises(PmgRejected, match="TLS verification failed on every node"):
+        pinned_client(cn_only, {}, ca_file=cert).list_relay_domains()  # what the live PMG showed: no SAN
+    client = pinned_client(cn_only, served_fingerprints(cn_only, tmp))
+    client.add_relay_domain(RelayDomain("pinned.test", M))
+    assert [d.domain for d in client.list_relay_domains()] == ["pinned.test"]
+    client.delete_relay_domain("pinned.test")
+
+
+def test_a_wrong_fingerprint_is_refused_without_failing_over(cn_only: HttpsCluster) -> None:
+    tmp = Path(cn_only.ca).parent
+    pins = {**served_fingerprints(cn_only, tmp), "pmg1": "AB" * 32}
+    before = cn_only.model.requests()[-1]["seq"] if cn_only.model.requests() else 0
+    with pytest.raises(
+        PmgRejected, match=r"pmg1: its API certificate does not have the pinned SHA-256 fingerprint AB:AB"
+    ):
+        pinned_client(cn_only, pins).list_relay_domains()
+    assert all(r["seq"] <= before for r in cn_only.model.requests())  # no request reached any node, nor pmg2
+
+
+def test_fingerprint_settings_are_normalised_and_checked() -> None:
+    host = MxHost("pmg1", "", "", api_fingerprint="ab" * 32)
+    assert host.api_fingerprint == ":".join(["AB"] * 32)
+    with pytest.raises(ConfigError, match="not a SHA-256 fingerprint"):
+        MxHost("pmg1", "", "", api_fingerprint="AB:CD")

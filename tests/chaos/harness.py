@@ -171,6 +171,7 @@ class Sims:
     tls_dir: Path
     mailcow_url: str = ""
     pmg_urls: tuple[str, ...] = ()
+    pmg_smtp: tuple[str, ...] = ()  # host:port of each node's SMTP listener (the acceptance gate probes them)
     api_key: Secret = field(default_factory=lambda: Secret("-".join(secrets.token_hex(3).upper() for _ in range(5))))
     pmg_password: Secret = field(default_factory=lambda: Secret(secrets.token_urlsafe(18)))
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -189,8 +190,23 @@ class Sims:
         }
         ports = self._serve(["mailcow", "--port", "0"], env)
         self.mailcow_url = f"https://127.0.0.1:{ports[0]}"
-        ports = self._serve(["pmg", "--ports", "0,0,0"], env)
-        self.pmg_urls = tuple(f"https://127.0.0.1:{p}" for p in ports)
+        smtp = "127.0.0.1:0,127.0.0.1:0,127.0.0.1:0"
+        pmg = [
+            "pmg",
+            "--ports",
+            "0,0,0",
+            "--cert",
+            "ca-signed",
+            "--smtp",
+            smtp,
+            "--network-write-delay",
+            "0.05",
+            "--sync-interval",
+            "0.5",
+        ]
+        ports = self._serve(pmg, env)
+        self.pmg_urls = tuple(f"https://127.0.0.1:{p}" for p in ports[:3])
+        self.pmg_smtp = tuple(f"127.0.0.1:{p}" for p in ports[3:])
         return self
 
     def _serve(self, args: list[str], env: dict[str, str]) -> list[int]:
@@ -212,7 +228,7 @@ class Sims:
                 return ports
             if not line and proc.poll() is not None:
                 break
-            if line:
+            if line:  # "<system> <port>", then "<system>-smtp <port>" (HTTP ports first)
                 ports.append(int(line.split()[1]))
         raise RuntimeError(f"simulator {args[0]} did not start (see {self.tls_dir})")
 
@@ -353,6 +369,8 @@ class Slice:
                     "MAILPLANE_PMG_PASSWORD": sims.pmg_password.reveal(),
                     "MAILPLANE_SIM_CA": sims.ca,
                     **{f"MAILPLANE_PMG{i}_URL": url for i, url in enumerate(sims.pmg_urls, 1)},
+                    **{f"MAILPLANE_PMG{i}_SMTP": smtp for i, smtp in enumerate(sims.pmg_smtp, 1)},
+                    **{f"MAILPLANE_PMG{i}_FINGERPRINT": "" for i in (1, 2, 3)},  # ca-signed: verified with the CA
                     "MAILPLANE_AMQP_VHOST": vhost,
                 }
             )

@@ -10,16 +10,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sim.common import ensure_certs
 from sim.pmg import PmgModel, PmgNodeApp, serve_cluster
+from sim.pmg.tls import node_certs
 from sim.transports import HostRouter, RequestsAdapter
 from tenacity import wait_none
 
-from functions._core.platform.config import MxHost, PmgSettings, Secret
+from functions._core.platform.config import MxHost, PmgSettings, Secret, Settings
 from functions._core.platform.retry import retried
 from functions.adapters.pmg import PmgClient
+from tests.fakes.smtp import FakeSmtp
 
 T = TypeVar("T")
 
@@ -29,6 +31,53 @@ def no_wait(fn: Callable[..., T]) -> Callable[..., T]:
     wrapped = retried(fn)
     fast: Callable[..., T] = wrapped.retry_with(wait=wait_none())  # type: ignore[attr-defined]
     return fast
+
+
+def quick_model(**kwargs: Any) -> PmgModel:
+    """A PmgModel without the real waits (3 s after a refused login, ~2 s per trusted-network write)."""
+    return PmgModel(**{"auth_failure_delay": 0.0, "network_write_delay": 0.0, **kwargs})
+
+
+class VirtualClock:
+    """Seconds since the epoch that move only when someone sleeps (the client's waits cost no real time)."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+
+
+@dataclass(frozen=True)
+class FakeGateway:
+    client: PmgClient
+    model: PmgModel
+    smtp: FakeSmtp
+    clock: VirtualClock
+
+
+def fake_gateway(settings: Settings, *, map_writes: str = "retouch", sync_interval: float = 0.0) -> FakeGateway:
+    """The PMG cluster of ``settings`` (its mx hosts as nodes pmg1..N) in-process: the client (MapWrites on a virtual
+    clock shared with the model) and the SMTP probe answering from each node's effective maps."""
+    clock = VirtualClock()
+    hosts = settings.provider.mx_hosts
+    model = quick_model(nodes=[(f"pmg{i}", h.ipv4) for i, h in enumerate(hosts, 1)], clock=clock)
+    model.configure(sync_interval_s=sync_interval)
+    router = HostRouter({node_url(name).removeprefix("https://"): PmgNodeApp(model, name) for name in model.node_names})
+    user, password = model.credentials
+    client = PmgClient(
+        PmgSettings(user=user, password=Secret(password), map_writes=map_writes),
+        [MxHost(name, n.ip, "", api_url=node_url(name)) for name, n in model.nodes.items()],
+        session_adapter=RequestsAdapter(router),
+        clock=clock,
+        sleep=clock.sleep,
+        retry=no_wait,
+    )
+    targets = {h.smtp or f"{h.name}:25": f"pmg{i}" for i, h in enumerate(hosts, 1)}
+    return FakeGateway(client, model, FakeSmtp(model, targets, settings.smtp_probe.source or "127.0.0.2"), clock)
 
 
 def node_url(name: str) -> str:
@@ -47,7 +96,7 @@ def fake_pmg(
 
     ``password`` overrides the model's (to test refused logins); ``clock`` is the client's monotonic clock.
     """
-    model = PmgModel() if model is None else model
+    model = quick_model() if model is None else model
     router = HostRouter({node_url(name).removeprefix("https://"): PmgNodeApp(model, name) for name in model.node_names})
     user, real_password = model.credentials
     nodes = [MxHost(name, n.ip, "", api_url=node_url(name)) for name, n in model.nodes.items()]
@@ -83,13 +132,18 @@ class HttpsCluster:
 
 
 @contextmanager
-def https_cluster(directory: Path, model: PmgModel | None = None) -> Iterator[HttpsCluster]:
-    """Serve ``model`` (default: a fresh 3-node cluster) on ephemeral loopback ports; stop the servers on exit."""
+def https_cluster(directory: Path, model: PmgModel | None = None, *, cn_only: bool = False) -> Iterator[HttpsCluster]:
+    """Serve ``model`` (default: a fresh 3-node cluster) on ephemeral loopback ports; stop the servers on exit.
+
+    ``cn_only``: each node serves PMG's stock certificate (self-signed, CN only; ``node_certs``) instead of one
+    signed by the simulator CA.
+    """
     ca, cert, key = ensure_certs(directory)
     if model is None:
-        model = PmgModel(nodes=[(f"pmg{i}", "127.0.0.1") for i in (1, 2, 3)])
+        model = quick_model(nodes=[(f"pmg{i}", "127.0.0.1") for i in (1, 2, 3)])
     user, password = model.credentials
-    servers = serve_cluster([0] * len(model.node_names), (cert, key), user, password, model=model)
+    tls: Any = node_certs(directory / "pmg-tls", model.node_names) if cn_only else (cert, key)
+    servers = serve_cluster([0] * len(model.node_names), tls, user, password, model=model)
     try:
         urls = {
             name: f"https://127.0.0.1:{s.server_address[1]}" for name, s in zip(model.node_names, servers, strict=True)

@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dkim
@@ -116,11 +117,28 @@ def sim_requests(url: str, ca: str) -> list[dict[str, Any]]:
     return data
 
 
+def pmg_tls(env: dict[str, str]) -> ssl.SSLContext:
+    """Trusts exactly the PMG simulator's three CN-only node certificates (no host name in them to check)."""
+    ctx = ssl.create_default_context()
+    for cert in sorted((Path(env["MAILPLANE_STACK_DIR"]) / "sim" / "pmg-tls").glob("pmg*.pem")):
+        ctx.load_verify_locations(cafile=str(cert))
+    ctx.check_hostname = False
+    return ctx
+
+
+def pmg_control(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
+    """The PMG simulator's control plane (/_sim/state, /_sim/faults, /_sim/requests)."""
+    url = f"{env['MAILPLANE_PMG1_URL']}/_sim/{path}"
+    resp = httpx.request(method, url, json=body, verify=pmg_tls(env), timeout=10)
+    resp.raise_for_status()
+    return resp.json()
+
+
 def sim_writes(env: dict[str, str]) -> dict[str, int]:
     ca = env["MAILPLANE_SIM_CA"]
     return {
         "mailcow": sum(1 for r in sim_requests(env["MAILPLANE_MAILCOW_URL"], ca) if r.get("write")),
-        "pmg": sum(1 for r in sim_requests(env["MAILPLANE_PMG1_URL"], ca) if r.get("write")),
+        "pmg": int(pmg_control(env, "GET", "state")["writes"]),
     }
 
 

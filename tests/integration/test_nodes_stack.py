@@ -1,5 +1,6 @@
-"""node.down / node.up end to end on the real stack: SMTP listeners stand in for the PMG nodes, the prober publishes
-as ``monitoring``, the real worker drains and restores through BIND, the Mailcow simulator and LocalStack S3.
+"""node.down / node.up end to end on the real stack: the PMG simulator's SMTP listeners are the nodes' port 25,
+the prober publishes as ``monitoring``, the real worker drains and restores through BIND, the Mailcow simulator
+and LocalStack S3.
 
 These tests change the provider zone faster.test (pmgN A/AAAA) for a few seconds; a fixture puts every node back.
 """
@@ -7,8 +8,6 @@ These tests change the provider zone faster.test (pmgN A/AAAA) for a few seconds
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,44 +33,22 @@ ZONE = "faster.test"
 SMTP = {"pmg1": 2525, "pmg2": 2526, "pmg3": 2527}
 
 
-class SmtpListener:
-    """A tiny SMTP greeter on 127.0.0.1:<port>: ``220 <name> ESMTP``; ``stop()`` makes the port refuse connections."""
+class SimNode:
+    """One node of the PMG simulator: ``stop()`` powers it off (its SMTP gives no banner, its API refuses)."""
 
-    def __init__(self, name: str, port: int) -> None:
-        self.name, self.port = name, port
-        self._server: socket.socket | None = None
-        self._thread: threading.Thread | None = None
+    def __init__(self, env: dict[str, str], name: str) -> None:
+        self.env, self.name = env, name
 
-    def start(self) -> None:
-        server = socket.create_server(("127.0.0.1", self.port))
-        server.settimeout(0.1)
-        self._server = server
-        self._thread = threading.Thread(target=self._serve, args=(server,), daemon=True)
-        self._thread.start()
-
-    def _serve(self, server: socket.socket) -> None:
-        while self._server is server:
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                try:
-                    conn.settimeout(1.0)
-                    conn.sendall(f"220 {self.name} ESMTP mailplane-test\r\n".encode())
-                    conn.recv(64)
-                    conn.sendall(b"221 2.0.0 bye\r\n")
-                except OSError:
-                    pass
+    def _set(self, down: bool) -> None:
+        state = stack.pmg_control(self.env, "GET", "state")
+        others = [n["name"] for n in state["nodes"] if not n["up"] and n["name"] != self.name]
+        stack.pmg_control(self.env, "POST", "faults", {"down": [*others, self.name] if down else others})
 
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        if self._thread is not None:
-            self._thread.join(2)
+        self._set(True)
+
+    def start(self) -> None:
+        self._set(False)
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +106,12 @@ def baseline(ports: Ports) -> Iterator[dict[Key, RecordSet]]:
 
 
 @pytest.fixture
-def listeners() -> Iterator[dict[str, SmtpListener]]:
-    found = {name: SmtpListener(name, port) for name, port in SMTP.items()}
-    for listener in found.values():
-        listener.start()
+def listeners(stack_env: dict[str, str]) -> Iterator[dict[str, SimNode]]:
+    """The simulator's SMTP listeners (MAILPLANE_PMGn_SMTP), every node up before and after the test."""
+    found = {name: SimNode(stack_env, name) for name in SMTP}
+    stack.pmg_control(stack_env, "POST", "faults", {"down": []})
     yield found
-    for listener in found.values():
-        listener.stop()
+    stack.pmg_control(stack_env, "POST", "faults", {"down": []})
 
 
 def served(ports: Ports, node: str) -> dict[str, set[str]]:
@@ -179,7 +155,7 @@ def test_prober_drains_and_restores_a_stopped_node(
     settings: Settings,
     ports: Ports,
     baseline: dict[Key, RecordSet],
-    listeners: dict[str, SmtpListener],
+    listeners: dict[str, SimNode],
 ) -> None:
     prober, pub = monitoring_prober(stack_env, settings, ports)
     try:

@@ -20,7 +20,7 @@ from sim.common import Request
 from sim.pmg import PmgModel, PmgNodeApp
 from sim.transports import HostRouter, RequestsAdapter
 
-from tests.fakes.pmg import HttpsCluster, https_cluster
+from tests.fakes.pmg import HttpsCluster, https_cluster, quick_model
 
 USER, PASSWORD = "automation@pmg", "sim-pmg-password"
 ROOT_PASSWORD = "root-sim-password"
@@ -96,7 +96,7 @@ def raw(request: pytest.FixtureRequest) -> Raw:
         model, urls, verify = cluster.model, cluster.urls, cluster.ca
         session = requests.Session()
     else:
-        model = PmgModel()
+        model = quick_model()
         urls = {name: f"https://{name}.sim.invalid:8006" for name in model.node_names}
         router = HostRouter({u.removeprefix("https://"): PmgNodeApp(model, n) for n, u in urls.items()})
         session = requests.Session()
@@ -553,7 +553,7 @@ def test_faults_lost_answer_latency_down_promote(api: Raw) -> None:
 
 
 def test_control_plane_is_loopback_only() -> None:
-    app = PmgNodeApp(PmgModel(), "pmg1")
+    app = PmgNodeApp(quick_model(), "pmg1")
     resp = app.handle(Request("GET", "/_sim/state", {}, {}, b"", client="192.0.2.99"))
     assert resp.status == 403
     assert json.loads(app.handle(Request("GET", "/_sim/state", {}, {}, b"")).body)["master"] == "pmg1"

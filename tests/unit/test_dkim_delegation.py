@@ -28,7 +28,7 @@ from functions._core.platform.outcome import Outcome
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow
-from tests.fakes.pmg import fake_pmg
+from tests.fakes.pmg import fake_gateway
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
 from tests.fakes.store import MemoryStore
@@ -50,9 +50,11 @@ def make_world(*, delegation_zone: str = KZ, host_kz: bool = True) -> World:
     recs = {"mail": Recorder(client), "dns": Recorder(fake), "state": Recorder(store)}
     s = make_settings()
     settings = replace(s, dkim=replace(s.dkim, propagation_seconds=0, delegation_zone=delegation_zone))
+    gw = fake_gateway(settings)
     ports = Ports(
+        smtp=gw.smtp,
         mail=recs["mail"],
-        gateway=fake_pmg()[0],
+        gateway=gw.client,
         dns=recs["dns"],
         state=recs["state"],
         web=MemoryStore(),

@@ -11,15 +11,16 @@ from typing import Any
 import pytest
 
 from functions import domain_created
+from functions._core.model import state
 from functions._core.model.mailset import policy_key
-from functions._core.model.ports import Ports
+from functions._core.model.ports import Ports, RelayDomain, TrustedNetwork
 from functions._core.model.records import RecordSet
 from functions._core.platform.envelope import Envelope, parse
 from functions._core.platform.errors import EventInvalid, NotPropagated, OwnershipConflict
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow
-from tests.fakes.pmg import fake_pmg
+from tests.fakes.pmg import FakeGateway, fake_gateway
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
 from tests.fakes.store import MemoryStore
@@ -50,10 +51,18 @@ def world() -> World:
     fake_dns = FakeDns()
     fake_dns.add_zone("alpha.test")
     fake_dns.add_zone("xn--bcher-shop-9db.test")
-    mail, gateway, dns = Recorder(fake_mailcow()[0]), Recorder(fake_pmg()[0]), Recorder(fake_dns)
+    gw = fake_gateway(make_settings())
+    mail, gateway, dns = Recorder(fake_mailcow()[0]), Recorder(gw.client), Recorder(fake_dns)
     state, web = Recorder(MemoryStore()), Recorder(MemoryStore())
     ports = Ports(
-        mail=mail, gateway=gateway, dns=dns, state=state, web=web, settings=make_settings(), clock=lambda: NOW
+        mail=mail,
+        gateway=gateway,
+        dns=dns,
+        state=state,
+        web=web,
+        settings=make_settings(),
+        clock=lambda: NOW,
+        smtp=gw.smtp,
     )
     return World(ports, mail, gateway, dns, state, web, fake_dns)
 
@@ -182,6 +191,7 @@ def test_unpropagated_secondary_is_transient_then_converges(world: World) -> Non
         world.ports.web,
         world.ports.settings,
         clock=lambda: NOW,
+        smtp=world.ports.smtp,
     )
     with pytest.raises(NotPropagated, match="ns2"):
         domain_created.handle(event(), ports)
@@ -203,3 +213,94 @@ def test_an_older_event_does_not_undo_a_newer_one(world: World) -> None:
     assert world.writes() == {"mail": [], "gateway": [], "dns": [], "state": [], "web": []}
     dom = world.ports.mail.get_domain("alpha.test")
     assert dom is not None and dom.mailboxes == 40
+
+
+# ---------------------------------------------------------------- the acceptance gate (SMTP RCPT on every PMG node)
+
+
+class Ticking:
+    """A clock for ports.clock that the test moves."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def gate_world(**gateway: Any) -> tuple[Ports, FakeGateway, Ticking]:
+    settings = make_settings()
+    gw = fake_gateway(settings, **gateway)
+    fake_dns = FakeDns()
+    for zone in ("alpha.test", "beta.test"):
+        fake_dns.add_zone(zone)
+    clock = Ticking(NOW)
+    ports = Ports(fake_mailcow()[0], gw.client, fake_dns, MemoryStore(), MemoryStore(), settings, clock, smtp=gw.smtp)
+    return ports, gw, clock
+
+
+def test_provisioned_only_when_every_node_accepts_rcpt() -> None:
+    ports, gw, _ = gate_world()
+    out = domain_created.handle(event(), ports)
+    assert out.status == "provisioned"
+    checks = out.emit[0]["data"]["acceptance"]
+    smtp = [c for c in checks if c["check"] == "smtp rcpt"]
+    assert [c["node"] for c in smtp] == ["pmg1.faster.test", "pmg2.faster.test", "pmg3.faster.test"]
+    assert all(c["ok"] and c["answer"].startswith("450 4.7.1") and c["source"] == "127.0.0.2" for c in smtp)
+    assert gw.smtp.sessions == ["127.0.0.1:2525", "127.0.0.1:2526", "127.0.0.1:2527"]
+
+
+def test_a_lagging_node_keeps_the_domain_out_of_provisioned_until_it_syncs() -> None:
+    ports, gw, clock = gate_world()
+    gw.model.configure(node_sync_interval_s={"pmg3": 3600})
+    with pytest.raises(NotPropagated, match=r"pmg3\.faster\.test: smtp rcpt 127\.0\.0\.1:2527 from 127\.0\.0\.2: 554"):
+        domain_created.handle(event(), ports)
+    st = state.load(ports.state, "alpha.test")
+    assert st.status != "provisioned" and st.acceptance["since"] == NOW.isoformat(timespec="seconds")
+    clock.now += dt.timedelta(seconds=5)
+    with pytest.raises(NotPropagated, match=r"waited 5 of 12 s"):
+        domain_created.handle(event(), ports)  # the retry: the wait is measured from the first attempt
+    gw.model.sync_now()
+    assert domain_created.handle(event(), ports).status == "provisioned"
+    assert state.load(ports.state, "alpha.test").acceptance == {}
+
+
+def test_a_node_that_never_catches_up_gives_degraded_naming_it() -> None:
+    ports, gw, clock = gate_world()
+    gw.model.configure(node_sync_interval_s={"pmg2": 3600})
+    with pytest.raises(NotPropagated):
+        domain_created.handle(event(), ports)
+    clock.now += dt.timedelta(seconds=ports.settings.smtp_probe.max_wait_seconds)
+    out = domain_created.handle(event(), ports)
+    assert out.status == "degraded"
+    (failed,) = out.emit[0]["data"]["degraded"]
+    assert (failed["node"], failed["check"], failed["source"]) == ("pmg2.faster.test", "smtp rcpt", "127.0.0.2")
+    assert failed["answer"] == "554 5.7.1 <postmaster@alpha.test>: Relay access denied"
+    # build() validated the outbound event against schemas/domain.provisioned.schema.json
+    st = state.load(ports.state, "alpha.test")
+    assert st.status == "degraded" and st.acceptance["failed"][0]["node"] == "pmg2.faster.test"
+
+
+def test_a_probe_from_inside_the_trusted_networks_is_not_counted() -> None:
+    ports, gw, _ = gate_world()
+    gw.client.add_network(TrustedNetwork("127.0.0.0/24", "managed-by mailplane; test"))
+    with pytest.raises(NotPropagated, match="127.0.0.2 is trusted"):
+        domain_created.handle(event(), ports)
+
+
+def test_two_domains_in_one_second_are_both_accepted_on_the_master() -> None:
+    ports, gw, _ = gate_world()  # map_writes = "retouch" (the setting's default)
+    assert domain_created.handle(event(), ports).status == "provisioned"
+    raw = load_event("domain.created")
+    raw["id"], raw["subject"], raw["data"]["domain"] = "4b1f7a52-6a0e-4f8e-9c1d-0d6a2b3c4e5f", "beta.test", "beta.test"
+    assert domain_created.handle(parse(json.dumps(raw).encode(), publisher="billing"), ports).status == "provisioned"
+
+
+@pytest.mark.parametrize(("map_writes", "lost"), [("retouch", False), ("space", False), ("off", True)])
+def test_map_writes_setting_decides_whether_a_same_second_write_is_lost(map_writes: str, lost: bool) -> None:
+    gw = fake_gateway(make_settings(), map_writes=map_writes)
+    for domain in ("a.test", "b.test"):
+        gw.client.add_relay_domain(RelayDomain(domain, "managed-by mailplane"))
+    gw.client.settle()
+    codes = [gw.model.rcpt("pmg1", "127.0.0.2", f"postmaster@{d}")[0] for d in ("a.test", "b.test")]
+    assert codes == ([450, 554] if lost else [450, 450])

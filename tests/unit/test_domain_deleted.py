@@ -20,9 +20,10 @@ from functions._core.platform.errors import EventInvalid, OwnershipConflict
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow
-from tests.fakes.pmg import fake_pmg
+from tests.fakes.pmg import fake_gateway, fake_pmg
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
+from tests.fakes.smtp import FakeSmtp
 from tests.fakes.store import MemoryStore
 
 NOW = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
@@ -41,12 +42,13 @@ class World:
     fake_dns: FakeDns
     mailcow: MailcowModel
     original: dict[Key, RecordSet]  # the zone before provisioning
+    smtp: FakeSmtp
     now: dt.datetime = NOW
 
     @property
     def ports(self) -> Ports:
         p = (self.mail, self.gateway, self.dns, self.state, self.web)
-        return Ports(*p, settings=make_settings(), clock=lambda: self.now)
+        return Ports(*p, settings=make_settings(), clock=lambda: self.now, smtp=self.smtp)
 
     def writes(self) -> dict[str, list[str]]:
         return {n: getattr(self, n).writes for n in SYSTEMS}
@@ -64,15 +66,17 @@ def world() -> World:
     fake_dns = FakeDns()
     fake_dns.add_zone("alpha.test", [WWW, RecordSet.of("alpha.test", "TXT", 300, [SITE])])
     client, model = fake_mailcow()
+    gw = fake_gateway(make_settings())
     w = World(
         Recorder(client),
-        Recorder(fake_pmg()[0]),
+        Recorder(gw.client),
         Recorder(fake_dns),
         Recorder(MemoryStore()),
         Recorder(MemoryStore()),
         fake_dns,
         model,
         fake_dns.read_zone("alpha.test"),
+        gw.smtp,
     )
     out = domain_created.handle(parse(json.dumps(load_event("domain.created")).encode()), w.ports)
     assert out.status == "provisioned"

@@ -23,7 +23,7 @@ from functions._core.platform.outcome import Outcome
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow
-from tests.fakes.pmg import fake_pmg
+from tests.fakes.pmg import fake_gateway
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
 from tests.fakes.store import MemoryStore
@@ -77,9 +77,11 @@ def make_world(fake_dns: FakeDns | None = None, *, domain_sample: str = "domain.
     store = MemoryStore()
     recs = {"mail": Recorder(client), "dns": Recorder(fake), "state": Recorder(store)}
     clock = Clock(T0)
+    gw = fake_gateway(_settings())
     ports = Ports(
+        smtp=gw.smtp,
         mail=recs["mail"],
-        gateway=fake_pmg()[0],
+        gateway=gw.client,
         dns=recs["dns"],
         state=recs["state"],
         web=MemoryStore(),

@@ -296,6 +296,8 @@ def apply_removal(domain: str, r: Removal, ports: Ports) -> None:
         ports.gateway.delete_relay_domain(r.gateway.relay_domain)
     if r.dns and r.dns.changes:
         ports.dns.apply(r.dns.zone, list(r.dns.changes))
+    if r.gateway.transport or r.gateway.relay_domain:
+        ports.gateway.settle()  # PMG's 1-s postmap rule: the removals must reach the master's postfix maps too
     if r.policy:
         ports.web.delete(policy_key(domain))
     for blob in r.blobs:

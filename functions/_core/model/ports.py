@@ -137,6 +137,26 @@ class GatewayPort(Protocol):
     def add_network(self, item: TrustedNetwork) -> None: ...
     def delete_network(self, cidr: str) -> None: ...
     def cluster_nodes(self) -> list[GatewayNode]: ...
+    def settle(self) -> None: ...  # make the relay-domain/transport writes of this thread effective on the master
+
+
+# ---------------------------------------------------------------- SMTP (the sender's view of the PMG nodes)
+
+
+@dataclass(frozen=True)
+class SmtpAnswer:
+    """One SMTP session as a sender saw it: banner, EHLO, ``MAIL FROM:<>``, then one RCPT per recipient."""
+
+    target: str  # host:port connected to
+    source: str  # the local address the session came from (the vantage point)
+    replies: tuple[tuple[int, str], ...] = ()  # (code, text) per RCPT, in order
+    error: str = ""  # no session (refused, timeout, no banner, MAIL refused): the reason; replies are empty
+
+
+class SmtpProbePort(Protocol):
+    """Sends RCPT TO for each recipient in one session; never raises for what the server answers."""
+
+    def rcpt(self, target: str, recipients: tuple[str, ...]) -> SmtpAnswer: ...
 
 
 # ---------------------------------------------------------------- DNS
@@ -194,3 +214,4 @@ class Ports:
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
     ledger: Ledger | None = None  # idempotency ledger (A7); None = handlers alone (tests, dry runs)
     locks: SubjectLocks | None = None  # per-subject leases across workers; None = no cross-process guard
+    smtp: SmtpProbePort | None = None  # the acceptance gate's SMTP probe; None = no probe (domain.created refuses)

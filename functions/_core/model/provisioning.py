@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from functions._core.model import adoption, keys, state
+from functions._core.model import acceptance, adoption, keys, state
+from functions._core.model.acceptance import Acceptance
 from functions._core.model.mailset import (
     customer_lines,
     delegated,
@@ -27,7 +28,7 @@ from functions._core.model.ports import DkimKey, GatewayTransport, MailDomain, P
 from functions._core.model.records import Key, RecordSet
 from functions._core.model.verify import external_missing, verify_zone
 from functions._core.platform.envelope import Envelope
-from functions._core.platform.errors import DnsRefused, EventInvalid
+from functions._core.platform.errors import DnsRefused, EventInvalid, NotPropagated
 from functions._core.platform.names import is_within
 
 MANAGED = "managed-by mailplane"
@@ -175,10 +176,14 @@ def apply_before_gate(plans: Plans, domain: str, ports: Ports) -> int | None:
         ports.gateway.update_transport(g.update_transport)
     if plans.policy is not None:
         ports.web.put(policy_key(domain), plans.policy, content_type="text/plain")
+    serial = None
     for plan in (plans.dns, plans.key_dns):
         if plan and plan.changes:
-            return ports.dns.apply(plan.zone, list(plan.changes))
-    return None
+            serial = ports.dns.apply(plan.zone, list(plan.changes))
+            break
+    if g.add_domain or g.add_transport or g.update_transport:
+        ports.gateway.settle()  # after the DNS update: PMG's 1-s postmap rule costs less waiting here
+    return serial
 
 
 def _claim_key(
@@ -198,12 +203,13 @@ def _claim_key(
 class Provisioned:
     """What provisioning did and found; ``stale_applied`` is set (and nothing done) for an outdated event."""
 
-    status: str  # provisioned | awaiting_dns | stale
+    status: str  # provisioned | awaiting_dns | degraded | stale
     changes: dict[str, list[str]]
     selector: str = ""
     servers: tuple[str, ...] = ()
     instructions: tuple[str, ...] | None = None  # zone-file lines for the customer (zone hosted elsewhere)
     stale_applied: str | None = None
+    accepted: tuple[Acceptance, ...] = ()  # the acceptance gate's checks (empty: not run)
 
 
 def provision(event: Envelope, ports: Ports) -> Provisioned:
@@ -212,7 +218,9 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     Raises:
         EventInvalid: the provider's zone, or a zone flagged hosted that our DNS does not serve.
         OwnershipConflict: a managed DNS name holds foreign data.
-        NotPropagated: an authoritative server does not serve the plan yet (retried by the broker).
+        NotPropagated: an authoritative server does not serve the plan yet, or the acceptance gate does not pass
+            yet within ``smtp_probe.max_wait_seconds`` (retried by the broker; afterwards the status is degraded).
+        ConfigError: no SMTP probe is configured.
     """
     domain = event.subject
     before, cur, pair = _key(event, ports)
@@ -230,24 +238,57 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     serial = apply_before_gate(plans, domain, ports)
     changes["dns"] = [*(plans.dns.summary() if plans.dns else []), *(plans.key_dns.summary() if plans.key_dns else [])]
     changes["store"] += ["+ mta-sts policy"] if plans.policy is not None else []
-    status, servers = _gate(
-        ports,
-        domain,
-        plans,
-        serial,
-        pair,
-        replay=not any(changes.values()) and serial is None and before.status == "provisioned",
-    )
-    if status == "provisioned" and plans.mail.dkim_import:
+    replayed = not any(changes.values()) and serial is None and before.status == "provisioned"
+    status, servers = _gate(ports, domain, plans, serial, pair, replay=replayed)
+    checks: list[Acceptance] = []
+    if status == "provisioned" and not replayed:
+        status, checks = _accept(event, ports, current)
+    if status in ("provisioned", "degraded") and plans.mail.dkim_import:
         ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
         changes["mailcow"].append(f"+ dkim {pair.selector}")
     new = replace(current, request={**event.data, TIME_KEY: event.time.isoformat()}, status=status)
-    new = new.with_key_status(pair.selector, "ACTIVE" if status == "provisioned" else "PUBLISHED")
+    new = replace(new, acceptance=_waiting(event, ports, current, checks) if status == "degraded" else {})
+    new = new.with_key_status(pair.selector, "ACTIVE" if status in ("provisioned", "degraded") else "PUBLISHED")
     if new.body() != current.body():
         state.save(ports.state, new, current)
         changes["store"].append(f"~ state {status}")
     lines = tuple(customer_lines(plans.want_dns)) if status == "awaiting_dns" or plans.dns is None else None
-    return Provisioned(status, changes, pair.selector, tuple(servers), lines)
+    return Provisioned(status, changes, pair.selector, tuple(servers), lines, accepted=tuple(checks))
+
+
+def _waiting(event: Envelope, ports: Ports, st: state.DomainState, checks: list[Acceptance]) -> dict[str, Any]:
+    """The acceptance record of ``st`` for this event: when the gate first failed for it, and what fails now."""
+    since = st.acceptance.get("since") if st.acceptance.get("event") == event.id else None
+    return {
+        "event": event.id,
+        "since": since or ports.clock().isoformat(timespec="seconds"),
+        "failed": [c.as_json() for c in checks if not c.ok],
+    }
+
+
+def _accept(event: Envelope, ports: Ports, st: state.DomainState) -> tuple[str, list[Acceptance]]:
+    """Run the acceptance gate: ``provisioned`` when every check passes; while checks fail, record when they first
+    failed (in the domain's state) and raise NotPropagated until ``smtp_probe.max_wait_seconds`` have passed since
+    then; after that ``degraded`` (the failing checks go into the event and the state).
+
+    Raises:
+        NotPropagated: a check fails and the wait is not over (retried by the broker).
+        ConfigError: no SMTP probe is configured.
+    """
+    checks = acceptance.gate(ports, event.subject, st)
+    failed = [c for c in checks if not c.ok]
+    if not failed:
+        return "provisioned", checks
+    record = _waiting(event, ports, st, checks)
+    waited = (ports.clock() - dt.datetime.fromisoformat(record["since"])).total_seconds()
+    limit = ports.settings.smtp_probe.max_wait_seconds
+    if waited >= limit:
+        log.warning("degraded: %s after %.0f s: %s", event.subject, waited, "; ".join(c.describe() for c in failed))
+        return "degraded", checks
+    if record != st.acceptance:
+        state.save(ports.state, replace(st, acceptance=record), st)
+    detail = "; ".join(c.describe() for c in failed[:6])
+    raise NotPropagated(f"{event.subject} not accepted yet (waited {waited:.0f} of {limit} s): {detail}")
 
 
 def _gate(

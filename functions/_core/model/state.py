@@ -51,11 +51,13 @@ class DomainState:
     domain: str
     request: dict[str, Any] = field(default_factory=dict)  # last applied domain.created data (no secrets)
     keys: tuple[KeyRecord, ...] = ()
-    status: str = "new"  # new | provisioned | awaiting_dns | suspended | deleted
+    status: str = "new"  # new | provisioned | awaiting_dns | degraded | suspended | deleted
     etag: str | None = None
     suspended_at: str | None = None  # ISO time domain.deleted suspended the domain
     delete_after: str | None = None  # ISO time its removal becomes due (suspended_at + grace days)
     history: tuple[dict[str, str], ...] = ()  # rotation transitions, newest last (bounded; see rotation.py)
+    # the acceptance gate while it waits or after it gave up: {"event", "since", "failed": [checks]}; {} = passed
+    acceptance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def current(self) -> KeyRecord | None:
@@ -78,6 +80,8 @@ class DomainState:
         data.update({k: v for k, v in (("suspended_at", self.suspended_at), ("delete_after", self.delete_after)) if v})
         if self.history:
             data["history"] = list(self.history)
+        if self.acceptance:
+            data["acceptance"] = self.acceptance
         return json.dumps(data, sort_keys=True, indent=1, default=dict).encode()
 
 
@@ -103,6 +107,7 @@ def load(store: ObjectStore, domain: str) -> DomainState:
         suspended_at=raw.get("suspended_at"),
         delete_after=raw.get("delete_after"),
         history=tuple(raw.get("history", ())),
+        acceptance=raw.get("acceptance", {}),
     )
 
 

@@ -21,6 +21,20 @@ from typing import Any, TypeVar
 from functions._core.platform.errors import ConfigError
 
 _SLOT = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")  # a DKIM delegation slot (a selector label)
+_SHA256 = re.compile(r"[0-9A-Fa-f]{2}(:?[0-9A-Fa-f]{2}){31}")  # AA:BB:... or 64 hex digits
+MAP_WRITES = ("retouch", "space", "off")
+
+
+def sha256_fingerprint(text: str) -> str:
+    """``text`` as ``AA:BB:...`` (upper case, colons), the form PMG's cluster.conf and openssl print.
+
+    Raises:
+        ConfigError: not a SHA-256 fingerprint (32 bytes in hex, with or without colons).
+    """
+    if not _SHA256.fullmatch(text) or (":" in text and len(text) != 95):
+        raise ConfigError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits, optionally AA:BB:... separated)")
+    digits = text.replace(":", "").upper()
+    return ":".join(digits[i : i + 2] for i in range(0, 64, 2))
 
 
 class Secret:
@@ -53,7 +67,14 @@ class MxHost:
     ipv4: str
     ipv6: str
     api_url: str = ""  # PMG API of this node, e.g. https://pmg1.faster.cz:8006
-    smtp: str = ""  # host:port the prober connects to; default <name>:25
+    smtp: str = ""  # host:port the prober and the SMTP acceptance gate connect to; default <name>:25
+    # SHA-256 fingerprint of this node's API certificate (``mailplane pmg fingerprint NODE`` prints it); when set,
+    # the PMG client pins it instead of verifying a CA chain (PMG's stock certificate is CN-only, no SAN)
+    api_fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.api_fingerprint:
+            object.__setattr__(self, "api_fingerprint", sha256_fingerprint(self.api_fingerprint))
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,29 @@ class PmgSettings:
     verify_tls: bool = True
     ca_file: str = ""
     timeout: float = 35.0  # above PMG's own 30 s proxy timeout to the master
+    # PMG rebuilds a postfix map only when its file is newer than the .db in whole seconds, so a second write to the
+    # same map within one second is not used by postfix. "retouch": after writing, make sure a write to that map
+    # starts >= 1 s later (rewrite an entry's comment if none did); "space": >= 1 s between writes to one map (this
+    # process only); "off": neither (shows the loss). Measured in BENCHMARKS.md.
+    map_writes: str = "retouch"
+
+    def __post_init__(self) -> None:
+        if self.map_writes not in MAP_WRITES:
+            raise ConfigError(f"setting pmg.map_writes must be one of {', '.join(MAP_WRITES)}, not {self.map_writes!r}")
+
+
+@dataclass(frozen=True)
+class SmtpProbeSettings:
+    """[smtp_probe]: the acceptance gate's SMTP probe of every PMG node (``RCPT TO:<postmaster@DOMAIN>``).
+
+    The probe must come from an address OUTSIDE PMG's trusted networks (permit_mynetworks accepts anything from
+    inside, which proves nothing); the gate checks this on every node with a control recipient under ``.invalid``.
+    """
+
+    source: str = ""  # local address to connect from ("" = the system's choice); locally 127.0.0.2
+    helo: str = "mailplane-probe.invalid"
+    timeout: float = 10.0
+    max_wait_seconds: int = 900  # from the first attempt; then the domain is reported degraded
 
 
 @dataclass(frozen=True)
@@ -252,6 +296,15 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     deletion: DeletionSettings = field(default_factory=DeletionSettings)
     nodes: NodeSettings = field(default_factory=NodeSettings)
+    smtp_probe: SmtpProbeSettings = field(default_factory=SmtpProbeSettings)
+
+    def __post_init__(self) -> None:
+        ladder = sum(self.broker.retry_delays)
+        if self.smtp_probe.max_wait_seconds >= ladder:
+            raise ConfigError(
+                f"setting smtp_probe.max_wait_seconds ({self.smtp_probe.max_wait_seconds}) must be below the retry "
+                f"ladder's total ({ladder} s of broker.retry_delays), or events are parked before they turn degraded"
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:

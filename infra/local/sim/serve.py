@@ -1,25 +1,35 @@
 """Run a simulator over HTTPS on 127.0.0.1 until SIGTERM (or SIGINT), then exit 0.
 
     python -m sim.serve mailcow --port 8443 --tls-dir DIR [--seed N]
-    python -m sim.serve pmg --ports 8006,8016,8026 --tls-dir DIR
+    python -m sim.serve pmg --ports 8006,8016,8026 --tls-dir DIR [--smtp 127.0.0.1:2525,...] [--sync-interval S]
+        [--auth-failure-delay S] [--network-write-delay S] [--cert cn-only|ca-signed]
+
+PMG: ``--cert cn-only`` (default) serves each node PMG's stock certificate (self-signed, CN=<node>, no SAN, in
+DIR/pmg-tls; pin it by fingerprint); ``ca-signed`` serves the shared CA-signed certificate (clients verify with
+DIR/ca.pem). ``--smtp`` serves each node's SMTP (postfix's answers from its effective maps) on host:port.
+
+Logging: one line on stderr before anything else (pid, arguments without secrets), a line per listener, the reason
+of any failure to start, every uncaught exception (any thread) and the signal that stopped it; faulthandler dumps
+the stacks of a fatal crash.
 
 Certificates: ``sim.common.ensure_certs(DIR)`` (clients verify with ``DIR/ca.pem``). Credentials come from the
 environment only, never argv: SIM_MAILCOW_API_KEY (required), SIM_MAILCOW_API_KEY_RO (optional); SIM_PMG_USER and
 SIM_PMG_PASSWORD (required). Port 0 picks a free port; the bound ports are printed as ``<system> <port>`` lines on
-stdout, then ``ready``.
+stdout (``pmg-smtp <port>`` for the SMTP listeners), then ``ready``.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from sim.common import ensure_certs
 
@@ -48,7 +58,26 @@ def _parser() -> argparse.ArgumentParser:
     pmg = systems.add_parser("pmg", help="the PMG cluster simulator (one port per node, first = master)")
     pmg.add_argument("--ports", type=_ports, required=True)
     pmg.add_argument("--tls-dir", type=Path, required=True)
+    pmg.add_argument("--smtp", type=_addresses, default=[], help="host:port per node for its SMTP service")
+    pmg.add_argument("--sync-interval", type=float, default=3.0, help="seconds between cluster syncs (real: 120)")
+    pmg.add_argument("--auth-failure-delay", type=float, default=3.0, help="seconds before a 401 (real: 3)")
+    pmg.add_argument("--network-write-delay", type=float, default=2.0, help="trusted-network write (real: ~2)")
+    pmg.add_argument("--cert", choices=("cn-only", "ca-signed"), default="cn-only")
     return parser
+
+
+def _addresses(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit():
+            raise argparse.ArgumentTypeError(f"not host:port: {item!r}")
+        out.append((host, int(port)))
+    return out
+
+
+def log(text: str) -> None:
+    print(f"sim.serve[{os.getpid()}]: {text}", file=sys.stderr, flush=True)
 
 
 def _env(env: Mapping[str, str], name: str) -> str:
@@ -58,8 +87,8 @@ def _env(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def start(args: argparse.Namespace, env: Mapping[str, str]) -> list[ThreadingHTTPServer]:
-    """Start the servers asked for by ``args``.
+def start(args: argparse.Namespace, env: Mapping[str, str]) -> list[Any]:
+    """Start the servers asked for by ``args`` (HTTP(S) servers, then SMTP servers).
 
     Raises:
         UsageError: a required environment variable is missing.
@@ -75,18 +104,50 @@ def start(args: argparse.Namespace, env: Mapping[str, str]) -> list[ThreadingHTT
             rw_key=_env(env, "SIM_MAILCOW_API_KEY"), ro_key=env.get("SIM_MAILCOW_API_KEY_RO", ""), seed=args.seed
         )
         return [serve_mailcow(model, args.port, (cert, key))]
+    return _start_pmg(args, env, (cert, key))
+
+
+def _start_pmg(args: argparse.Namespace, env: Mapping[str, str], shared: tuple[Path, Path]) -> list[Any]:
     from sim.pmg.app import serve_cluster
+    from sim.pmg.model import PmgModel
+    from sim.pmg.smtp import serve_smtp
+    from sim.pmg.tls import fingerprint, node_certs
 
     user, password = _env(env, "SIM_PMG_USER"), _env(env, "SIM_PMG_PASSWORD")
-    return serve_cluster(args.ports, (cert, key), user, password)
+    if args.smtp and len(args.smtp) != len(args.ports):
+        raise UsageError(f"{len(args.smtp)} SMTP addresses for {len(args.ports)} PMG nodes")
+    names = [f"pmg{i}" for i in range(1, len(args.ports) + 1)]
+    model = PmgModel(
+        nodes=[(name, "127.0.0.1") for name in names],
+        user=user,
+        password=password,
+        sync_interval=args.sync_interval,
+        auth_failure_delay=args.auth_failure_delay,
+        network_write_delay=args.network_write_delay,
+    )
+    tls: Any = shared
+    if args.cert == "cn-only":
+        tls = node_certs(args.tls_dir / "pmg-tls", names)
+        for name, (cert, _) in tls.items():
+            log(f"{name}: certificate CN={name}, no subjectAltName, sha256 {fingerprint(cert)}")
+    servers: list[Any] = serve_cluster(args.ports, tls, user, password, model=model)
+    for name, (host, port) in zip(names, args.smtp, strict=False):
+        servers.append(serve_smtp(model, name, host, port))
+        log(f"{name}: smtp on {host}:{port}")
+    return servers
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Parse, start, announce the ports, wait for SIGTERM/SIGINT, stop. Returns the exit status."""
+    log(f"starting: {' '.join(sys.argv[1:] if argv is None else argv)}")
+    faulthandler.enable()
+    threading.excepthook = _thread_crash
     args = _parser().parse_args(argv)
     stop = threading.Event()
+    stopped_by: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopped_by.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -94,17 +155,25 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         servers = start(args, os.environ if env is None else env)
     except (UsageError, OSError, ValueError) as exc:
-        print(f"sim.serve: {exc}", file=sys.stderr)
+        log(f"cannot start: {exc}")
         return 2
-    for server in servers:
-        print(f"{args.system} {server.server_address[1]}")
+    for server in servers:  # "<system> <port>" per HTTP(S) server, then "pmg-smtp <port>" per SMTP listener
+        kind = f"{args.system}-smtp" if hasattr(server, "node") else args.system
+        print(f"{kind} {server.server_address[1]}")
     print("ready", flush=True)
+    log(f"ready: {args.system} on {', '.join(str(s.server_address[1]) for s in servers)}")
     while not stop.wait(0.5):
         pass
+    log(f"stopping on signal {stopped_by[0] if stopped_by else '?'}")
     for server in servers:
         server.shutdown()
         server.server_close()
     return 0
+
+
+def _thread_crash(args: threading.ExceptHookArgs) -> None:
+    name = args.thread.name if args.thread is not None else "?"
+    log(f"uncaught {args.exc_type.__name__} in thread {name}: {args.exc_value}")
 
 
 if __name__ == "__main__":

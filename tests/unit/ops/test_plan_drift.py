@@ -25,9 +25,10 @@ from functions.runtime import main
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow
-from tests.fakes.pmg import fake_pmg
+from tests.fakes.pmg import fake_gateway
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
+from tests.fakes.smtp import FakeSmtp
 from tests.fakes.store import MemoryStore
 
 NOW = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
@@ -39,12 +40,15 @@ class World:
     fake_dns: FakeDns
     recorders: dict[str, Recorder]
     state: MemoryStore
+    smtp: FakeSmtp
     now: dt.datetime = NOW
 
     @property
     def ports(self) -> Ports:
         r = self.recorders
-        return Ports(r["mail"], r["gateway"], r["dns"], r["state"], r["web"], make_settings(), clock=lambda: self.now)
+        return Ports(
+            r["mail"], r["gateway"], r["dns"], r["state"], r["web"], make_settings(), lambda: self.now, smtp=self.smtp
+        )
 
     def writes(self) -> list[str]:
         return [w for r in self.recorders.values() for w in r.writes]
@@ -60,8 +64,9 @@ def world() -> World:
         fake_dns.add_zone(d)
     store = MemoryStore()
     names = ("mail", "gateway", "dns", "state", "web")
-    targets = (fake_mailcow()[0], fake_pmg()[0], fake_dns, store, MemoryStore())
-    return World(fake_dns, {n: Recorder(t) for n, t in zip(names, targets, strict=True)}, store)
+    gw = fake_gateway(make_settings())
+    targets = (fake_mailcow()[0], gw.client, fake_dns, store, MemoryStore())
+    return World(fake_dns, {n: Recorder(t) for n, t in zip(names, targets, strict=True)}, store, gw.smtp)
 
 
 def created(domain: str = "alpha.test") -> bytes:
@@ -246,3 +251,22 @@ def test_plan_command(cli: typer.Typer, world: World, tmp_path: Path) -> None:
     world.fake_dns.set_rrset("alpha.test", RecordSet.of("autoconfig.alpha.test", "CNAME", 300, ["x.example."]))
     refused = runner.invoke(cli, ["plan", str(event)])
     assert refused.exit_code == 1 and "OwnershipConflict" in refused.output
+
+
+def test_status_shows_the_smtp_acceptance_per_node(world: World) -> None:
+    domain_created.handle(parse(created(), publisher="billing"), world.ports)
+    overall, checks = domain_status("alpha.test", world.ports)
+    smtp = [c for c in checks if c.item == "RCPT TO:<postmaster@alpha.test>"]
+    assert [c.where for c in smtp] == [
+        f"pmg{i}.faster.test smtp 127.0.0.1:252{4 + i} from 127.0.0.2" for i in (1, 2, 3)
+    ]
+    assert overall == "provisioned" and all(c.ok and c.have.startswith("450 4.7.1") for c in smtp)
+    model = world.smtp.model
+    model.configure(node_sync_interval_s={"pmg3": 3600})
+    model.advance(2)  # a later second: the delete below is postmapped on the master
+    world.ports.gateway.delete_relay_domain("alpha.test")  # behind mailplane's back; pmg3 keeps relaying it
+    model.advance(1)  # pmg2 syncs
+    overall, checks = domain_status("alpha.test", world.ports)
+    bad = {c.where.split()[0]: c.have for c in checks if c.item.startswith("RCPT") and not c.ok}
+    assert overall == "drift" and set(bad) == {"pmg1.faster.test", "pmg2.faster.test"}
+    assert all(have.startswith("554 5.7.1") for have in bad.values())

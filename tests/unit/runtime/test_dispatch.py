@@ -13,7 +13,7 @@ from functions.runtime import dispatch
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow
-from tests.fakes.pmg import fake_pmg
+from tests.fakes.pmg import fake_gateway
 from tests.fakes.settings import make_settings
 from tests.fakes.store import MemoryStore
 
@@ -22,7 +22,8 @@ from tests.fakes.store import MemoryStore
 def ports() -> Ports:
     dns = FakeDns()
     dns.add_zone("alpha.test")
-    return Ports(fake_mailcow()[0], fake_pmg()[0], dns, MemoryStore(), MemoryStore(), make_settings())
+    gw = fake_gateway(make_settings())
+    return Ports(fake_mailcow()[0], gw.client, dns, MemoryStore(), MemoryStore(), make_settings(), smtp=gw.smtp)
 
 
 def _body(name: str = "domain.created", **changes: object) -> bytes:

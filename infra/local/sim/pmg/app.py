@@ -7,7 +7,7 @@ A node that is down raises ``ConnectionRefusedError``: the server drops the conn
 their connection error.
 
 Control plane, no auth, loopback clients only:
-  GET  /_sim/state     nodes, views, sync times, each node's parsed config
+  GET  /_sim/state     nodes, views, sync times, each node's parsed config and what its postfix uses ("effective")
   GET  /_sim/requests  [{seq, method, path, node, write, status[, params]}] (params only for /config paths)
   POST /_sim/reset     back to the initial state
   POST /_sim/faults    JSON, see PmgModel.configure (latency_ms, error_rate, fail_next, master_down, down, promote, ...)
@@ -19,7 +19,7 @@ import json
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,7 @@ def _json(status: int, payload: Any) -> Response:
 
 def serve_cluster(
     ports: list[int],
-    tls: tuple[Path, Path],
+    tls: tuple[Path, Path] | Mapping[str, tuple[Path, Path]],
     user: str,
     password: str,
     *,
@@ -134,6 +134,8 @@ def serve_cluster(
     host: str = "127.0.0.1",
 ) -> list[ThreadingHTTPServer]:
     """Start one HTTPS front-end per node (pmg1, pmg2, pmg3 ... in port order; the first is master), one model.
+
+    ``tls``: one (cert, key) for every node, or ``{node: (cert, key)}`` (PMG's CN-only certificates, sim/pmg/tls.py).
 
     ``user``/``password`` become an admin account (``root@pam`` becomes root). Port 0 picks a free port; read it
     from ``server.server_address``. Pass ``model`` to keep a handle on it (tests), or use the /_sim endpoints.
@@ -151,7 +153,8 @@ def serve_cluster(
         raise ValueError(f"{len(ports)} ports for {len(model.node_names)} PMG nodes")
     servers = []
     for name, port in zip(model.node_names, ports, strict=True):
-        server = serve(PmgNodeApp(model, name), port, host=host, tls=tls)
+        pair = tls if isinstance(tls, tuple) else tls[name]
+        server = serve(PmgNodeApp(model, name), port, host=host, tls=pair)
         server.handle_error = _quiet_when_down(server.handle_error)  # type: ignore[method-assign,assignment]
         servers.append(server)
     return servers

@@ -10,7 +10,12 @@ master). A front-end hands every API request to ``call(ApiCall)`` and renders th
   additionalProperties, duplicate URI parameters);
 - every ``/config`` call is proxied to the master named by the receiving node's cluster.conf: 595 + empty body (or a
   30 s hang) when it is down, "proxy loop detected" / "is not the master node" when views disagree;
-- non-masters copy the master's files every ``sync_interval`` seconds (pmgmirror, 120 s): their applied config lags;
+- non-masters copy the master's files every ``sync_interval`` seconds (pmgmirror, 120 s; per node with
+  ``node_sync_interval_s``): their applied config lags;
+- every node has a data plane (postfix.py): the maps its postfix USES, rebuilt by postmap only when the file is newer
+  than the .db in whole seconds, so two writes to one map within a second leave the second ineffective on the master
+  (until a later write in a later second); ``rcpt`` answers RCPT TO from them (the SMTP front-end, smtp.py);
+- a trusted-network add/delete holds the config lock ~2 s (``network_write_delay``); a 401 waits 3 s;
 - writes are wrapped as "<action> failed: <err>" (500), reads are not; lists are ASCII-sorted; keys are not normalised;
   transports read back ``use_mx`` from the brackets and ``port`` as a string.
 
@@ -22,6 +27,7 @@ Admin hooks (PMG has no API for them): ``promote``, ``set_down``, ``set_view``, 
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import ipaddress
@@ -35,11 +41,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sim.pmg.postfix import MAPS, NodePostfix, SmtpPolicy
+
 TICKET_LIFETIME = 7200  # s, PMG::Ticket
 CLOCK_DRIFT = 300  # s a ticket may be from the future
 INSYNC_MAX_AGE = 180  # s since a node's last sync before insync turns 0
 LOCK_FILE = "/var/lock/pmgconfig.lck"
-FILES = ("domains", "transport", "mynetworks")
+LOG_MAX = 50_000  # request log entries kept (/_sim/requests shows the newest)
+FILES = MAPS  # ("domains", "transport", "mynetworks")
 DEFAULT_NODES = (("pmg1", "192.0.2.11"), ("pmg2", "192.0.2.12"), ("pmg3", "192.0.2.13"))
 
 _LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]*[a-zA-Z0-9])?"
@@ -403,24 +412,21 @@ def render_transport(entries: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def parse_mynetworks(text: str) -> dict[str, str]:
-    """``/etc/pmg/mynetworks``: ``cidr #comment``; IPv6 as ``[addr]/len`` (postfix syntax)."""
+    """``/etc/pmg/mynetworks``: one ``cidr #comment`` line per network, IPv6 too (PMG::Config read_pmg_mynetworks).
+
+    ``#`` starts the comment, which may be empty (``cidr #``) and may itself contain ``#``.
+    """
     out: dict[str, str] = {}
     for line in text.split("\n"):
-        m = re.match(r"^\s*(\[[0-9a-fA-F:.]+\]/\d+|[0-9.]+/\d+)\s*(?:#(.*))?$", line)
+        m = re.match(r"^\s*([0-9A-Fa-f:.]+/\d+)\s*(?:#(.*))?$", line)
         if m:
-            cidr = m.group(1).replace("[", "").replace("]", "")
-            out[cidr] = (m.group(2) or "").rstrip()
+            out[m.group(1)] = (m.group(2) or "").strip()
     return out
 
 
 def render_mynetworks(entries: Mapping[str, str]) -> str:
-    lines = []
-    for cidr in sorted(entries):
-        addr, _, plen = cidr.partition("/")
-        key = f"[{addr}]/{plen}" if ":" in addr else cidr
-        comment = entries[cidr]
-        lines.append(f"{key} #{comment}\n" if comment.strip() else f"{key}\n")
-    return "".join(lines)
+    """PMG writes ``$cidr #$comment`` for every network, with the ``#`` even when the comment is empty."""
+    return "".join(f"{cidr} #{entries[cidr]}\n" for cidr in sorted(entries))
 
 
 # ---------------------------------------------------------------- cluster state
@@ -436,6 +442,8 @@ class Node:
     up: bool = True
     last_sync: float = 0.0
     booted: float = 0.0
+    postfix: NodePostfix = field(default_factory=NodePostfix)  # what this node's postfix uses (postfix.py)
+    sync_interval: float | None = None  # this node's pmgmirror interval; None = the cluster's
 
 
 @dataclass
@@ -484,19 +492,24 @@ class PmgModel:
         password: str = "sim-pmg-password",
         role: str = "admin",
         sync_interval: float = 120.0,
-        auth_failure_delay: float = 0.0,
+        auth_failure_delay: float = 3.0,
+        network_write_delay: float = 2.0,
         proxy_timeout: float = 30.0,
         lock_timeout: float = 10.0,
         body_style: str = "new",
         master_down_mode: str = "refused",
         seed: int = 0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock``: the cluster's wall clock (default ``time.time``); file mtimes come from it."""
+        self._clock = time.time if clock is None else clock
         self._lock = threading.RLock()
         self._node_spec = tuple(nodes)
         self.credentials = (user, password)
         self._defaults: dict[str, Any] = {
             "sync_interval": sync_interval,
             "auth_failure_delay": auth_failure_delay,
+            "network_write_delay": network_write_delay,
             "proxy_timeout": proxy_timeout,
             "lock_timeout": lock_timeout,
             "body_style": body_style,
@@ -521,12 +534,21 @@ class PmgModel:
                 name: Node(cid, name, ip, first, last_sync=now, booted=now - 3600)
                 for cid, (name, ip) in enumerate(self._node_spec, start=1)
             }
+            for node in self.nodes.values():
+                node.postfix.own_networks = (f"{node.ip}/32",)
             self.master = first
             self.faults = Faults()
-            self.log: list[dict[str, Any]] = []
+            # bounded: a long benchmark must not grow the simulator until the OOM killer ends it without a log line
+            self.log: collections.deque[dict[str, Any]] = collections.deque(maxlen=LOG_MAX)
+            self._seq = 0
+            self._writes = 0
             self._rng = random.Random(self._seed)
             self.sync_interval = float(self._defaults["sync_interval"])
             self.auth_failure_delay = float(self._defaults["auth_failure_delay"])
+            self.network_write_delay = float(self._defaults["network_write_delay"])
+            self.smtp_policy = SmtpPolicy()
+            self._lock_free_at = 0.0  # /var/lock/pmgconfig.lck is held by a write until then
+            self._pending_delay = 0.0  # the time the current write waited for and held the config lock
             self.proxy_timeout = float(self._defaults["proxy_timeout"])
             self.lock_timeout = float(self._defaults["lock_timeout"])
             self.body_style = str(self._defaults["body_style"])
@@ -542,7 +564,7 @@ class PmgModel:
             self.users[user] = User(password, "root" if user == "root@pam" else role)
 
     def now(self) -> float:
-        return time.time() + self._offset
+        return self._clock() + self._offset
 
     def advance(self, seconds: float) -> None:
         """Move the cluster's clock forward (ticket expiry, sync lag) without waiting."""
@@ -581,7 +603,9 @@ class PmgModel:
     def configure(self, **settings: Any) -> None:
         """Faults and knobs, as posted to ``/_sim/faults``.
 
-        Keys: latency_ms, error_rate, fail_next [{path_prefix, status, count, message, after}], config_locked,
+        Keys: latency_ms, error_rate, network_write_delay_s (a trusted-network add/delete holds the config lock
+        this long), node_sync_interval_s ({node: seconds or null}: one node's own sync interval), smtp_greylist,
+        smtp_verify_recipients, fail_next [{path_prefix, status, count, message, after}], config_locked,
         master_down (bool), down [node names], promote (node), advance_s, sync_now, sync_interval_s,
         auth_failure_delay_s, proxy_timeout_s, lock_timeout_s, body_style ("new"|"old"),
         master_down_mode ("refused"|"hang").
@@ -597,6 +621,7 @@ class PmgModel:
         knobs = {
             "sync_interval_s": "sync_interval",
             "auth_failure_delay_s": "auth_failure_delay",
+            "network_write_delay_s": "network_write_delay",
             "proxy_timeout_s": "proxy_timeout",
             "lock_timeout_s": "lock_timeout",
         }
@@ -623,6 +648,10 @@ class PmgModel:
                 self.sync_now()
         elif key in knobs:
             setattr(self, knobs[key], float(value))
+        elif key == "node_sync_interval_s":
+            self._node_intervals(value)
+        elif key in ("smtp_greylist", "smtp_verify_recipients"):
+            self.smtp_policy = replace(self.smtp_policy, **{key.removeprefix("smtp_"): bool(value)})
         elif key == "body_style" and value in ("new", "old"):
             self.body_style = value
         elif key == "master_down_mode" and value in ("refused", "hang"):
@@ -637,6 +666,7 @@ class PmgModel:
             return {
                 "master": self.master,
                 "time": self.now(),
+                "writes": self._writes,
                 "body_style": self.body_style,
                 "sync_interval": self.sync_interval,
                 "nodes": [
@@ -647,7 +677,9 @@ class PmgModel:
                         "up": n.up,
                         "view": n.view,
                         "last_sync": n.last_sync,
+                        "sync_interval": self.sync_interval if n.sync_interval is None else n.sync_interval,
                         "config": self.config(n.name),
+                        "effective": self.effective(n.name),
                     }
                     for n in self.nodes.values()
                 ],
@@ -671,22 +703,73 @@ class PmgModel:
     def writes(self) -> int:
         """Config writes (non-GET ``/config`` requests) received so far, on any node."""
         with self._lock:
-            return sum(1 for entry in self.log if entry["write"])
+            return self._writes
 
     # ------------------------------------------------------------ sync (pmgmirror)
+
+    def _node_intervals(self, value: Any) -> None:
+        if not isinstance(value, dict) or any(name not in self.nodes for name in value):
+            raise ValueError(f"node_sync_interval_s must map node names to seconds or null: {value!r}")
+        for name, seconds in value.items():
+            self.nodes[name].sync_interval = None if seconds is None else float(seconds)
 
     def _tick(self) -> None:
         now = self.now()
         for node in self.nodes.values():
-            if node.up and node.view != node.name and now - node.last_sync >= self.sync_interval:
+            interval = self.sync_interval if node.sync_interval is None else node.sync_interval
+            if node.up and node.view != node.name and now - node.last_sync >= interval:
                 source = self.nodes.get(node.view)
                 if source is not None and source.up:
                     node.view = source.view
                     self._copy(source, node)
 
     def _copy(self, source: Node, target: Node) -> None:
-        target.files = dict(source.files)
-        target.last_sync = self.now()
+        """pmgmirror: rsync the master's files, then rewrite_config (postmap under the whole-second rule, reload).
+
+        rsync runs with ``-lpgoq`` (no ``-t``), so the copies never keep the master's mtimes and every sync writes
+        every file anew (mtime now): a node rebuilds its maps at each sync that falls in a later second than its
+        last rebuild.
+        """
+        now = self.now()
+        for name in FILES:
+            target.files[name] = source.files[name]
+            target.postfix.write(name, source.files[name], now)
+        target.postfix.rewrite(now)
+        target.last_sync = now
+
+    def _store(self, node: Node, name: str, text: str) -> None:
+        """A config write on ``node``: the file, then PMG's postmap (relay domains, transport) or reload."""
+        now = self.now()
+        node.files[name] = text
+        node.postfix.write(name, text, now)
+        node.postfix.rewrite(now, (name,))
+
+    # ------------------------------------------------------------ the data plane (SMTP front-end)
+
+    def rcpt(self, node: str, client: str, address: str) -> tuple[int, str]:
+        """What ``node``'s postfix answers to ``RCPT TO:<address>`` from ``client`` (postfix.py).
+
+        Raises:
+            ConnectionRefusedError: the node is down.
+        """
+        with self._lock:
+            self._tick()
+            if not self.nodes[node].up:
+                raise ConnectionRefusedError(f"{node} is down (simulated)")
+            return self.nodes[node].postfix.rcpt(client, address, self.smtp_policy)
+
+    def effective(self, node: str) -> dict[str, Any]:
+        """What ``node``'s postfix uses: relay domains, transport keys, trusted networks, and the stale maps."""
+        with self._lock:
+            self._tick()
+            pf = self.nodes[node].postfix
+            return {
+                "domains": sorted(parse_domains(pf.effective("domains"))),
+                "transport": sorted(parse_transport(pf.effective("transport"))),
+                "mynetworks": sorted(parse_mynetworks(pf.effective("mynetworks"))),
+                "stale": pf.stale(),
+                "postmaps": {name: m.postmaps for name, m in pf.maps.items() if m.postmaps},
+            }
 
     # ------------------------------------------------------------ the API
 
@@ -699,7 +782,9 @@ class PmgModel:
         with self._lock:
             self._tick()
             write = call.method != "GET" and call.path.startswith("/config/")
-            entry: dict[str, Any] = {"seq": len(self.log) + 1, "method": call.method, "path": call.path}
+            self._seq += 1
+            self._writes += write
+            entry: dict[str, Any] = {"seq": self._seq, "method": call.method, "path": call.path}
             entry.update(node=call.node, write=write, status=0)
             if call.path.startswith("/config/"):
                 entry["params"] = {k: v if isinstance(v, str | int | bool) else str(v) for k, v in call.params.items()}
@@ -748,8 +833,9 @@ class PmgModel:
             raise ApiError(400, "Parameter verification failed.\n", dup)
         params.update(path_params)
         checked = check_params(route.props, params)
+        self._pending_delay = 0.0
         data = getattr(self, f"_h_{route.handler}")(target, origin, checked)
-        return ApiResult(200, data)
+        return ApiResult(200, data, delay=self._pending_delay)
 
     # ------------------------------------------------------------ auth
 
@@ -925,8 +1011,11 @@ class PmgModel:
 
     # ------------------------------------------------------------ config writes (lock_config)
 
-    def _locked(self, action: str, change: Callable[[], None]) -> None:
-        if self.faults.config_locked:
+    def _locked(self, action: str, change: Callable[[], None], *, hold: float = 0.0) -> None:
+        """lock_config: wait for the config lock (10 s timeout), change, hold the lock ``hold`` s (the rewrite and
+        postfix reload of a trusted-network write). The waiting and holding travel in the answer's delay."""
+        wait = max(0.0, self._lock_free_at - self.now())
+        if self.faults.config_locked or wait > self.lock_timeout:
             raise ApiError(
                 500, f"{action} failed: can't lock file '{LOCK_FILE}' - got timeout\n", delay=self.lock_timeout
             )
@@ -934,6 +1023,9 @@ class PmgModel:
             change()
         except ApiError as exc:
             raise _die(f"{action} failed: {exc.result.message.rstrip(chr(10))}") from None
+        if wait or hold:
+            self._lock_free_at = self.now() + wait + hold
+        self._pending_delay = wait + hold
 
     # ------------------------------------------------------------ /config/domains
 
@@ -971,7 +1063,7 @@ class PmgModel:
                 del doms[domain]
             else:
                 doms[domain] = comment
-            node.files["domains"] = render_domains(doms)
+            self._store(node, "domains", render_domains(doms))
 
         self._locked(action, change)
 
@@ -1006,7 +1098,7 @@ class PmgModel:
                 "use_mx": p.get("use_mx", 1),
                 "comment": p.get("comment", ""),
             }
-            target.files["transport"] = render_transport(tmap)
+            self._store(target, "transport", render_transport(tmap))
 
         self._locked("add transport map entry", change)
 
@@ -1026,7 +1118,7 @@ class PmgModel:
             for key in ("comment", "use_mx"):
                 if key in p:
                     entry[key] = p[key]
-            target.files["transport"] = render_transport(tmap)
+            self._store(target, "transport", render_transport(tmap))
 
         self._locked("update transport map entry", change)
 
@@ -1036,7 +1128,7 @@ class PmgModel:
             if p["domain"] not in tmap:
                 raise _die(f"Transport map entry '{p['domain']}' does not exist")
             del tmap[p["domain"]]
-            target.files["transport"] = render_transport(tmap)
+            self._store(target, "transport", render_transport(tmap))
 
         self._locked("delete transport map entry", change)
 
@@ -1076,9 +1168,9 @@ class PmgModel:
                 del nets[cidr]
             else:
                 nets[cidr] = comment
-            node.files["mynetworks"] = render_mynetworks(nets)
+            self._store(node, "mynetworks", render_mynetworks(nets))
 
-        self._locked(action, change)
+        self._locked(action, change, hold=self.network_write_delay)
 
 
 def _with_comment(row: dict[str, Any], comment: str) -> dict[str, Any]:

@@ -1,0 +1,102 @@
+"""The acceptance gate: does the mail platform accept mail for a domain, as a sender sees it?
+
+Besides the DNS gate (verify.py), a domain counts as provisioned only when every PMG node's SMTP service accepts
+``RCPT TO:<postmaster@DOMAIN>`` (the relay domain is effective in that node's postfix, after the cluster sync and
+PMG's postmap) and Mailcow has the domain active and webmail-ready. Answers are read as a sender reads them:
+
+- ``554 5.7.1 ... Relay access denied``: the relay domain is not effective on that node;
+- ``250``/``251``, a greylisting ``450`` (PMG greylists by default) or a recipient-verification ``550 5.1.1 ...
+  user unknown``: the domain is relayed there;
+- anything else (no session, other 4xx/5xx): not proven.
+
+A probe from inside PMG's trusted networks proves nothing (permit_mynetworks accepts any recipient), so each
+session also asks for ``postmaster@`` a name under ``.invalid``: a node that accepts that one trusts the probe's
+source address, and its answer is not counted. Every check names the node, the address probed and the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from functions._core.model.ports import Ports, SmtpAnswer
+from functions._core.model.state import DomainState
+from functions._core.platform.errors import ConfigError
+
+CONTROL = "postmaster@relay-check.mailplane.invalid"  # no PMG relays .invalid: accepting it means "trusted source"
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """One check of the gate: a PMG node's SMTP answer, or Mailcow's domain state."""
+
+    node: str  # mx host name, or "mailcow"
+    check: str  # "smtp rcpt" | "mailcow domain active" | "mailcow webmail ready"
+    ok: bool
+    answer: str  # what was observed, e.g. "450 4.7.1 <postmaster@a.test>: ..." or "inactive"
+    source: str = ""  # local address the SMTP probe came from
+    target: str = ""  # host:port probed
+
+    def describe(self) -> str:
+        where = f" {self.target} from {self.source}" if self.target else ""
+        return f"{self.node}: {self.check}{where}: {self.answer}"
+
+    def as_json(self) -> dict[str, str | bool]:
+        return {k: v for k, v in self.__dict__.items() if v != ""}
+
+
+def relayed(code: int, text: str) -> bool:
+    """Whether a RCPT reply shows the domain is relayed (see the module docstring)."""
+    if code in (250, 251):
+        return True
+    if code == 450:
+        return True  # greylisting (or another deferral after the relay check passed)
+    return code == 550 and (text.startswith("5.1.1") or "user unknown" in text.lower())
+
+
+def read_answer(node: str, domain: str, answer: SmtpAnswer) -> Acceptance:
+    """The verdict on one node's session (``answer`` holds the replies to the domain's and the control RCPT)."""
+    base = {"node": node, "check": "smtp rcpt", "source": answer.source, "target": answer.target}
+    if answer.error or len(answer.replies) < 2:
+        return Acceptance(ok=False, answer=f"no SMTP answer ({answer.error or 'session ended early'})", **base)
+    (code, text), (control_code, _) = answer.replies[0], answer.replies[1]
+    reply = f"{code} {text}"
+    if control_code in (250, 251):
+        why = f"{reply}; but {CONTROL} got {control_code}: the source {answer.source} is trusted (permit_mynetworks)"
+        return Acceptance(ok=False, answer=why + ", which proves nothing", **base)
+    return Acceptance(ok=relayed(code, text), answer=reply, **base)
+
+
+def smtp_checks(ports: Ports, domain: str) -> list[Acceptance]:
+    """RCPT TO:<postmaster@domain> on every PMG node (``MxHost.smtp``, default ``<name>:25``).
+
+    Raises:
+        ConfigError: no SMTP probe is configured.
+    """
+    if ports.smtp is None:
+        raise ConfigError("no SMTP probe configured: the acceptance gate cannot ask the PMG nodes")
+    out = []
+    for host in ports.settings.provider.mx_hosts:
+        answer = ports.smtp.rcpt(host.smtp or f"{host.name}:25", (f"postmaster@{domain}", CONTROL))
+        out.append(read_answer(host.name, domain, answer))
+    return out
+
+
+def webmail_ready(ports: Ports, domain: str, state: DomainState) -> bool:
+    """Whether Mailcow's webmail (SOGo) serves ``domain``. The Mailcow side of the gate (SOGo's start-time domain
+    list, the debounced restart recorded in the domain's state) fills this in; until then it is always True."""
+    return True
+
+
+def mailcow_checks(ports: Ports, domain: str, state: DomainState) -> list[Acceptance]:
+    """Mailcow has the domain, active, and webmail-ready."""
+    have = ports.mail.get_domain(domain)
+    active = have is not None and have.active
+    out = [Acceptance("mailcow", "mailcow domain active", active, "active" if active else "absent or inactive")]
+    ready = webmail_ready(ports, domain, state)
+    out.append(Acceptance("mailcow", "mailcow webmail ready", ready, "ready" if ready else "not yet"))
+    return out
+
+
+def gate(ports: Ports, domain: str, state: DomainState) -> list[Acceptance]:
+    """Every check of the acceptance gate, passing or not (``state``: the domain's state as this attempt read it)."""
+    return [*smtp_checks(ports, domain), *mailcow_checks(ports, domain, state)]
