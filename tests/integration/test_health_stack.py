@@ -3,6 +3,7 @@ by the product, appear in the metrics the command prints (RabbitMQ, BIND, LocalS
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -12,12 +13,14 @@ from dataclasses import replace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from functions._core.model import nodes, state
+from functions import domain_created
+from functions._core.model import nodes
 from functions._core.model.ports import Ports
 from functions._core.platform.config import Settings
+from functions._core.platform.envelope import parse
 from functions.runtime.main import build_ports
 from tests.integration import stack
-from tests.integration.test_nodes_stack import SMTP, SmtpListener, node_event, restore_all
+from tests.integration.test_nodes_stack import SMTP, node_event, restore_all
 from tests.stackenv import REPO
 
 pytestmark = pytest.mark.stack
@@ -56,22 +59,25 @@ def health(env: dict[str, str]) -> Samples:
     }
 
 
-def set_status(ports: Ports, domain: str, have: str, want: str) -> None:
-    """``degraded`` is what issue 20's acceptance gate writes when its bounded wait expires: the status in the
-    domain's state object, by the same conditional save (that gate is not in this tree yet)."""
-    before = state.load(ports.state, domain)
-    assert before.status == have
-    state.save(ports.state, replace(before, status=want), before)
+def degrade(env: dict[str, str], settings: Settings, domain: str) -> None:
+    """A domain the acceptance gate reports ``degraded``: pmg2 never syncs the new relay domain, so its SMTP
+    service keeps answering 554 and the gate gives up after its bounded wait (0 s here, so as not to wait)."""
+    stack.zone_add(domain)
+    stack.pmg_control(env, "POST", "faults", {"node_sync_interval_s": {"pmg2": 3600}})
+    try:
+        quick = replace(settings, smtp_probe=replace(settings.smtp_probe, max_wait_seconds=0))
+        event = parse(json.dumps(stack.created_event(domain)).encode(), publisher="billing")
+        assert domain_created.handle(event, build_ports(quick)).status == "degraded"
+    finally:
+        reset = {"node_sync_interval_s": {"pmg1": None, "pmg2": None, "pmg3": None}, "sync_now": True}
+        stack.pmg_control(env, "POST", "faults", reset)
 
 
 def test_parked_event_withdrawn_node_and_degraded_domain_appear_in_the_metrics(
     stack_env: dict[str, str], settings: Settings, ports: Ports
 ) -> None:
-    listeners = [SmtpListener(name, port) for name, port in SMTP.items()]  # banner only, no STARTTLS
-    for listener in listeners:
-        listener.start()
     before = health(stack_env)
-    good, refused = stack.unique_domain("hg"), stack.unique_domain("hp")
+    good, refused, bad = stack.unique_domain("hg"), stack.unique_domain("hp"), stack.unique_domain("hd")
     stack.zone_add(good)  # ``refused`` has no zone here: a zone we do not serve is parked, nothing changes
     try:
         stack.publish(stack_env, settings, stack.created_event(good))
@@ -79,12 +85,9 @@ def test_parked_event_withdrawn_node_and_degraded_domain_appear_in_the_metrics(
         stack.publish(stack_env, settings, node_event("node.down", "pmg3", int(time.time() * 1000)), "monitoring")
         stack.run_worker(settings)
         assert not nodes.load(ports.state, "pmg3.faster.test").in_rotation
-        set_status(ports, good, "provisioned", "degraded")
+        degrade(stack_env, settings, bad)
         after = health(stack_env)
-        set_status(ports, good, "degraded", "provisioned")  # leave no degraded domain to other tests
     finally:
-        for listener in listeners:
-            listener.stop()
         parked = stack.take(stack_env, settings, "q.parked", refused)
         restore_all(ports)
     assert len(parked) == 1 and "zone" in parked[0][0]["x-mailplane-reason"].lower()
@@ -97,8 +100,8 @@ def test_parked_event_withdrawn_node_and_degraded_domain_appear_in_the_metrics(
     assert after[("mailplane_mx_node_in_rotation", (("node", "pmg3.faster.test"),))] == 0
     assert after[("mailplane_mx_nodes_in_rotation", ())] == after[("mailplane_mx_nodes_configured", ())] - 1
     assert count("mailplane_domains", ("status", "degraded")) == 1
-    assert count("mailplane_store_objects", ("kind", "ledger")) == 2  # completed events; a parked one leaves none
-    for name in SMTP:  # the simulated nodes greet but offer no STARTTLS: reported, no expiry series
+    assert count("mailplane_store_objects", ("kind", "ledger")) == 2  # the worker completed two; parked: none
+    for name in SMTP:  # the simulated nodes' SMTP offers no STARTTLS: reported, no expiry series
         labels = (("host", f"{name}.faster.test"), ("kind", "smtp"))
         assert after[("mailplane_certificate_check", (*labels, ("result", "no_starttls")))] == 1
         assert ("mailplane_certificate_days_to_expiry", labels) not in after
