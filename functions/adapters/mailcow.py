@@ -505,7 +505,7 @@ def _tls(settings: MailcowSettings) -> ssl.SSLContext | bool:
 
 
 def _no_cookies() -> http.cookiejar.CookieJar:
-    """A jar that refuses every cookie: Mailcow's PHPSESSID would keep us logged in without the key."""
+    """A jar that refuses every cookie: Mailcow's session cookie (MCSESSID) would keep us logged in without the key."""
     return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
