@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from functions._core.model import keys, state
+from functions._core.model import keys, state, webmail
 from functions._core.model.mailset import (
     customer_lines,
     delegated,
@@ -27,7 +27,7 @@ from functions._core.model.ports import DkimKey, GatewayTransport, MailDomain, P
 from functions._core.model.records import Key, RecordSet
 from functions._core.model.verify import external_missing, verify_zone
 from functions._core.platform.envelope import Envelope
-from functions._core.platform.errors import DnsRefused, EventInvalid
+from functions._core.platform.errors import DnsRefused, EventInvalid, NotPropagated
 from functions._core.platform.names import is_within
 
 MANAGED = "managed-by mailplane"
@@ -207,7 +207,9 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     Raises:
         EventInvalid: the provider's zone, or a zone flagged hosted that our DNS does not serve.
         OwnershipConflict: a managed DNS name holds foreign data.
-        NotPropagated: an authoritative server does not serve the plan yet (retried by the broker).
+        NotPropagated: an authoritative server does not serve the plan yet, or SOGo does not know the domain yet
+            (retried by the broker).
+        MailcowUnavailable, MailcowRejected: the SOGo restart this worker ran failed.
     """
     domain = event.subject
     before, cur, pair = _key(event, ports)
@@ -223,6 +225,7 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
         changes["store"].append(f"+ sealed key {pair.selector}")
     changes["mailcow"] = [c for c in plans.mail.summary() if not c.startswith("+ dkim")]
     serial = apply_before_gate(plans, domain, ports)
+    current = webmail.mark_added(ports, current, added=plans.mail.add is not None)  # before any restart is claimed
     changes["dns"] = [*(plans.dns.summary() if plans.dns else []), *(plans.key_dns.summary() if plans.key_dns else [])]
     changes["store"] += ["+ mta-sts policy"] if plans.policy is not None else []
     status, servers = _gate(
@@ -233,6 +236,11 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
         pair,
         replay=not any(changes.values()) and serial is None and before.status == "provisioned",
     )
+    web = webmail.settle(ports, domain, current)  # SOGo knows the domain only after a restart requested after its add
+    current = web.state
+    changes["mailcow"] += ["~ sogo restart"] if web.restarted else []
+    if not web.ready:
+        raise NotPropagated(f"{domain}: not webmail-ready: {web.waiting}")
     if status == "provisioned" and plans.mail.dkim_import:
         ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
         changes["mailcow"].append(f"+ dkim {pair.selector}")

@@ -48,6 +48,7 @@ class DomainState:
     suspended_at: str | None = None  # ISO time domain.deleted suspended the domain
     delete_after: str | None = None  # ISO time its removal becomes due (suspended_at + grace days)
     history: tuple[dict[str, str], ...] = ()  # rotation transitions, newest last (bounded; see rotation.py)
+    webmail: dict[str, Any] = field(default_factory=dict)  # SOGo readiness (functions/_core/model/webmail.py)
 
     @property
     def current(self) -> KeyRecord | None:
@@ -70,6 +71,8 @@ class DomainState:
         data.update({k: v for k, v in (("suspended_at", self.suspended_at), ("delete_after", self.delete_after)) if v})
         if self.history:
             data["history"] = list(self.history)
+        if self.webmail:
+            data["webmail"] = self.webmail
         return json.dumps(data, sort_keys=True, indent=1, default=dict).encode()
 
 
@@ -95,6 +98,7 @@ def load(store: ObjectStore, domain: str) -> DomainState:
         suspended_at=raw.get("suspended_at"),
         delete_after=raw.get("delete_after"),
         history=tuple(raw.get("history", ())),
+        webmail=raw.get("webmail", {}),
     )
 
 
