@@ -185,3 +185,35 @@ def test_an_older_event_does_not_undo_a_newer_one(world: World) -> None:
     assert world.writes() == {"mail": [], "gateway": [], "dns": [], "state": [], "web": []}
     dom = world.ports.mail.get_domain("alpha.test")
     assert dom is not None and dom.mailboxes == 40
+
+
+def test_waits_for_a_debounced_sogo_restart_requested_after_the_add() -> None:
+    from functions._core.model import state
+    from functions.ops.status import domain_status
+
+    now = [NOW]
+    fake_dns = FakeDns()
+    fake_dns.add_zone("alpha.test")
+    mail, model = fake_mailcow()
+    ports = Ports(
+        mail=mail,
+        gateway=fake_pmg()[0],
+        dns=fake_dns,
+        state=MemoryStore(),
+        web=MemoryStore(),
+        settings=make_settings(sogo_restart_interval=60),
+        clock=lambda: now[0],
+    )
+    with pytest.raises(NotPropagated, match="not webmail-ready: SOGo restart 1 is due at"):
+        domain_created.handle(event(), ports)
+    assert "alpha.test" in model.domains and model.sogo_restarts == 0
+    assert state.load(ports.state, "alpha.test").webmail == {"after": 0}  # recorded when the domain was added
+    now[0] += dt.timedelta(seconds=30)
+    with pytest.raises(NotPropagated, match="not webmail-ready"):  # a retry within the interval: still waiting
+        domain_created.handle(event(), ports)
+    now[0] += dt.timedelta(seconds=31)
+    out = domain_created.handle(event(), ports)
+    assert out.status == "provisioned" and model.sogo_restarts == 1 and model.sogo_domains == {"alpha.test"}
+    overall, checks = domain_status("alpha.test", ports)
+    web = next(c for c in checks if c.where == "sogo restarts")
+    assert overall == "provisioned" and web.ok and web.have.startswith("ready: SOGo restart 1")
