@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,3 +218,22 @@ def test_waits_for_a_debounced_sogo_restart_requested_after_the_add() -> None:
     overall, checks = domain_status("alpha.test", ports)
     web = next(c for c in checks if c.where == "sogo restarts")
     assert overall == "provisioned" and web.ok and web.have.startswith("ready: SOGo restart 1")
+
+
+def test_mailcow_api_log_keeps_the_imported_key_but_mailplane_logs_never_do(caplog: pytest.LogCaptureFixture) -> None:
+    """What is exposed (docs/dkim.md): Mailcow's API log holds the PEM mailplane had to send; mailplane's own log
+    lines hold no key material."""
+    from functions._core.model import state
+
+    fake_dns = FakeDns()
+    fake_dns.add_zone("alpha.test")
+    mail, model = fake_mailcow()
+    ports = Ports(mail, fake_pmg()[0], fake_dns, MemoryStore(), MemoryStore(), make_settings(), clock=lambda: NOW)
+    with caplog.at_level(logging.DEBUG):
+        assert domain_created.handle(event(), ports).status == "provisioned"
+    st = state.load(ports.state, "alpha.test")
+    pem = state.load_key(ports.state, "alpha.test", st.keys[-1].selector, ports.settings).private_pem.reveal()
+    imports = [e for e in model.api_logs(None) or [] if e["uri"] == "/api/v1/add/dkim_import"]
+    assert len(imports) == 1 and json.loads(imports[0]["data"][len("attr='") : -1])["private_key_file"] == pem
+    body = "".join(pem.splitlines()[1:-1])
+    assert caplog.records and "PRIVATE KEY" not in caplog.text and body[:64] not in caplog.text
