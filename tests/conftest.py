@@ -15,6 +15,7 @@ from tests.logscan import SecretScan, secret_values
 from tests.stackenv import REPO, load_stack_env
 
 SCAN_LOGGERS = ("", "mailplane.outcome")  # root, and the outcome logger that stops propagating after setup_logging
+NOISY = ("pika", "botocore", "urllib3", "httpx", "httpcore")
 _scan: SecretScan | None = None
 
 
@@ -37,6 +38,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     root = logging.getLogger()
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
+    for noisy in NOISY:  # as functions.runtime.main.setup_logging does in production
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
