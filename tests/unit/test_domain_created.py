@@ -190,7 +190,7 @@ def test_an_older_event_does_not_undo_a_newer_one(world: World) -> None:
 
 def test_waits_for_a_debounced_sogo_restart_requested_after_the_add() -> None:
     from functions._core.model import state
-    from functions.ops.status import domain_status
+    from functions.ops.status import as_json, domain_status
 
     now = [NOW]
     fake_dns = FakeDns()
@@ -218,6 +218,8 @@ def test_waits_for_a_debounced_sogo_restart_requested_after_the_add() -> None:
     overall, checks = domain_status("alpha.test", ports)
     web = next(c for c in checks if c.where == "sogo restarts")
     assert overall == "provisioned" and web.ok and web.have.startswith("ready: SOGo restart 1")
+    (note,) = as_json("alpha.test", overall, checks)["notes"]  # the API log exposure, where operators read
+    assert "API log" in note and "read-only" in note
 
 
 def test_mailcow_api_log_keeps_the_imported_key_but_mailplane_logs_never_do(caplog: pytest.LogCaptureFixture) -> None:
