@@ -36,7 +36,7 @@ MAX_KEY_SIZE = 8192  # the simulator refuses larger keys (real Mailcow tries; ge
 VERSION = "2026-07a"
 DKIM_HASHES = ("DKIM_PUB_KEYS", "DKIM_SELECTORS", "DKIM_PRIV_KEYS")
 SOGO_FAULTS = ("sogo_restart_ms", "sogo_restart_fail")
-LOG_LINES = 9999  # mailcow.conf LOG_LINES as generate_config.sh writes it: the watchdog trims Redis logs to it
+LOG_LINES = 9999  # mailcow.conf LOG_LINES: Mailcow trims its Redis logs to it every minute, the simulator at once
 READ_LINES = 1000  # vars.inc.php $LOG_LINES: what get/logs/<app> returns without a count
 SOGO_RESTART_FAILED = "Container sogo-mailcow: restart failed (simulated)"
 
