@@ -73,12 +73,14 @@ def _put(store: ObjectStore, new: Restarts, before: Restarts) -> Restarts | None
 
 def mark_added(ports: Ports, st: state.DomainState, *, added: bool) -> state.DomainState:
     """Record how many SOGo restarts had been claimed when the Mailcow domain was added (call it after the add);
-    kept across retries, renewed when the domain was just added (again). Saved at once.
+    kept across retries, renewed when the domain was just added (again) or is being re-created after a deletion.
+    Saved at once.
 
     Raises:
         DnsConflict: the domain's state changed concurrently (transient).
     """
-    if not ports.settings.mailcow.sogo_restart or (st.webmail and not added):
+    stale = st.status == "deleted" and "ready_by" in st.webmail  # left from before the domain was deleted
+    if not ports.settings.mailcow.sogo_restart or (st.webmail and not added and not stale):
         return st
     after = load_restarts(ports.state).requested
     return state.save(ports.state, replace(st, webmail={"after": after}), st)

@@ -165,3 +165,16 @@ def test_readiness_reads_only() -> None:
     w.settle("a.test")
     ok, what = webmail.readiness(w.ports, state.load(w.ports.state, "a.test"))
     assert ok and what.startswith("ready: SOGo restart 1")
+
+
+def test_a_re_created_domain_does_not_inherit_readiness_from_before_its_deletion() -> None:
+    w = World(interval=0)
+    w.add("a.test")
+    assert w.settle("a.test").ready and w.restarts == 1
+    st = state.load(w.ports.state, "a.test")
+    deleted = state.save(w.ports.state, dataclasses.replace(st, status="deleted"), st)
+    # re-created; the worker crashed after the add, so the retry does not see "added"
+    again = webmail.mark_added(w.ports, deleted, added=False)
+    assert again.webmail == {"after": 1}
+    assert webmail.mark_added(w.ports, again, added=False) == again  # kept across retries
+    assert w.settle("a.test").ready and w.restarts == 2
