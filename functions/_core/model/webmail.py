@@ -100,9 +100,10 @@ def settle(ports: Ports, domain: str, st: state.DomainState) -> Webmail:
     st = mark_added(ports, st, added=False)  # a state from before this step: mark it now (conservative)
     if "ready_by" in st.webmail:
         return Webmail(st, True)
-    after, restarted = int(st.webmail["after"]), False
+    after, restarted, known = int(st.webmail["after"]), False, None
     for _ in range(CAS_ATTEMPTS):
-        rec = load_restarts(ports.state)
+        rec = load_restarts(ports.state) if known is None else known
+        known = None
         if rec.succeeded > after:
             webmail = {**st.webmail, "ready_by": rec.succeeded, "ready_at": rec.succeeded_at}
             return Webmail(state.save(ports.state, replace(st, webmail=webmail), st), True, restarted)
@@ -114,7 +115,7 @@ def settle(ports: Ports, domain: str, st: state.DomainState) -> Webmail:
             continue  # another worker changed the record: look again
         if waiting:  # we marked the burst pending
             return Webmail(st, False, restarted, waiting)
-        _run(ports, domain, won, rec.pending_since)
+        known = _run(ports, domain, won, rec.pending_since)
         restarted = True
     return Webmail(st, False, restarted, "the SOGo restart record is contended")
 
@@ -137,8 +138,8 @@ def _next_step(ports: Ports, rec: Restarts, after: int) -> tuple[str, Restarts |
     return waiting, None
 
 
-def _run(ports: Ports, domain: str, claimed: Restarts, pending: str | None) -> None:
-    """Run the claimed restart and record its result in the shared record.
+def _run(ports: Ports, domain: str, claimed: Restarts, pending: str | None) -> Restarts:
+    """Run the claimed restart and record its result in the shared record; returns the record as written.
 
     Raises:
         MailcowUnavailable, MailcowRejected: the restart failed (the burst is pending again, retried after the
@@ -156,24 +157,26 @@ def _run(ports: Ports, domain: str, claimed: Restarts, pending: str | None) -> N
         def failed(r: Restarts) -> Restarts:
             return replace(r, failed=max(r.failed, number), last_error=reason, pending_since=r.pending_since or again)
 
-        _update(ports.state, failed)
+        _update(ports.state, failed, claimed)
         raise
     now = _iso(ports.clock())
 
     def succeeded(r: Restarts) -> Restarts:
         return replace(r, succeeded=number, succeeded_at=now, last_error=None) if number > r.succeeded else r
 
-    _update(ports.state, succeeded)
+    return _update(ports.state, succeeded, claimed)
 
 
-def _update(store: ObjectStore, change: Callable[[Restarts], Restarts]) -> Restarts:
-    """Apply ``change`` to the shared record with compare-and-set, re-reading on a lost race (bounded).
+def _update(store: ObjectStore, change: Callable[[Restarts], Restarts], known: Restarts | None = None) -> Restarts:
+    """Apply ``change`` to the shared record (``known``: as last read or written) with compare-and-set, re-reading on
+    a lost race (bounded).
 
     Raises:
         NotPropagated: still contended after CAS_ATTEMPTS.
     """
     for _ in range(CAS_ATTEMPTS):
-        rec = load_restarts(store)
+        rec = load_restarts(store) if known is None else known
+        known = None
         new = change(rec)
         if new == rec:
             return rec
