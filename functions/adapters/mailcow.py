@@ -6,6 +6,10 @@ positive) -> ``MailcowRejected``. A GET answering ``{}`` means "not found". Erro
 status and Mailcow's message keys only: never a response body (Mailcow echoes relayhost passwords in ``log``), never
 the API key.
 
+SOGo learns new domains only when its container starts; ``restart_sogo`` restarts it through the admin UI's
+container control (``/inc/ajax/container_ctrl.php``, which any API key's session may call), the only API path that
+can do it after the domains were added (``add/domain`` restarts only at add time).
+
 Retries: GETs, edits and deletes are idempotent and retried in place (functions._core.platform.retry). Adds are
 not: after a transient failure the add is re-read first and sent again only if nothing shows up. A 401 is never
 retried (fail2ban bans the client after 10 bad keys). Cookies are never stored: a Mailcow session cookie
@@ -19,6 +23,7 @@ import http.cookiejar
 import ipaddress
 import json
 import logging
+import re
 import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -39,6 +44,9 @@ log = logging.getLogger(__name__)
 
 MANAGED_MARK = "managed-by mailplane"  # written into the description of every domain mailplane creates
 MIB = 1048576
+CONTAINER_CTRL = "inc/ajax/container_ctrl.php"
+CTRL_OK = '<span class="pull-right text-success">OK</span>'
+_CTRL_ERROR = re.compile(r'text-danger">Error: (.*?)</span>', re.DOTALL)
 # edit_domain field -> Mailcow attribute (the plan's Mailcow names, and MailDomain's names for the quotas)
 _EDIT_FIELDS = {
     "description": "description",
@@ -91,6 +99,7 @@ class MailcowClient:
     ) -> None:
         self._url = settings.url.rstrip("/")
         self._retry = retry
+        self._restart_timeout = httpx.Timeout(settings.sogo_restart_timeout, connect=settings.timeout)
         self._http = httpx.Client(
             base_url=f"{self._url}/api/v1/",
             headers={"X-API-Key": settings.api_key.reveal(), "Accept": "application/json"},
@@ -383,6 +392,39 @@ class MailcowClient:
         """
         self._write_again("delete/transport", [str(transport_id)], "relayhost_removed")
 
+    # -- SOGo ------------------------------------------------------------------------------
+
+    def restart_sogo(self) -> None:
+        """Restart SOGo so that it reads the domain list again; success only on Mailcow's ``OK`` marker. Sent once:
+        a restart takes seconds, and the caller (the debounced webmail step) decides when to try again.
+
+        Raises:
+            MailcowUnavailable: no answer, 5xx, or ``Error: <msg>`` (Docker could not restart the container).
+            MailcowRejected: 401/403 (the key, its allow_from), an empty answer (the session is not an admin one,
+                or the path is not served), or an answer without the marker.
+        """
+        what = "GET container_ctrl.php restart sogo-mailcow"
+        log.info("mailcow restart sogo-mailcow")
+        resp = _exchange(
+            what,
+            lambda: self._http.get(
+                f"{self._url}/{CONTAINER_CTRL}",
+                params={"service": "sogo-mailcow", "action": "restart"},
+                headers={"Accept": "text/html", "Sec-Fetch-Dest": "empty"},
+                timeout=self._restart_timeout,
+            ),
+        )
+        text = resp.text
+        if CTRL_OK in text:
+            return
+        error = _CTRL_ERROR.search(text)
+        if error is not None:
+            msg = re.sub(r"<[^>]*>", "", error.group(1)).strip()[:120]
+            raise MailcowUnavailable(f"{what}: Mailcow answered Error: {msg or '(no message)'}")
+        if not text.strip():
+            raise MailcowRejected(f"{what}: empty answer (not an admin session, or the path is not served)")
+        raise MailcowRejected(f"{what}: unexpected answer (no OK marker)")
+
     # -- retried steps ---------------------------------------------------------------------
 
     def _get_object(self, path: str) -> dict[str, Any] | None:
@@ -447,23 +489,12 @@ class MailcowClient:
             MailcowRejected: any other non-200 status (401 included: never retried), or a client-side HTTP error.
         """
         what = f"{'POST' if body is not None else 'GET'} {path}"
-        try:
-            if body is None:
-                resp = self._http.get(path)
-            else:
-                content = json.dumps(body).encode()
-                resp = self._http.post(path, content=content, headers={"Content-Type": "application/json"})
-        except httpx.TimeoutException as exc:
-            raise MailcowUnavailable(f"{what}: timeout ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise MailcowUnavailable(f"{what}: {type(exc).__name__}") from exc
-        except httpx.HTTPError as exc:
-            raise MailcowRejected(f"{what}: {type(exc).__name__}") from exc
-        if resp.status_code >= 500:
-            raise MailcowUnavailable(f"{what}: HTTP {resp.status_code}")
-        if resp.status_code != 200:
-            raise MailcowRejected(f"{what}: HTTP {resp.status_code} {_framework_msg(resp)}".rstrip())
-        return resp
+        if body is None:
+            return _exchange(what, lambda: self._http.get(path))
+        content = json.dumps(body).encode()
+        return _exchange(
+            what, lambda: self._http.post(path, content=content, headers={"Content-Type": "application/json"})
+        )
 
     def _write(self, path: str, body: Any, expect: str) -> list[dict[str, Any]]:
         """POST once and require success: no danger/error entry and ``expect`` among the success keys.
@@ -504,6 +535,28 @@ class MailcowClient:
 # ---------------------------------------------------------------- pure helpers
 
 
+def _exchange(what: str, send: Callable[[], httpx.Response]) -> httpx.Response:
+    """Run one HTTP exchange and map its failures; only a 200 passes.
+
+    Raises:
+        MailcowUnavailable: timeout, connection error, 5xx.
+        MailcowRejected: any other non-200 status (401 included: never retried), or a client-side HTTP error.
+    """
+    try:
+        resp = send()
+    except httpx.TimeoutException as exc:
+        raise MailcowUnavailable(f"{what}: timeout ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        raise MailcowUnavailable(f"{what}: {type(exc).__name__}") from exc
+    except httpx.HTTPError as exc:
+        raise MailcowRejected(f"{what}: {type(exc).__name__}") from exc
+    if resp.status_code >= 500:
+        raise MailcowUnavailable(f"{what}: HTTP {resp.status_code}")
+    if resp.status_code != 200:
+        raise MailcowRejected(f"{what}: HTTP {resp.status_code} {_framework_msg(resp)}".rstrip())
+    return resp
+
+
 def _tls(settings: MailcowSettings) -> ssl.SSLContext | bool:
     if not settings.ca_file:
         return settings.verify_tls
@@ -514,7 +567,7 @@ def _tls(settings: MailcowSettings) -> ssl.SSLContext | bool:
 
 
 def _no_cookies() -> http.cookiejar.CookieJar:
-    """A jar that refuses every cookie: Mailcow's PHPSESSID would keep us logged in without the key."""
+    """A jar that refuses every cookie: Mailcow's session cookie (MCSESSID) would keep us logged in without the key."""
     return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 

@@ -13,7 +13,7 @@ from functions._core.platform.errors import AutomationError, ConfigError
 from functions._core.platform.names import normalize_domain
 from functions.ops.event_file import load as load_event_file
 from functions.ops.render import render_checks
-from functions.ops.status import as_json, domain_status
+from functions.ops.status import API_LOG_NOTE, as_json, domain_status
 from functions.runtime import main
 
 app = typer.Typer(help="mailplane: event-driven automation for Mailcow, PMG and DNS.", no_args_is_help=True)
@@ -138,6 +138,7 @@ def status(
         out.print_json(data=as_json(name, overall, checks))
     else:
         out.print(render_checks(name, overall, checks))
+        out.print(API_LOG_NOTE, style="dim")
     raise typer.Exit(0 if overall == "provisioned" else 1)
 
 

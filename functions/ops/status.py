@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from functions import domain_created
-from functions._core.model import acceptance, state
+from functions._core.model import acceptance, state, webmail
 from functions._core.model.equivalence import covers
 from functions._core.model.mailset import (
     MARKER_NAME,
@@ -20,6 +20,13 @@ from functions._core.model.mailset import (
 )
 from functions._core.model.ports import DkimKey, Ports
 from functions._core.model.records import RecordSet
+
+# Stated wherever operators read (docs/dkim.md, README): mailcow cannot import a key any other way.
+API_LOG_NOTE = (
+    "note: Mailcow keeps every add/dkim_import request body, the DKIM private key included, in its API log "
+    "(Redis API_LOG, trimmed to mailcow.conf LOG_LINES), readable by every holder of an API key, read-only keys "
+    "too (GET /api/v1/get/logs/api); see docs/dkim.md"
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,14 @@ def mail_checks(domain: str, data: dict[str, Any], cur: state.KeyRecord, ports: 
             dk == DkimKey(cur.selector, cur.public_b64),
         ),
     ]
+
+
+def webmail_check(st: state.DomainState, ports: Ports) -> Check:
+    """SOGo readiness, from mailplane's restart record (the Mailcow API gives no other signal)."""
+    ok, have = webmail.readiness(ports, st)
+    if have.startswith("unknown") and st.status == "provisioned":
+        ok, have = True, "untracked: provisioned before SOGo readiness was tracked"
+    return Check("mailcow", "sogo restarts", "webmail (SOGo knows the domain)", "ready", have, ok)
 
 
 def gateway_checks(domain: str, ports: Ports) -> list[Check]:
@@ -125,6 +140,7 @@ def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:
     want_policy = mta_sts_policy(ports.settings).encode()
     checks = [
         *mail_checks(domain, st.request, cur, ports),
+        webmail_check(st, ports),
         *gateway_checks(domain, ports),
         *smtp_checks(domain, ports),
         Check(
@@ -146,4 +162,4 @@ def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:
 
 
 def as_json(domain: str, overall: str, checks: list[Check]) -> dict[str, Any]:
-    return {"domain": domain, "status": overall, "checks": [asdict(c) for c in checks]}
+    return {"domain": domain, "status": overall, "checks": [asdict(c) for c in checks], "notes": [API_LOG_NOTE]}

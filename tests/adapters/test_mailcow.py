@@ -34,6 +34,7 @@ RW = "A1B2C3-D4E5F6-A7B8C9-D0E1F2-A3B4C5"
 RO = "F0F0F0-E1E1E1-D2D2D2-C3C3C3-B4B4B4"
 BAD_KEY = "BAD000-BAD111-BAD222-BAD333-BAD444"
 RETRY_ATTEMPTS = 3  # functions._core.platform.retry: stop_after_attempt(3)
+CTRL = "/inc/ajax/container_ctrl.php"
 
 
 @functools.cache
@@ -380,6 +381,43 @@ class MailPortContract:
         h.port.get_domain(name)
         h.port.list_relayhosts()
         assert not any(r["cookie"] for r in h.requests())
+
+    # -- SOGo restart (container_ctrl.php) --------------------------------------------------
+
+    def test_restart_sogo_succeeds_once(self, h: Harness) -> None:
+        before = h.count(CTRL) if h.requests is not None else 0
+        h.port.restart_sogo()
+        if h.requests is not None:
+            assert h.count(CTRL) == before + 1
+
+    def test_restart_sogo_works_with_a_read_only_key_too(self, h: Harness) -> None:
+        if h.ro_key is None:
+            pytest.skip("no read-only key")
+        h.with_key(h.ro_key).restart_sogo()  # container_ctrl.php needs only an admin session: any API key
+
+    def test_restart_sogo_with_a_bad_key_is_rejected(self, h: Harness) -> None:
+        with pytest.raises(MailcowRejected, match="401") as info:
+            h.with_key(BAD_KEY).restart_sogo()
+        no_secrets(info.value, BAD_KEY, RW)
+
+    def test_restart_sogo_error_is_unavailable_and_not_retried(self, h: Harness) -> None:
+        h.need_sim()
+        assert h.faults is not None
+        h.faults({"sogo_restart_fail": 1})
+        before = h.count(CTRL)
+        with pytest.raises(MailcowUnavailable, match="Mailcow answered Error: .*restart failed"):
+            h.port.restart_sogo()
+        assert h.count(CTRL) == before + 1
+
+    @pytest.mark.parametrize(("status", "error"), [(503, MailcowUnavailable), (200, MailcowRejected)])
+    def test_restart_sogo_5xx_and_empty_answers(self, h: Harness, status: int, error: type[Exception]) -> None:
+        h.need_sim()
+        assert h.faults is not None
+        h.faults({"fail_next": [{"path_prefix": CTRL, "status": status}]})
+        before = h.count(CTRL)
+        with pytest.raises(error, match="503" if status == 503 else "empty answer"):
+            h.port.restart_sogo()
+        assert h.count(CTRL) == before + 1
 
 
 # ---------------------------------------------------------------- (a) the in-process fake

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 from functions._core.platform.config import Settings
 from tests.stackenv import REPO
@@ -31,5 +32,9 @@ FAKE_ENV = {
 }
 
 
-def make_settings(env: dict[str, str] | None = None) -> Settings:
-    return Settings.load(REPO / "infra" / "local" / "platform.test.toml", {**FAKE_ENV, **(env or {})})
+def make_settings(env: dict[str, str] | None = None, *, sogo_restart_interval: float = 0.0) -> Settings:
+    """The test platform file; SOGo restarts are not debounced (interval 0) unless asked, because unit tests run on a
+    frozen clock that would never let an interval pass (tests/unit/model/test_webmail.py moves its clock)."""
+    settings = Settings.load(REPO / "infra" / "local" / "platform.test.toml", {**FAKE_ENV, **(env or {})})
+    mailcow = dataclasses.replace(settings.mailcow, sogo_restart_interval=sogo_restart_interval)
+    return dataclasses.replace(settings, mailcow=mailcow)

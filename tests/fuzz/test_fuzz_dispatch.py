@@ -35,6 +35,7 @@ from tests.fakes.mailcow import fake_mailcow
 from tests.fakes.pmg import fake_pmg
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
+from tests.fakes.smtp import FakeSmtp
 from tests.fuzz.strategies import (
     PUBLISHERS,
     SAMPLES,
@@ -95,6 +96,8 @@ def platform(extra_zone: str | None) -> Platform:
     for name in NODES:  # in the model (what add/relayhost stores): through the API it cost 20 ms per platform
         mail_model.add_relayhost({"hostname": f"[{name}.{PROVIDER}]:25"})
     gateway, pmg_model = fake_pmg()
+    pmg_model.configure(sync_interval_s=0)  # relay domains effective on every node at once: the gate can pass
+    targets = {h.smtp or f"{h.name}:25": f"pmg{i}" for i, h in enumerate(SETTINGS.provider.mx_hosts, 1)}
     state, web = Recorder(_store()), Recorder(_store())
     lease = dt.timedelta(seconds=SETTINGS.broker.lease_seconds)
     ports = Ports(
@@ -106,6 +109,7 @@ def platform(extra_zone: str | None) -> Platform:
         settings=SETTINGS,
         ledger=Ledger(state, owner="fuzz:1", lease=lease, keep=dt.timedelta(days=2)),
         locks=SubjectLocks(state, lease=lease),
+        smtp=FakeSmtp(pmg_model, targets),
     )
     return Platform(ports, fdns, mail_model, pmg_model, state, web)
 

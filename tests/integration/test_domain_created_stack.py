@@ -6,17 +6,22 @@ Writes are counted from the systems' own records: the simulators' request logs, 
 from __future__ import annotations
 
 import json
+import ssl
+from dataclasses import replace
 from typing import Any
 from unittest import mock
 
 import checkdmarc
 import dns.nameserver
 import dns.resolver
+import httpx
 import pytest
 
-from functions._core.model import keys, state
+from functions._core.model import keys, state, webmail
 from functions._core.model.mailset import policy_key
-from functions._core.platform.config import Settings
+from functions._core.platform.config import Secret, Settings
+from functions.runtime.amqp import Publisher, params
+from functions.runtime.consumer import Worker
 from functions.runtime.main import build_ports
 from tests.integration import stack
 
@@ -190,3 +195,56 @@ def test_schema_invalid_and_wrong_publisher_are_parked(stack_env: dict[str, str]
     assert any("no validated user_id" in r for r in reasons)
     assert stack.sim_writes(stack_env) == before and stack.soa_serial(stack_env, domain) == serial
     stack.take(stack_env, settings, "q.outcomes", domain)
+
+
+def _sogo(env: dict[str, str]) -> dict[str, Any]:
+    ca = ssl.create_default_context(cafile=env["MAILPLANE_SIM_CA"])
+    resp = httpx.get(f"{env['MAILPLANE_MAILCOW_URL']}/_sim/state", verify=ca, timeout=5)
+    resp.raise_for_status()
+    data: dict[str, Any] = resp.json()["sogo"]
+    return data
+
+
+def _burst_worker(settings: Settings) -> Worker:
+    worker = Worker(build_ports(settings), pool_size=8, until_idle=True, idle_seconds=1.0)
+    worker.run()
+    return worker
+
+
+def test_a_burst_is_webmail_ready_after_exactly_one_debounced_sogo_restart(
+    stack_env: dict[str, str], settings: Settings
+) -> None:
+    """20 domain.created published at once: one SOGo restart for all (counted by the simulator), SOGo then knows every
+    one of them; a domain added after that restart gets a restart of its own."""
+    # the burst's gather window: every domain of it must have been added before it ends (20 events take a few
+    # seconds on a loaded 2-core machine); retries of a waiting event come after 1, 2, 5, 10 s: the claim at +18 s
+    slow = replace(settings, mailcow=replace(settings.mailcow, sogo_restart_interval=15.0))
+    domains = [stack.unique_domain("sogo") for _ in range(20)]
+    stack.zone_add(*domains)
+    before = _sogo(stack_env)["restarts"]
+    pub = Publisher(params(settings.broker, "billing", Secret(stack_env["MAILPLANE_AMQP_BILLING_PASSWORD"])))
+    try:
+        for domain in domains:  # one connection: the 20 are published within a second
+            pub.publish_event(settings.broker.exchange, stack.created_event(domain), "billing")
+    finally:
+        pub.close()
+    _burst_worker(slow)
+    for domain in domains:
+        (outcome,) = _provisioned(stack_env, settings, domain)
+        assert outcome["data"]["status"] == "provisioned", domain
+    after = _sogo(stack_env)
+    assert after["restarts"] == before + 1  # exactly one restart for the whole burst
+    assert set(domains) <= set(after["domains"])  # and SOGo knows every domain of it
+    ports = build_ports(settings, probe=False)
+    assert {state.load(ports.state, d).webmail["ready_by"] for d in domains} == {
+        webmail.load_restarts(ports.state).succeeded
+    }
+
+    late = stack.unique_domain("sogo")
+    stack.zone_add(late)
+    stack.publish(stack_env, settings, stack.created_event(late))
+    _burst_worker(settings)  # the test platform's short interval
+    (outcome,) = _provisioned(stack_env, settings, late)
+    assert outcome["data"]["status"] == "provisioned"
+    final = _sogo(stack_env)
+    assert final["restarts"] == before + 2 and late in final["domains"]  # the late one needed (and got) a later one

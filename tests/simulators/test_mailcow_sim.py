@@ -230,10 +230,10 @@ def test_session_cookie_authenticates_without_key(sim: Sim) -> None:
     add_domain(sim, "a.test")
     resp = sim.request("GET", "get/domain/a.test")
     cookie = resp.headers["set-cookie"].split(";")[0]
-    assert cookie.startswith("PHPSESSID=")
+    assert cookie.startswith("MCSESSID=")
     again = sim.request("GET", "get/domain/a.test", key=None, headers={"Cookie": cookie})
     assert again.json()["domain_name"] == "a.test"  # logged in by the cookie alone
-    anonymous = sim.request("GET", "get/domain/a.test", key=None, headers={"Cookie": "PHPSESSID=unknown"})
+    anonymous = sim.request("GET", "get/domain/a.test", key=None, headers={"Cookie": "MCSESSID=unknown"})
     assert anonymous.content == b""
 
 
@@ -352,7 +352,7 @@ def test_tags_are_appended_and_a_repeat_is_an_empty_200(sim: Sim) -> None:
 def test_edit_domain_limits_in_use(sim: Sim) -> None:
     add_domain(sim, "a.test")
     box = {"local_part": "info", "domain": "a.test", "password": "pw-123456", "password2": "pw-123456", "quota": 3072}
-    assert msgs(sim.post("add/mailbox", box)) == [("success", "mailbox_added")]
+    assert msgs(sim.post("add/mailbox", box)) == [("success", "rl_saved"), ("success", "mailbox_added")]
     answer = sim.post("edit/domain", {"items": ["a.test"], "attr": {"maxquota": 2048, "defquota": 1024}})
     assert answer[0]["msg"] == ["max_quota_in_use", 3072]
     assert sim.post("edit/domain", {"items": ["a.test"], "attr": {"mailboxes": 0}})[0]["msg"] == [
@@ -434,7 +434,10 @@ def test_dkim_import_overwrite_answers_removed_then_added_and_swaps(sim: Sim) ->
     dkim = sim.get("get/dkim/a.test")
     assert (dkim["dkim_selector"], dkim["pubkey"]) == ("s202608", pub)
     assert sim.control("GET", "state")["redis"]["DKIM_PRIV_KEYS"] == ["s202608.a.test"]
-    assert "PRIVATE KEY" not in json.dumps(answer)  # log masks the key file
+    # like the real one (functions.dkim.inc.php logs $_data): the answer's log echoes the key as sent; the internal
+    # delete logs "domains" as a string
+    assert answer[1]["log"] == ["dkim", "import", {**body, "overwrite_existing": 1}]
+    assert answer[0]["log"] == ["dkim", "delete", {"domains": "a.test"}]
 
 
 def test_dkim_import_without_overwrite_on_a_keyed_domain_is_exists(sim: Sim) -> None:
@@ -509,7 +512,10 @@ def test_mailbox_and_alias_basics(sim: Sim) -> None:
     assert msgs(sim.post("add/mailbox", box)) == [("danger", "access_denied")]  # unknown domain
     add_domain(sim, "a.test")
     assert msgs(sim.post("add/mailbox", {**box, "password2": ""})) == [("danger", "password_complexity")]
-    assert sim.post("add/mailbox", box)[0]["msg"] == ["mailbox_added", "info@a.test"]
+    added = sim.post("add/mailbox", box)  # rl_saved before mailbox_added (functions.mailbox.inc.php -> ratelimit)
+    assert [e["msg"] for e in added] == [["rl_saved", "info@a.test"], ["mailbox_added", "info@a.test"]]
+    rate = {"object": "info@a.test", "rl_frame": "s", "rl_value": ""}
+    assert added[0]["log"] == ["ratelimit", "edit", "mailbox", rate]
     assert sim.post("add/mailbox", box)[0]["msg"] == ["object_exists", "info@a.test"]
     alias = sim.post("add/alias", {"address": "sales@a.test", "goto": "info@a.test"})
     assert alias[0]["msg"][:2] == ["alias_added", "sales@a.test"] and isinstance(alias[0]["msg"][2], int)
@@ -684,7 +690,7 @@ def https(https_sim: Sim) -> Sim:
 def test_https_add_get_and_set_cookie(https: Sim) -> None:
     resp = https.request("POST", "add/domain", {"domain": "a.test", "key_size": 0})
     assert msgs(resp.json()) == [("success", "domain_added")]
-    assert resp.headers["set-cookie"].startswith("PHPSESSID=")
+    assert resp.headers["set-cookie"].startswith("MCSESSID=")
     assert https.get("get/domain/a.test")["max_quota_for_domain"] == 10240 * MIB
     assert [r["write"] for r in https.control("GET", "requests")] == [True, False]
 
@@ -772,3 +778,144 @@ def test_sim_sign_uses_the_domains_key_and_never_returns_it(sim: Sim) -> None:
     assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: key["dkim_txt"].encode())
     missing = sim.http.post("/_sim/sign", json={"domain": "nokey.test", "message": msg})
     assert missing.status_code == 404
+
+
+# ---------------------------------------------------------------- SOGo's view of domains, container_ctrl.php
+
+CTRL = "/inc/ajax/container_ctrl.php"
+OK_MARK = '<b><span class="pull-right text-success">OK</span></b>'
+
+
+def ctrl(sim: Sim, service: str = "sogo-mailcow", action: str = "restart", **kw: Any) -> httpx.Response:
+    key = kw.pop("key", RW)
+    headers = {"X-API-Key": key} if key is not None else {}
+    headers.update(kw.pop("headers", {}))
+    return sim.http.get(CTRL, params={"service": service, "action": action}, headers=headers)
+
+
+def sogo(sim: Sim) -> dict[str, Any]:
+    state: dict[str, Any] = sim.control("GET", "state")["sogo"]
+    return state
+
+
+def test_sogo_learns_domains_only_when_restarted(sim: Sim) -> None:
+    add_domain(sim, "a.test")
+    assert sogo(sim)["domains"] == [] and sogo(sim)["restarts"] == 0  # restart_sogo 0: SOGo does not know it
+    resp = ctrl(sim)
+    assert (resp.status_code, resp.text) == (200, OK_MARK)
+    assert resp.headers["content-type"].startswith("text/html")
+    assert sogo(sim)["domains"] == ["a.test"] and sogo(sim)["restarts"] == 1
+    add_domain(sim, "b.test")
+    assert sogo(sim)["domains"] == ["a.test"]  # added after the restart: unknown until the next one
+    assert add_domain(sim, "c.test", restart_sogo=1)[-1]["msg"] == ["domain_added", "c.test"]
+    assert sogo(sim) | {"started": None} == {
+        "domains": ["a.test", "b.test", "c.test"],
+        "restarts": 2,
+        "restart_failures": 0,
+        "started": None,
+    }
+
+
+def test_container_ctrl_access_rules(sim: Sim) -> None:
+    assert ctrl(sim, key=RO).text == OK_MARK  # any API key makes an admin session, a read-only one too
+    assert ctrl(sim, headers={"Sec-Fetch-Dest": "document"}).status_code == 403
+    assert ctrl(sim, headers={"Sec-Fetch-Dest": "empty"}).text == OK_MARK
+    assert ctrl(sim, key="WRONG").status_code == 401
+    anonymous = ctrl(sim, key=None)
+    assert (anonymous.status_code, anonymous.content) == (200, b"")  # not an admin: exit()
+    assert ctrl(sim, service="sogo").content == b""  # not a *-mailcow service name
+    assert ctrl(sim, action="reboot").content == b""
+    assert ctrl(sim, service="nosuch-mailcow").text == '<b><span class="pull-right text-danger">Error: </span></b>'
+    assert ctrl(sim).headers["set-cookie"].startswith("MCSESSID=")
+    assert sogo(sim)["restarts"] == 3
+
+
+def test_sogo_restart_failure_keeps_the_old_view(sim: Sim) -> None:
+    add_domain(sim, "a.test")
+    sim.control("POST", "faults", {"sogo_restart_fail": 1})
+    failed = ctrl(sim).text
+    assert "text-danger" in failed and failed.startswith('<b><span class="pull-right text-danger">Error: ')
+    assert sogo(sim)["domains"] == [] and sogo(sim)["restart_failures"] == 1
+    assert ctrl(sim).text == OK_MARK and sogo(sim)["domains"] == ["a.test"]
+
+
+def test_add_domain_with_restart_sogo_failing_is_a_bare_warning_and_false(sim: Sim) -> None:
+    sim.control("POST", "faults", {"sogo_restart_fail": 1})
+    answer = add_domain(sim, "a.test", restart_sogo=1)
+    assert [(e["type"], e["msg"]) for e in answer] == [("warning", "domain_added_sogo_failed")]
+    assert "a.test" in sim.model.domains and sogo(sim)["domains"] == []
+
+
+def test_bad_sogo_faults_are_400(sim: Sim) -> None:
+    assert sim.http.post("/_sim/faults", json={"sogo_restart_ms": -1}).status_code == 400
+    assert sim.http.post("/_sim/faults", json={"sogo_restart_fail": "x"}).status_code == 400
+
+
+# ---------------------------------------------------------------- the API log (Redis API_LOG)
+
+
+def logged_attr(entry: dict[str, Any]) -> Any:
+    """The JSON of ``attr='...'`` in an API log line."""
+    data = entry["data"]
+    assert data.startswith("attr='") and data.endswith("'"), data
+    return json.loads(data[len("attr='") : -1])
+
+
+def test_api_log_keeps_the_dkim_private_key_and_masks_only_pass_keys(sim: Sim) -> None:
+    add_domain(sim, "a.test")
+    pem, _ = rsa_pem(1)
+    answer = sim.post("add/dkim_import", {"domain": "a.test", "dkim_selector": "s1", "private_key_file": pem})
+    assert answer[-1]["log"][2]["private_key_file"] == pem  # the answer's log echoes the key too
+    sim.post("add/relayhost", {"hostname": "[r.test]:25", "username": "u", "password": "hunter2"})
+    logs = sim.get("get/logs/api", key=RO)  # a read-only key reads it
+    assert [(e["method"], e["uri"]) for e in logs] == [
+        ("GET", "/api/v1/get/logs/api"),  # the read itself is logged first
+        ("POST", "/api/v1/add/relayhost"),
+        ("POST", "/api/v1/add/dkim_import"),
+        ("POST", "/api/v1/add/domain"),
+    ]
+    assert logs[0]["data"] == "" and logs[0]["remote"] == "127.0.0.1" and isinstance(logs[0]["time"], int)
+    assert logged_attr(logs[1]) == {"hostname": "[r.test]:25", "username": "u", "password": "*"}
+    assert logged_attr(logs[2])["private_key_file"] == pem
+    assert "BEGIN PRIVATE KEY" in logs[2]["data"] and "\\/" in logs[2]["data"]  # PHP json_encode escapes slashes
+
+
+def test_api_log_counts_ranges_and_length(sim: Sim) -> None:
+    sim.model.api_log = __import__("collections").deque(maxlen=5)  # LOG_LINES 5
+    for n in range(7):
+        add_domain(sim, f"d{n}.test")
+    assert [logged_attr(e)["domain"] for e in sim.get("get/logs/api/3")[1:]] == ["d6.test", "d5.test"]
+    ranged = sim.get("get/logs/api/2-3")
+    assert [e["uri"] for e in ranged] == ["/api/v1/get/logs/api/3", "/api/v1/add/domain"]
+    assert len(sim.get("get/logs/api")) == 5  # trimmed to LOG_LINES, newest first
+    assert sim.get("get/logs/api/0") == {} and sim.get("get/logs/api/3-2") == {}
+
+
+def test_api_log_skips_refused_keys_and_edit_is_re_encoded(sim: Sim) -> None:
+    sim.request("GET", "get/domain/all", key="WRONG")
+    sim.request("POST", "add/domain", content=b"{", headers={"Content-Type": "application/json"})  # 400, not logged
+    add_domain(sim, "a.test")
+    sim.post("edit/domain", {"items": ["a.test"], "attr": {"description": "x/y"}})
+    newest = sim.get("get/logs/api/2")[1]
+    assert newest["data"] == 'attr=\'{"description":"x\\/y"}\', items=\'["a.test"]\''
+    assert len(sim.get("get/logs/api")) == 4
+
+
+def test_https_sogo_restart_and_api_log(https: Sim) -> None:
+    https.request("POST", "add/domain", {"domain": "a.test", "key_size": 0})
+    https.control("POST", "faults", {"sogo_restart_ms": 50})
+    assert ctrl(https).text == OK_MARK  # the request waits for the restart
+    assert sogo(https)["domains"] == ["a.test"] and sogo(https)["restarts"] == 1
+    pem, _ = rsa_pem(2)
+    https.post("add/dkim_import", {"domain": "a.test", "dkim_selector": "s1", "private_key_file": pem})
+    assert logged_attr(https.get("get/logs/api/2", key=RO)[1])["private_key_file"] == pem
+
+
+def test_relayhost_and_transport_logs_have_3_elements_and_password_short_dots(sim: Sim) -> None:
+    body = {"hostname": "[r.test]:25", "username": "", "password": ""}
+    assert sim.post("add/relayhost", body)[0]["log"] == ["relayhost", "add", body]
+    assert sim.get("get/relayhost/1")["password_short"] == "..."  # CONCAT(LEFT('', 3), '...')
+    hop = {"destination": "t.test", "nexthop": "[h.test]:25", "username": "", "password": "", "active": 1}
+    assert sim.post("add/transport", hop)[0]["log"] == ["transport", "add", hop]
+    assert sim.get("get/transport/all")[0]["password_short"] == "..."
+    assert sim.post("delete/transport", ["1"])[0]["log"] == ["transport", "delete", {"id": ["1"]}]

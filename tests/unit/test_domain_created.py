@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,3 +306,63 @@ def test_map_writes_setting_decides_whether_a_same_second_write_is_lost(map_writ
     gw.client.settle()
     codes = [gw.model.rcpt("pmg1", "127.0.0.2", f"postmaster@{d}")[0] for d in ("a.test", "b.test")]
     assert codes == ([450, 554] if lost else [450, 450])
+
+
+def test_waits_for_a_debounced_sogo_restart_requested_after_the_add() -> None:
+    from functions._core.model import state
+    from functions.ops.status import as_json, domain_status
+
+    now = [NOW]
+    fake_dns = FakeDns()
+    fake_dns.add_zone("alpha.test")
+    mail, model = fake_mailcow()
+    gw = fake_gateway(make_settings())
+    base = make_settings(sogo_restart_interval=20)  # the gate waits longer than the SOGo interval, as in production
+    patient = dataclasses.replace(base, smtp_probe=dataclasses.replace(base.smtp_probe, max_wait_seconds=35))
+    ports = Ports(
+        mail=mail,
+        gateway=gw.client,
+        dns=fake_dns,
+        state=MemoryStore(),
+        web=MemoryStore(),
+        settings=patient,
+        clock=lambda: now[0],
+        smtp=gw.smtp,
+    )
+    with pytest.raises(NotPropagated, match="mailcow webmail ready: SOGo restart 1 is due at"):
+        domain_created.handle(event(), ports)
+    assert "alpha.test" in model.domains and model.sogo_restarts == 0
+    assert state.load(ports.state, "alpha.test").webmail == {"after": 0}  # recorded when the domain was added
+    now[0] += dt.timedelta(seconds=10)
+    with pytest.raises(NotPropagated, match="mailcow webmail ready"):  # a retry within the interval: still waiting
+        domain_created.handle(event(), ports)
+    now[0] += dt.timedelta(seconds=11)
+    out = domain_created.handle(event(), ports)
+    assert out.status == "provisioned" and model.sogo_restarts == 1 and model.sogo_domains == {"alpha.test"}
+    overall, checks = domain_status("alpha.test", ports)
+    web = next(c for c in checks if c.where == "sogo restarts")
+    assert overall == "provisioned" and web.ok and web.have.startswith("ready: SOGo restart 1")
+    (note,) = as_json("alpha.test", overall, checks)["notes"]  # the API log exposure, where operators read
+    assert "API log" in note and "read-only" in note
+
+
+def test_mailcow_api_log_keeps_the_imported_key_but_mailplane_logs_never_do(caplog: pytest.LogCaptureFixture) -> None:
+    """What is exposed (docs/dkim.md): Mailcow's API log holds the PEM mailplane had to send; mailplane's own log
+    lines hold no key material."""
+    from functions._core.model import state
+
+    fake_dns = FakeDns()
+    fake_dns.add_zone("alpha.test")
+    mail, model = fake_mailcow()
+    gw = fake_gateway(make_settings())
+    ports = Ports(
+        mail, gw.client, fake_dns, MemoryStore(), MemoryStore(), make_settings(), clock=lambda: NOW, smtp=gw.smtp
+    )
+    with caplog.at_level(logging.DEBUG):
+        assert domain_created.handle(event(), ports).status == "provisioned"
+    st = state.load(ports.state, "alpha.test")
+    pem = state.load_key(ports.state, "alpha.test", st.keys[-1].selector, ports.settings).private_pem.reveal()
+    imports = [e for e in model.api_logs(None) or [] if e["uri"] == "/api/v1/add/dkim_import"]
+    assert len(imports) == 1 and json.loads(imports[0]["data"][len("attr='") : -1])["private_key_file"] == pem
+    body = "".join(pem.splitlines()[1:-1])
+    assert caplog.records and "PRIVATE KEY" not in caplog.text and body[:64] not in caplog.text

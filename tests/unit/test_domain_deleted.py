@@ -20,7 +20,7 @@ from functions._core.platform.errors import EventInvalid, OwnershipConflict
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow
-from tests.fakes.pmg import fake_gateway, fake_pmg
+from tests.fakes.pmg import fake_gateway
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
 from tests.fakes.smtp import FakeSmtp
@@ -254,7 +254,8 @@ def test_external_zone_is_left_to_the_customer() -> None:
     fake_dns = FakeDns()
     client, _ = fake_mailcow()
     store, web = MemoryStore(), MemoryStore()
-    ports = Ports(client, fake_pmg()[0], fake_dns, store, web, make_settings(), clock=lambda: NOW)
+    gw = fake_gateway(make_settings())
+    ports = Ports(client, gw.client, fake_dns, store, web, make_settings(), clock=lambda: NOW, smtp=gw.smtp)
     created = load_event("domain.created.external")
     domain = created["data"]["domain"]
     assert domain_created.handle(parse(json.dumps(created).encode()), ports).status == "awaiting_dns"

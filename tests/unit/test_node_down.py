@@ -33,6 +33,7 @@ from tests.fakes.mailcow import fake_mailcow
 from tests.fakes.pmg import fake_pmg
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
+from tests.fakes.smtp import FakeSmtp
 from tests.fakes.store import MemoryStore
 
 T0 = dt.datetime(2026, 11, 27, 9, 30, tzinfo=dt.UTC)
@@ -91,6 +92,10 @@ def build_world(settings: Settings | None = None) -> World:
     for name in IPS:
         mail.add_relayhost(f"[{name}.faster.test]:25")
     gateway, pmg_model = fake_pmg()
+    pmg_model.configure(sync_interval_s=0)  # a domain.created here passes the acceptance gate at once
+    s = settings or make_settings()
+    targets = {h.smtp or f"{h.name}:25": f"pmg{i}" for i, h in enumerate(s.provider.mx_hosts, 1)}
+    smtp = FakeSmtp(pmg_model, targets)
     store = MemoryStore()
     rec = {
         "dns": Recorder(fdns),
@@ -99,7 +104,7 @@ def build_world(settings: Settings | None = None) -> World:
         "state": Recorder(store),
     }
     world = World(
-        Ports(rec["mail"], rec["gateway"], rec["dns"], rec["state"], MemoryStore(), settings or make_settings()),
+        Ports(rec["mail"], rec["gateway"], rec["dns"], rec["state"], MemoryStore(), s, smtp=smtp),
         fdns,
         mail_model,
         pmg_model,

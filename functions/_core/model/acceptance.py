@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from functions._core.model.ports import Ports, SmtpAnswer
-from functions._core.model.state import DomainState
+from functions._core.model.webmail import Webmail
 from functions._core.platform.errors import ConfigError
 
 CONTROL = "postmaster@relay-check.mailplane.invalid"  # no PMG relays .invalid: accepting it means "trusted source"
@@ -66,14 +66,24 @@ def read_answer(node: str, domain: str, answer: SmtpAnswer) -> Acceptance:
     return Acceptance(ok=relayed(code, text), answer=reply, **base)
 
 
-def smtp_checks(ports: Ports, domain: str) -> list[Acceptance]:
-    """RCPT TO:<postmaster@domain> on every PMG node (``MxHost.smtp``, default ``<name>:25``).
+def require_probe(ports: Ports) -> None:
+    """Refuse, before anything is written, to provision without the SMTP probe the gate needs.
 
     Raises:
         ConfigError: no SMTP probe is configured.
     """
     if ports.smtp is None:
         raise ConfigError("no SMTP probe configured: the acceptance gate cannot ask the PMG nodes")
+
+
+def smtp_checks(ports: Ports, domain: str) -> list[Acceptance]:
+    """RCPT TO:<postmaster@domain> on every PMG node (``MxHost.smtp``, default ``<name>:25``).
+
+    Raises:
+        ConfigError: no SMTP probe is configured.
+    """
+    require_probe(ports)
+    assert ports.smtp is not None
     out = []
     for host in ports.settings.provider.mx_hosts:
         answer = ports.smtp.rcpt(host.smtp or f"{host.name}:25", (f"postmaster@{domain}", CONTROL))
@@ -81,22 +91,15 @@ def smtp_checks(ports: Ports, domain: str) -> list[Acceptance]:
     return out
 
 
-def webmail_ready(ports: Ports, domain: str, state: DomainState) -> bool:
-    """Whether Mailcow's webmail (SOGo) serves ``domain``. The Mailcow side of the gate (SOGo's start-time domain
-    list, the debounced restart recorded in the domain's state) fills this in; until then it is always True."""
-    return True
-
-
-def mailcow_checks(ports: Ports, domain: str, state: DomainState) -> list[Acceptance]:
-    """Mailcow has the domain, active, and webmail-ready."""
+def mailcow_checks(ports: Ports, domain: str, web: Webmail) -> list[Acceptance]:
+    """Mailcow has the domain, active, and webmail-ready (``web``: functions/_core/model/webmail.py's step)."""
     have = ports.mail.get_domain(domain)
     active = have is not None and have.active
     out = [Acceptance("mailcow", "mailcow domain active", active, "active" if active else "absent or inactive")]
-    ready = webmail_ready(ports, domain, state)
-    out.append(Acceptance("mailcow", "mailcow webmail ready", ready, "ready" if ready else "not yet"))
+    out.append(Acceptance("mailcow", "mailcow webmail ready", web.ready, "ready" if web.ready else web.waiting))
     return out
 
 
-def gate(ports: Ports, domain: str, state: DomainState) -> list[Acceptance]:
-    """Every check of the acceptance gate, passing or not (``state``: the domain's state as this attempt read it)."""
-    return [*smtp_checks(ports, domain), *mailcow_checks(ports, domain, state)]
+def gate(ports: Ports, domain: str, web: Webmail) -> list[Acceptance]:
+    """Every check of the acceptance gate, passing or not (``web``: this attempt's SOGo readiness step)."""
+    return [*smtp_checks(ports, domain), *mailcow_checks(ports, domain, web)]

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from functions._core.model import acceptance, adoption, keys, state
+from functions._core.model import acceptance, adoption, keys, state, webmail
 from functions._core.model.acceptance import Acceptance
 from functions._core.model.mailset import (
     customer_lines,
@@ -218,8 +218,10 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     Raises:
         EventInvalid: the provider's zone, or a zone flagged hosted that our DNS does not serve.
         OwnershipConflict: a managed DNS name holds foreign data.
-        NotPropagated: an authoritative server does not serve the plan yet, or the acceptance gate does not pass
-            yet within ``smtp_probe.max_wait_seconds`` (retried by the broker; afterwards the status is degraded).
+        NotPropagated: an authoritative server does not serve the plan yet, or the acceptance gate (SMTP on every
+            PMG node, the Mailcow domain active and webmail-ready) does not pass yet within
+            ``smtp_probe.max_wait_seconds`` (retried by the broker; afterwards the status is degraded).
+        MailcowUnavailable, MailcowRejected: the SOGo restart this worker ran failed.
         ConfigError: no SMTP probe is configured.
     """
     domain = event.subject
@@ -228,6 +230,7 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
         applied = before.request[TIME_KEY]
         log.info("stale: domain_created %s is older than the applied %s; ignored", event.id, applied)
         return Provisioned("stale", {}, stale_applied=applied)
+    acceptance.require_probe(ports)  # a refusal, like every other, before the first write
     plans = plan_all(event, ports, pair)  # raises, with nothing written, when the event must be refused
     changes: dict[str, list[str]] = {"mailcow": [], "pmg": plans.gateway.summary(), "dns": [], "store": []}
     current = before
@@ -236,13 +239,17 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
         changes["store"].append(f"+ sealed key {pair.selector}")
     changes["mailcow"] = [c for c in plans.mail.summary() if not c.startswith("+ dkim")]
     serial = apply_before_gate(plans, domain, ports)
+    current = webmail.mark_added(ports, current, added=plans.mail.add is not None)  # before any restart is claimed
     changes["dns"] = [*(plans.dns.summary() if plans.dns else []), *(plans.key_dns.summary() if plans.key_dns else [])]
     changes["store"] += ["+ mta-sts policy"] if plans.policy is not None else []
     replayed = not any(changes.values()) and serial is None and before.status == "provisioned"
     status, servers = _gate(ports, domain, plans, serial, pair, replay=replayed)
+    web = webmail.settle(ports, domain, current)  # SOGo knows the domain only after a restart requested after its add
+    current = web.state
+    changes["mailcow"] += ["~ sogo restart"] if web.restarted else []
     checks: list[Acceptance] = []
     if status == "provisioned" and not replayed:
-        status, checks = _accept(event, ports, current)
+        status, checks = _accept(event, ports, current, web)
     if status in ("provisioned", "degraded") and plans.mail.dkim_import:
         ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
         changes["mailcow"].append(f"+ dkim {pair.selector}")
@@ -266,7 +273,7 @@ def _waiting(event: Envelope, ports: Ports, st: state.DomainState, checks: list[
     }
 
 
-def _accept(event: Envelope, ports: Ports, st: state.DomainState) -> tuple[str, list[Acceptance]]:
+def _accept(event: Envelope, ports: Ports, st: state.DomainState, web: webmail.Webmail) -> tuple[str, list[Acceptance]]:
     """Run the acceptance gate: ``provisioned`` when every check passes; while checks fail, record when they first
     failed (in the domain's state) and raise NotPropagated until ``smtp_probe.max_wait_seconds`` have passed since
     then; after that ``degraded`` (the failing checks go into the event and the state).
@@ -275,7 +282,7 @@ def _accept(event: Envelope, ports: Ports, st: state.DomainState) -> tuple[str, 
         NotPropagated: a check fails and the wait is not over (retried by the broker).
         ConfigError: no SMTP probe is configured.
     """
-    checks = acceptance.gate(ports, event.subject, st)
+    checks = acceptance.gate(ports, event.subject, web)
     failed = [c for c in checks if not c.ok]
     if not failed:
         return "provisioned", checks

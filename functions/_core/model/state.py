@@ -58,6 +58,7 @@ class DomainState:
     history: tuple[dict[str, str], ...] = ()  # rotation transitions, newest last (bounded; see rotation.py)
     # the acceptance gate while it waits or after it gave up: {"event", "since", "failed": [checks]}; {} = passed
     acceptance: dict[str, Any] = field(default_factory=dict)
+    webmail: dict[str, Any] = field(default_factory=dict)  # SOGo readiness (functions/_core/model/webmail.py)
 
     @property
     def current(self) -> KeyRecord | None:
@@ -82,6 +83,8 @@ class DomainState:
             data["history"] = list(self.history)
         if self.acceptance:
             data["acceptance"] = self.acceptance
+        if self.webmail:
+            data["webmail"] = self.webmail
         return json.dumps(data, sort_keys=True, indent=1, default=dict).encode()
 
 
@@ -108,6 +111,7 @@ def load(store: ObjectStore, domain: str) -> DomainState:
         delete_after=raw.get("delete_after"),
         history=tuple(raw.get("history", ())),
         acceptance=raw.get("acceptance", {}),
+        webmail=raw.get("webmail", {}),
     )
 
 

@@ -96,6 +96,14 @@ class MailcowSettings:
     verify_tls: bool = True
     ca_file: str = ""
     timeout: float = 15.0
+    # SOGo (webmail, CalDAV/CardDAV, ActiveSync) reads Mailcow's domain list only when its container starts:
+    # a new domain is webmail-ready once a SOGo restart requested after it was added has succeeded
+    # (functions/_core/model/webmail.py). false: SOGo is not used here; no restart, no wait.
+    sogo_restart: bool = True
+    # seconds: a burst's first new domain waits this long for the others (one restart for all), and two restarts
+    # are at least this far apart
+    sogo_restart_interval: float = 120.0
+    sogo_restart_timeout: float = 75.0  # the restart request (container_ctrl.php waits for Docker, up to 60 s)
 
 
 @dataclass(frozen=True)

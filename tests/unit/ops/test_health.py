@@ -57,13 +57,17 @@ def put_state(world: World, st: state.DomainState) -> None:
     state.save(world.ports.state, st, state.load(world.ports.state, st.domain))
 
 
+def provision(world: World, domain: str) -> None:
+    assert domain_created.handle(parse(created(domain)), world.ports).status == "provisioned"
+
+
 def key(selector: str, status: str, created_at: dt.datetime, changed_at: dt.datetime | None = None) -> KeyRecord:
     return KeyRecord(selector, "AAAA", status, rotation.iso(created_at), rotation.iso(changed_at or created_at))
 
 
 def test_domains_are_counted_by_the_status_their_state_holds(world: World) -> None:
-    assert domain_created.handle(parse(created("alpha.test")), world.ports).status == "provisioned"
-    put_state(world, state.DomainState("beta.test", status="degraded"))  # issue 20's gate writes this status
+    provision(world, "alpha.test")
+    put_state(world, state.DomainState("beta.test", status="degraded"))  # what the acceptance gate writes
     put_state(world, state.DomainState("gamma.test", status="suspended"))
     world.ports.state.put("domains/broken.test.json", b"{not json")
     sink = health.Sink()
@@ -123,7 +127,7 @@ def test_a_withdrawn_node_leaves_rotation_in_the_figures(world: World) -> None:
 
 
 def test_drift_findings_come_from_the_stored_report_not_from_probing(world: World) -> None:
-    assert domain_created.handle(parse(created("alpha.test")), world.ports).status == "provisioned"
+    provision(world, "alpha.test")
     world.dns.zones["alpha.test"].pop(("alpha.test", "MX"))  # someone removed the MX by hand
     sink = health.Sink()
     health.drift_report(sink, world.ports)

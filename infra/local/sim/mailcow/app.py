@@ -4,8 +4,16 @@
 key or IP, 400 for invalid JSON, 404 ``route not found``, then per action the access check (403 for ro keys; edit
 and delete also without a key), "Cannot find attributes in post data" (200) and the method check (405). Mutations
 answer 200 with the handler's message list, or the single-object "Cannot add item" / "Task completed"; GETs answer
-``{}`` for nothing, and 200 with an empty body without a key. Every answer sets a ``PHPSESSID`` cookie, and a known
-cookie authenticates like its key did (so clients must not store cookies).
+``{}`` for nothing, and 200 with an empty body without a key. Every answer sets an ``MCSESSID`` cookie, and a known
+cookie authenticates like its key did (so clients must not store cookies). Every request that gets past the key
+check is pushed to the API log (Redis ``API_LOG``: only keys matching /pass/i masked), readable with any key at
+``GET /api/v1/get/logs/api[/N | /FROM-TO]``.
+
+``GET /inc/ajax/container_ctrl.php?service=<svc>-mailcow&action=restart`` is the admin UI's container control: any
+admin session (an API key, rw or ro, makes one) may call it; a ``Sec-Fetch-Dest`` other than ``empty`` is 403; the
+answer is HTML with ``OK`` or ``Error: <msg>``. Restarting ``sogo-mailcow`` is the only way, besides ``add/domain``
+with ``restart_sogo``, that SOGo learns new domains (it reads the domain table when it starts). Only ``restart``
+is simulated; other actions answer an empty 200.
 
 Control plane, no API key, loopback clients only:
   GET  /_sim/state     tables, DKIM selectors and public keys (no private keys, no passwords), auth failures
@@ -17,11 +25,15 @@ Control plane, no API key, loopback clients only:
                         "fail_next": [{"path_prefix", "status", "count", "apply"}]}
                        status 0 = hang ``hang_ms`` then close without an answer; ``apply`` = run the request first
                        (the write happens, the answer is lost); error_rate draws 500, 503 or a hang (seeded RNG).
+                       "sogo_restart_ms": how long a container_ctrl restart of SOGo takes (add/domain's restart is
+                       instant); "sogo_restart_fail": N = the next N SOGo restarts fail.
+  /_sim/state "sogo": {"domains" (what SOGo knows), "restarts", "restart_failures", "started"}
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 import urllib.parse
@@ -31,9 +43,17 @@ from pathlib import Path
 from typing import Any
 
 from sim.common import LOOPBACK, Request, Response, serve
-from sim.mailcow.model import Auth, Fault, MailcowModel, Outcome, PhpFatalError, as_array
+from sim.mailcow.model import Auth, Fault, MailcowModel, Outcome, PhpFatalError, as_array, php_json
 
 API = "/api/v1/"
+CONTAINER_CTRL = "/inc/ajax/container_ctrl.php"
+SESSION_NAME = "MCSESSID"  # vars.inc.php $SESSION_NAME
+CTRL_OK = '<b><span class="pull-right text-success">OK</span></b>'
+CTRL_ERROR = '<b><span class="pull-right text-danger">Error: {}</span></b>'
+CONTAINERS = frozenset(
+    f"{name}-mailcow"
+    for name in ("sogo", "postfix", "dovecot", "rspamd", "nginx", "php-fpm", "unbound", "redis", "mysql", "memcached")
+)
 ACTIONS = ("add", "get", "edit", "delete", "search")
 WRITES = ("add", "edit", "delete")
 JSON_TYPE = "application/json"
@@ -101,12 +121,13 @@ class MailcowApp:
         """
         if request.path.startswith("/_sim/"):
             return self._control(request)
-        if not request.path.startswith(API):
+        ctrl = request.path == CONTAINER_CTRL
+        if not ctrl and not request.path.startswith(API):
             return _json(404, {"type": "error", "msg": "route not found"})
         action = urllib.parse.unquote(request.path[len(API) :]).split("/")[0]
         with self.model.lock:
             entry = self.model.record(
-                request.method, request.path, write=action in WRITES, cookie="PHPSESSID" in request.cookies
+                request.method, request.path, write=ctrl or action in WRITES, cookie=SESSION_NAME in request.cookies
             )
             fault = self.model.draw_fault(request.path)
             latency = self.model.faults.latency_ms / 1000
@@ -115,7 +136,7 @@ class MailcowApp:
         if fault is not None and not fault.apply:
             entry.status = fault.status
             return self._fault(fault)
-        resp = self._api(request)
+        resp = self._container_ctrl(request) if ctrl else self._api(request)
         entry.status = resp.status if fault is None else fault.status
         return self._fault(fault) if fault is not None else resp
 
@@ -134,7 +155,7 @@ class MailcowApp:
         rest = parts[2:]
         with self.model.lock:
             auth = self.model.authenticate(
-                request.headers.get("x-api-key"), request.client, request.cookies.get("PHPSESSID")
+                request.headers.get("x-api-key"), request.client, request.cookies.get(SESSION_NAME)
             )
             if auth.banned:
                 raise HangupError("client refused (fail2ban)")
@@ -152,7 +173,10 @@ class MailcowApp:
     def _route(self, request: Request, auth: Auth, action: str, category: str, rest: list[str]) -> tuple[int, Any]:
         if auth.error is not None:
             return 401, {"type": "error", "msg": auth.error}
+        if request.headers.get("sec-fetch-dest", "empty") != "empty":
+            return 403, None  # json_api.php refuses browser navigation before it reads the body
         body = _decode_body(request, action)
+        self.model.log_api(_uri(request), request.method, request.client, _post_fields(request, action))
         if action not in ACTIONS:
             return 404, {"type": "error", "msg": "route not found"}
         if action == "get":
@@ -175,6 +199,8 @@ class MailcowApp:
         m = self.model
         if category == "status" and obj == "version":
             return {"version": m.version}
+        if category == "logs":
+            return m.api_logs(extra) if obj == "api" else None
         single: dict[str, Callable[[str], Any]] = {
             "domain": lambda o: m.domains_all(tags) if o == "all" else m.domain_details(o, tags),
             "alias-domain": lambda o: m.alias_domains_all() if o == "all" else m.alias_domain_details(o),
@@ -227,6 +253,39 @@ class MailcowApp:
         if delete is None:
             raise _HttpError(404, "route not found")
         return delete(m, items)
+
+    # -- container_ctrl.php ------------------------------------------------------------------
+
+    def _container_ctrl(self, request: Request) -> Response:
+        """The admin UI's container control; only ``action=restart`` is simulated.
+
+        Raises:
+            HangupError: the client is banned (fail2ban).
+        """
+        if request.headers.get("sec-fetch-dest", "empty") != "empty":
+            return Response(403, b"")
+        with self.model.lock:
+            auth = self.model.authenticate(
+                request.headers.get("x-api-key"), request.client, request.cookies.get(SESSION_NAME)
+            )
+            if auth.banned:
+                raise HangupError("client refused (fail2ban)")
+            delay = self.model.faults.sogo_restart_ms / 1000
+        cookie = _session_cookie(auth)
+        if auth.error is not None:
+            return _json(401, {"type": "error", "msg": auth.error}, cookie)
+        service = request.query.get("service", [""])[0]
+        if auth.access is None or not re.match(r"[a-z\-]*-mailcow", service):
+            return Response(200, b"", cookie)  # not an admin session, or not a service name: exit()
+        if request.query.get("action", [""])[0] != "restart":
+            return Response(200, b"", cookie)
+        error: str | None = None if service in CONTAINERS else ""  # an unknown container: "Error: " (no message)
+        if service == "sogo-mailcow":
+            time.sleep(delay)  # the request waits for the restart; other requests go on meanwhile
+            with self.model.lock:
+                error = self.model.restart_sogo()
+        html = CTRL_OK if error is None else CTRL_ERROR.format(error)
+        return Response(200, html.encode(), {"Content-Type": "text/html; charset=utf-8", **cookie})
 
     # -- control plane -----------------------------------------------------------------------
 
@@ -291,6 +350,30 @@ def _decode_body(request: Request, action: str) -> dict[str, Any]:
     return {}
 
 
+def _post_fields(request: Request, action: str) -> dict[str, str]:
+    """``$_POST`` as json_api.php hands it to ``api_log()``: a JSON body raw as ``attr`` (add) or ``items``
+    (delete), ``attr`` and ``items`` re-encoded (edit); otherwise the form fields."""
+    content_type = request.headers.get("content-type", "")
+    if request.method == "GET":
+        return {}
+    if "application/json" in content_type:
+        raw = request.body.decode("utf-8", "replace")
+        if action == "edit":
+            decoded = _loads(raw)
+            obj = decoded if isinstance(decoded, dict) else {}
+            return {"attr": php_json(obj.get("attr")), "items": php_json(obj.get("items"))}
+        return {"attr": raw} if action == "add" else {"items": raw} if action == "delete" else {}
+    if "application/x-www-form-urlencoded" in content_type:
+        return {k: v[0] for k, v in urllib.parse.parse_qs(request.body.decode("utf-8", "replace")).items()}
+    return {}
+
+
+def _uri(request: Request) -> str:
+    """``$_SERVER['REQUEST_URI']``: the path and query as the client sent them."""
+    query = urllib.parse.urlencode(request.query, doseq=True)
+    return f"{request.path}?{query}" if query else request.path
+
+
 def _loads(text: str) -> Any:
     try:
         return json.loads(text)
@@ -308,7 +391,7 @@ def _as_attr(value: Any) -> dict[str, Any]:
 def _session_cookie(auth: Auth) -> dict[str, str]:
     if auth.new_session is None:
         return {}
-    return {"Set-Cookie": f"PHPSESSID={auth.new_session}; path=/; secure; HttpOnly; SameSite=Lax"}
+    return {"Set-Cookie": f"{SESSION_NAME}={auth.new_session}; path=/; secure; HttpOnly; SameSite=Lax"}
 
 
 def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:

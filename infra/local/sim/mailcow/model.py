@@ -16,6 +16,7 @@ import base64
 import collections
 import datetime as dt
 import ipaddress
+import json
 import random
 import re
 import threading
@@ -35,6 +36,10 @@ TAGGING_LIMIT = 25
 MAX_KEY_SIZE = 8192  # the simulator refuses larger keys (real Mailcow tries; generation would take minutes)
 VERSION = "2026-07a"
 DKIM_HASHES = ("DKIM_PUB_KEYS", "DKIM_SELECTORS", "DKIM_PRIV_KEYS")
+SOGO_FAULTS = ("sogo_restart_ms", "sogo_restart_fail")
+LOG_LINES = 9999  # mailcow.conf LOG_LINES: Mailcow trims its Redis logs to it every minute, the simulator at once
+READ_LINES = 1000  # vars.inc.php $LOG_LINES: what get/logs/<app> returns without a count
+SOGO_RESTART_FAILED = "Container sogo-mailcow: restart failed (simulated)"
 
 # The "Default" domain template (init_db.inc.php l.1425-1445) plus the undocumented DKIM fields of add/domain.
 DOMAIN_DEFAULTS: dict[str, Any] = {
@@ -306,7 +311,7 @@ class Auth:
 
     access: str | None = None
     error: str | None = None  # the 401 message
-    new_session: str | None = None  # PHPSESSID to set
+    new_session: str | None = None  # MCSESSID to set
     banned: bool = False
 
 
@@ -324,6 +329,8 @@ class Faults:
     error_rate: float = 0.0
     hang_ms: int = 1000
     fail_next: list[FailRule] = field(default_factory=list)
+    sogo_restart_ms: int = 0  # how long a SOGo restart through container_ctrl.php takes (the request waits)
+    sogo_restart_fail: int = 0  # the next N SOGo restarts fail (dockerapi answers danger; SOGo keeps its old view)
 
 
 @dataclass(frozen=True)
@@ -349,13 +356,15 @@ def parse_faults(data: Any) -> tuple[Faults, int | None]:
     """
     if not isinstance(data, dict):
         raise ValueError("faults must be a JSON object")
-    unknown = set(data) - {"latency_ms", "error_rate", "hang_ms", "fail_next", "seed"}
+    unknown = set(data) - {"latency_ms", "error_rate", "hang_ms", "fail_next", "seed", *SOGO_FAULTS}
     if unknown:
         raise ValueError(f"unknown fault fields: {sorted(unknown)}")
     faults = Faults(
         latency_ms=_bounded_int(data.get("latency_ms", 0), "latency_ms", 0, 600_000),
         hang_ms=_bounded_int(data.get("hang_ms", 1000), "hang_ms", 0, 600_000),
         fail_next=[_fail_rule(r) for r in data.get("fail_next", [])],
+        sogo_restart_ms=_bounded_int(data.get("sogo_restart_ms", 0), "sogo_restart_ms", 0, 600_000),
+        sogo_restart_fail=_bounded_int(data.get("sogo_restart_fail", 0), "sogo_restart_fail", 0, 1_000_000),
     )
     rate = data.get("error_rate", 0.0)
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
@@ -387,6 +396,24 @@ def _bounded_int(value: Any, name: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{name} must be an integer in {low}..{high}")
     return value
+
+
+def php_json(value: Any) -> str:
+    """PHP ``json_encode()`` with default flags: compact, ``\\/`` for slashes, ``\\uXXXX`` for non-ASCII."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True).replace("/", "\\/")
+
+
+def _logged(raw: str) -> str:
+    """One ``$_POST`` field as api_log() writes it."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not value:  # PHP keeps the falsy decoded value: null and false print as "", an empty array as "Array"
+        return "Array" if isinstance(value, list | dict) else "0" if value == 0 and value is not False else ""
+    if isinstance(value, dict):
+        value = {k: "*" if re.search("pass", k, re.IGNORECASE) else v for k, v in value.items() if k != "csrf_token"}
+    return php_json(value)
 
 
 def generate_rsa(bits: int) -> tuple[str, str] | None:
@@ -441,7 +468,13 @@ class _State:
         self.clock = clock
         self.show_dkim_priv_keys = False
         self.split_dkim_255 = False
-        self.sogo_restart_fails = False
+        self.faults = Faults()
+        # SOGo learns domains only when its container starts (bootstrap-sogo.sh reads the domain table then)
+        self.sogo_domains: set[str] = set()
+        self.sogo_restarts = 0  # successful restarts
+        self.sogo_restart_failures = 0
+        self.sogo_started: str | None = None
+        self.api_log: collections.deque[str] = collections.deque(maxlen=LOG_LINES)  # Redis API_LOG, newest first
         self.domains: dict[str, DomainRow] = {}
         self.alias_domains: dict[str, AliasDomainRow] = {}
         self.mailboxes: dict[str, MailboxRow] = {}
@@ -461,6 +494,10 @@ class _State:
         for hash_ in self.redis.values():
             hash_.clear()
         self.next_id = {"alias": 1, "relayhosts": 1, "transports": 1}
+        self.sogo_domains.clear()
+        self.sogo_restarts = self.sogo_restart_failures = 0
+        self.sogo_started = None
+        self.api_log.clear()
 
     def now(self) -> str:
         return self.clock().strftime("%Y-%m-%d %H:%M:%S")
@@ -498,6 +535,47 @@ class _State:
 
     def hdel(self, hash_: str, key: str) -> None:
         self.redis[hash_].pop(key, None)
+
+    # -- SOGo and the API log ------------------------------------------------------------------
+
+    def restart_sogo(self) -> str | None:
+        """``docker('post', 'sogo-mailcow', 'restart')``: SOGo starts again and reads the domain table.
+
+        Returns None on success, else dockerapi's message; a failed restart leaves SOGo's view as it was.
+        """
+        if self.faults.sogo_restart_fail > 0:
+            self.faults.sogo_restart_fail -= 1
+            self.sogo_restart_failures += 1
+            return SOGO_RESTART_FAILED
+        self.sogo_domains = set(self.domains)
+        self.sogo_restarts += 1
+        self.sogo_started = self.now()
+        return None
+
+    def log_api(self, uri: str, method: str, remote: str, post: dict[str, str]) -> None:
+        """``api_log($_POST)`` (json_api.php): every field JSON-decoded, its top-level keys matching /pass/i
+        masked, re-encoded; pushed to API_LOG (trimmed to LOG_LINES). Nothing else is masked: an add/dkim_import
+        body keeps its ``private_key_file``."""
+        data = ", ".join(f"{name}='{_logged(value)}'" for name, value in post.items() if name != "csrf_token")
+        line = {"time": int(self.clock().timestamp()), "uri": uri, "method": method, "remote": remote, "data": data}
+        self.api_log.appendleft(php_json(line))
+
+    def api_logs(self, extra: str | None) -> list[dict[str, Any]] | None:
+        """``get_logs('api-mailcow', $extra)``: the newest READ_LINES, the newest N, or the range "from-to"
+        (1-based); None (answered ``{}``) for a bad range or an empty log."""
+        if extra is None:
+            first, last = 0, READ_LINES - 1
+        else:
+            extra = re.sub(r"[^\d-]", "", extra)
+            if is_numeric(extra) and intval(extra) >= 1:
+                first, last = 0, intval(extra) - 1
+            else:
+                low, _, high = extra.partition("-")
+                first, last = intval(low) - 1, intval(high) - 1
+                if first < 0 or last < first:
+                    return None
+        lines = list(self.api_log)[first : last + 1]
+        return [json.loads(line) for line in lines] or None
 
 
 # ---------------------------------------------------------------- DKIM (functions.dkim.inc.php)
@@ -564,10 +642,13 @@ class _Dkim(_State):
         sig = dkim.sign(message, selector.encode(), domain.encode(), pem.encode(), include_headers=headers)
         return bytes(sig) + message
 
-    def dkim_delete(self, items: list[Any], out: Outcome | None = None) -> Outcome:
-        """``delete/dkim``: ``dkim_removed`` even when no key existed."""
+    def dkim_delete(
+        self, items: list[Any], out: Outcome | None = None, *, logged: dict[str, Any] | None = None
+    ) -> Outcome:
+        """``delete/dkim``: ``dkim_removed`` even when no key existed. ``logged``: the ``$_data`` of an internal
+        call (dkim_import passes ``{"domains": "<domain>"}``, a string; the API passes the list)."""
         out = Outcome() if out is None else out
-        log: list[Any] = ["dkim", "delete", {"domains": items}]
+        log: list[Any] = ["dkim", "delete", {"domains": items} if logged is None else logged]
         for item in items:
             domain = php_str(item)
             if not is_valid_domain_name(domain):
@@ -600,7 +681,7 @@ class _Dkim(_State):
     def dkim_import(self, attr: dict[str, Any]) -> Outcome:
         """``add/dkim_import``: success is always ``[dkim_removed, dkim_added]``; no domain-existence check."""
         out = Outcome()
-        log: list[Any] = ["dkim", "import", {**attr, "private_key_file": "*"}]
+        log: list[Any] = ["dkim", "import", attr]  # the PEM included, as functions.dkim.inc.php logs $_data
         pem = re.sub(r"\r\n?", "\n", php_str(attr.get("private_key_file")).strip())
         pubkey = public_from_pem(pem)
         if pubkey is None:
@@ -613,7 +694,7 @@ class _Dkim(_State):
             return out.fail(log, ["dkim_domain_or_sel_exists", domain])
         if not valid_selector(selector):
             return out.fail(log, ["dkim_domain_or_sel_invalid", domain])
-        self.dkim_delete([domain], out)
+        self.dkim_delete([domain], out, logged={"domains": domain})
         self._dkim_store(domain, selector, pubkey, pem)
         out.push("success", log, ["dkim_added", domain])
         return out
@@ -649,8 +730,10 @@ class _Domains(_Dkim):
         self.hset("DOMAIN_MAP", domain, "1")
         self._append_tags(row, as_array(values["tags"]), out, log)
         self._domain_dkim(domain, values, out)
-        if intval(values["restart_sogo"]) and self.sogo_restart_fails:
-            out.push("warning", log, ["domain_added_sogo_failed", domain])
+        if intval(values["restart_sogo"]) and self.restart_sogo() is not None:
+            out.push("warning", log, "domain_added_sogo_failed")  # no domain_added, and the handler returns false
+            out.failed = True
+            return out
         out.push("success", log, ["domain_added", domain])
         return out
 
@@ -967,8 +1050,20 @@ class _Mailboxes(_Domains):
         )
         alias_id = self.new_id("alias")
         self.aliases[alias_id] = AliasRow(alias_id, username, username, domain, active=1)
+        self._mailbox_ratelimit(username, attr, out)
         out.push("success", log, ["mailbox_added", username])
         return out
+
+    @staticmethod
+    def _mailbox_ratelimit(username: str, attr: dict[str, Any], out: Outcome) -> None:
+        """add/mailbox calls ``ratelimit('edit', 'mailbox', ...)`` with the template's rl_frame "s" / rl_value "",
+        which answers ``rl_saved`` (or ``rl_timeframe``) before ``mailbox_added``."""
+        data = {"object": username, "rl_frame": attr.get("rl_frame", "s"), "rl_value": attr.get("rl_value", "")}
+        log: list[Any] = ["ratelimit", "edit", "mailbox", data]
+        if data["rl_frame"] not in ("s", "m", "h", "d"):
+            out.push("danger", log, "rl_timeframe")
+            return
+        out.push("success", log, ["rl_saved", username])
 
     def _new_mailbox_error(
         self, attr: dict[str, Any], local: str, domain: str, username: str
@@ -1079,7 +1174,7 @@ class _Mailboxes(_Domains):
 
     def delete_alias(self, items: list[Any]) -> Outcome:
         out = Outcome()
-        log: list[Any] = ["mailbox", "delete", "alias", {"id": items}, None]
+        log: list[Any] = ["mailbox", "delete", "alias", {"id": items}]
         for item in items:
             row = self.aliases.pop(intval(item), None)
             if row is None:
@@ -1096,7 +1191,7 @@ class _Maps(_Mailboxes):
     def add_relayhost(self, attr: dict[str, Any]) -> Outcome:
         """``add/relayhost``: no duplicate check, no id in the answer, password echoed in ``log``."""
         out = Outcome()
-        log: list[Any] = ["relayhost", "add", attr, None]
+        log: list[Any] = ["relayhost", "add", attr]
         hostname = php_str(attr.get("hostname")).strip()
         if not hostname:
             return out.fail(log, ["invalid_host", ""])
@@ -1129,7 +1224,7 @@ class _Maps(_Mailboxes):
 
     def edit_relayhost(self, items: list[Any], attr: dict[str, Any]) -> Outcome:
         out = Outcome()
-        log: list[Any] = ["relayhost", "edit", {"id": items, **attr}, None]
+        log: list[Any] = ["relayhost", "edit", {"id": items, **attr}]
         for item in items:
             row = self.relayhosts.get(intval(item))
             if row is None:
@@ -1148,7 +1243,7 @@ class _Maps(_Mailboxes):
     def delete_relayhost(self, items: list[Any]) -> Outcome:
         """``delete/relayhost``: success even for unknown ids; domains bound to it fall back to "0"."""
         out = Outcome()
-        log: list[Any] = ["relayhost", "delete", {"id": items}, None]
+        log: list[Any] = ["relayhost", "delete", {"id": items}]
         for item in items:
             key = php_str(item)
             self.relayhosts.pop(intval(key), None)
@@ -1161,7 +1256,7 @@ class _Maps(_Mailboxes):
     def add_transport(self, attr: dict[str, Any]) -> Outcome:
         """``add/transport``: ``active`` defaults to 0; destination checks run only if transports exist."""
         out = Outcome()
-        log: list[Any] = ["transport", "add", attr, None]
+        log: list[Any] = ["transport", "add", attr]
         nexthop = php_str(attr.get("nexthop")).strip()
         nexthop = f"[{nexthop}]" if is_ip(nexthop) else nexthop
         username = escape_colon(php_str(attr.get("username")).strip())
@@ -1235,7 +1330,7 @@ class _Maps(_Mailboxes):
     def edit_transport(self, items: list[Any], attr: dict[str, Any]) -> Outcome:
         """``edit/transport``: unknown id -> relayhost_invalid; a taken destination -> bare transport_dest_exists."""
         out = Outcome()
-        log: list[Any] = ["transport", "edit", {"id": items, **attr}, None]
+        log: list[Any] = ["transport", "edit", {"id": items, **attr}]
         for item in items:
             row = self.transports.get(intval(item))
             if row is None:
@@ -1257,7 +1352,7 @@ class _Maps(_Mailboxes):
 
     def delete_transport(self, items: list[Any]) -> Outcome:
         out = Outcome()
-        log: list[Any] = ["transport", "delete", {"id": items}, None]
+        log: list[Any] = ["transport", "delete", {"id": items}]
         for item in items:
             self.transports.pop(intval(item), None)
             out.push("success", log, ["relayhost_removed", php_str(item)])
@@ -1273,7 +1368,8 @@ class _Maps(_Mailboxes):
 
 
 def _short(password: str) -> str:
-    return password[:3] + "..." if password else ""
+    """``CONCAT(LEFT(password, 3), '...')``: "..." for an empty password."""
+    return password[:3] + "..."
 
 
 def _interference(nexthop: str, existing: Iterable[TransportRow]) -> list[Any] | None:
@@ -1296,7 +1392,8 @@ class MailcowModel(_Maps):
     """The whole simulated Mailcow. Front-ends hold ``lock`` around every call.
 
     ``rw_key``/``ro_key``: API keys (None generates one in the UI format from the seeded RNG; pass ``ro_key=""``
-    for no read-only key). ``clock`` gives timestamps, ``monotonic`` drives the fail2ban window.
+    for no read-only key). ``clock`` gives timestamps, ``monotonic`` drives the fail2ban window. ``log_lines``:
+    mailcow.conf LOG_LINES, the API log's length.
     """
 
     def __init__(
@@ -1308,8 +1405,10 @@ class MailcowModel(_Maps):
         hostname: str = "mail.sim.test",
         clock: Callable[[], dt.datetime] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        log_lines: int = LOG_LINES,
     ) -> None:
         super().__init__(hostname=hostname, clock=clock if clock is not None else lambda: dt.datetime.now(dt.UTC))
+        self.api_log = collections.deque(maxlen=log_lines)
         self.lock = threading.RLock()
         self.seed = seed
         self.rng = random.Random(seed)
@@ -1433,6 +1532,12 @@ class MailcowModel(_Maps):
                 "DKIM_PRIV_KEYS": sorted(self.redis["DKIM_PRIV_KEYS"]),  # field names only
             },
             "auth_failures": {ip: len(times) for ip, times in self.auth_failures.items()},
+            "sogo": {
+                "domains": sorted(self.sogo_domains),
+                "restarts": self.sogo_restarts,
+                "restart_failures": self.sogo_restart_failures,
+                "started": self.sogo_started,
+            },
         }
 
     def request_log(self) -> list[dict[str, Any]]:
