@@ -32,18 +32,11 @@ from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
 from tests.fakes.store import MemoryStore
 from tests.handmade import VARIANTS, Operator, Variant, expected
+from tests.unit.test_key_rotate import Clock
 
 T0 = dt.datetime(2026, 12, 2, 4, 0, tzinfo=dt.UTC)
 D = "handmade.test"
 BY_NAME = {v.name: v for v in VARIANTS}
-
-
-class Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @dataclass
