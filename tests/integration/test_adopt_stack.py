@@ -38,6 +38,7 @@ from functions._core.model.mailset import policy_key
 from functions._core.model.ports import DkimKey, Ports
 from functions._core.model.records import RecordSet, render_value
 from functions._core.platform.config import Settings
+from functions.adapters.pmg import _PinnedAdapter as PinnedAdapter  # how mailplane itself pins a PMG node
 from functions.ops.cli import app
 from functions.ops.drift import domain_drift
 from functions.runtime import dispatch
@@ -100,8 +101,9 @@ def operator(stack_env: dict[str, str]) -> Operator:
     mailcow = httpx.Client(base_url=env["MAILPLANE_MAILCOW_URL"], verify=_ca(env), timeout=10)
     mailcow.headers["X-API-Key"] = env["MAILPLANE_MAILCOW_API_KEY"]
     login = (env["MAILPLANE_PMG_USER"], env["MAILPLANE_PMG_PASSWORD"])
-    url, ca = env["MAILPLANE_PMG1_URL"], env["MAILPLANE_SIM_CA"]
-    return Operator(mailcow, requests.Session(), url, login, _write_zone(env), pmg_verify=ca)
+    url, pmg = env["MAILPLANE_PMG1_URL"], requests.Session()
+    pmg.mount(url, PinnedAdapter(env["MAILPLANE_PMG1_FINGERPRINT"]))  # PMG's CN-only certificate, pinned
+    return Operator(mailcow, pmg, url, login, _write_zone(env), pmg_verify=False)
 
 
 @pytest.fixture(scope="module")
