@@ -218,7 +218,12 @@ def test_a_burst_is_webmail_ready_after_exactly_one_debounced_sogo_restart(
     one of them; a domain added after that restart gets a restart of its own."""
     # the burst's gather window: every domain of it must have been added before it ends (20 events take a few
     # seconds on a loaded 2-core machine); retries of a waiting event come after 1, 2, 5, 10 s: the claim at +18 s
-    slow = replace(settings, mailcow=replace(settings.mailcow, sogo_restart_interval=15.0))
+    # and the acceptance gate waits for it (its bound stays below the retry ladder's 38 s)
+    slow = replace(
+        settings,
+        mailcow=replace(settings.mailcow, sogo_restart_interval=15.0),
+        smtp_probe=replace(settings.smtp_probe, max_wait_seconds=30),
+    )
     domains = [stack.unique_domain("sogo") for _ in range(20)]
     stack.zone_add(*domains)
     before = _sogo(stack_env)["restarts"]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from functions._core.model import keys, state
+from functions._core.model import keys, state, webmail
 from functions._core.model.keys import REVOKED_TXT
 from functions._core.model.mailset import customer_lines, delegated, desired_records, dkim_name, dkim_record, fqdn
 from functions._core.model.ports import DkimKey, DnsChange, Ports
@@ -498,6 +498,10 @@ def activate(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
     if missing:
         why = f"{ctx.domain} waits for the customer's DNS: {', '.join(missing[:6])} not served yet"
         return Wait("manual_action", why, None, tuple(f"publish: {ln}" for ln in customer_lines(want)))
+    web = webmail.settle(ctx.ports, ctx.domain, st)  # SOGo must know the domain before it counts as provisioned
+    if not web.ready:
+        raise NotPropagated(f"{ctx.domain}: not webmail-ready: {web.waiting}")
+    st = web.state
     have, key = mail.get_dkim(ctx.domain), DkimKey(selector, k.public_b64)
     if have != key:
         if have is not None:

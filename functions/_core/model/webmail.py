@@ -125,15 +125,20 @@ def _next_step(ports: Ports, rec: Restarts, after: int) -> tuple[str, Restarts |
     mc, now = ports.settings.mailcow, ports.clock()
     if rec.requested > after and rec.requested > max(rec.succeeded, rec.failed):
         started = _time(rec.requested_at)
-        if started is not None and now < started + dt.timedelta(seconds=2 * mc.sogo_restart_timeout):
+        if started is not None and started <= now < started + dt.timedelta(seconds=2 * mc.sogo_restart_timeout):
             return f"SOGo restart {rec.requested} (requested after the domain was added) is running", None
     interval = dt.timedelta(seconds=mc.sogo_restart_interval)
-    pending = _time(rec.pending_since) or now
-    due = max(pending + interval, (_time(rec.requested_at) or pending) + interval)
+    # a time in the future comes from a skewed clock: ignored (a pending mark is set again), so that it never delays
+    # a restart by more than one interval
+    pending_at, last = (
+        None if x is None or x > now else x for x in (_time(rec.pending_since), _time(rec.requested_at))
+    )
+    pending = pending_at or now
+    due = max(pending + interval, (last or pending) + interval)
     if now >= due:
         return "", replace(rec, requested=rec.requested + 1, requested_at=_iso(now), pending_since=None)
     waiting = f"SOGo restart {rec.requested + 1} is due at {_iso(due)}"
-    if rec.pending_since is None:
+    if pending_at is None:
         return waiting, replace(rec, pending_since=_iso(pending))
     return waiting, None
 
