@@ -291,6 +291,8 @@ class Sandbox:
             "vhost": f'"{self.vhost}"',
             "state_bucket": f'"mpbench-{self.run}-state"',
             "web_bucket": f'"mpbench-{self.run}-web"',
+            # SOGo restarted within the event that needs it: each event's cost includes its restart (no gather wait)
+            "sogo_restart_interval": "0",
         }
         if self.prefetch is not None:
             subs["prefetch"] = str(self.prefetch)
