@@ -210,6 +210,9 @@ def test_variant_plan_apply_and_replay(
     again = dispatch.run(adopt_body(domain), "operator", ports)  # a second adopt: a no-op
     assert again.verdict == "done" and again.outcome is not None and again.outcome.status == "managed"
     assert counters(stack_env, settings, domain) == after
+    # the relay domain an adoption added reaches the other PMG nodes at their cluster sync (status asks each
+    # node's SMTP): let it happen now rather than wait for the interval
+    stack.pmg_control(stack_env, "POST", "faults", {"sync_now": True})
     drift = domain_drift(domain, ports)
     different = any(i.cls == "different" for i in plan.items)
     assert drift.status == ("drift" if different else "provisioned"), [c for c in drift.failing]
