@@ -1,0 +1,154 @@
+"""The stack's DNS as production runs it: a hidden primary, two public secondaries fed by NOTIFY + IXFR through the
+catalog zone, DNSSEC-signed zones under a signed local parent (test.), and the validating resolver."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from tests.stackenv import REPO
+
+pytestmark = pytest.mark.stack
+
+PORT = 5399
+PRIMARY = "127.0.0.1"
+
+
+def _servers(env: dict[str, str]) -> list[str]:
+    return [s.rsplit(":", 1)[0] for s in env["MAILPLANE_DNS_SECONDARIES"].split()]
+
+
+def _ask(server: str, name: str, rtype: str, port: int = PORT, cd: bool = False) -> dns.message.Message:
+    q = dns.message.make_query(name, rtype, want_dnssec=True)
+    if port != PORT:
+        q.flags |= dns.flags.RD
+    if cd:
+        q.flags |= dns.flags.CD
+    return dns.query.tcp(q, server, port=port, timeout=5)
+
+
+def _soa_serial(server: str, zone: str) -> int | None:
+    r = _ask(server, zone, "SOA")
+    for rrset in r.answer:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return int(rrset[0].serial)
+    return None
+
+
+def _eventually(check: object, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return bool(check())  # type: ignore[operator]
+
+
+def _script(*args: str, env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [str(REPO / "infra" / "local" / args[0]), *args[1:]],
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "MAILPLANE_STACK_DIR": env["MAILPLANE_STACK_DIR"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _ds_of(zone: str) -> str:
+    """The SHA-256 DS of the zone's DNSKEY as the primary serves it (dnssec-dsfromkey, BIND's own tool)."""
+    keys = subprocess.run(
+        ["dig", "+norec", "-p", str(PORT), f"@{PRIMARY}", zone, "DNSKEY"], capture_output=True, text=True, check=True
+    ).stdout
+    ds = subprocess.run(
+        ["dnssec-dsfromkey", "-a", "SHA-256", "-f", "-", zone], input=keys, capture_output=True, text=True, check=True
+    ).stdout.split()
+    return " ".join(ds[3:7])
+
+
+def _parent_ds(env: dict[str, str], zone: str, ds: str) -> None:
+    script = f"server {PRIMARY} {PORT}\nzone test\nupdate delete {zone}. DS\nupdate add {zone}. 60 DS {ds}\nsend\n"
+    subprocess.run(["nsupdate", "-k", env["MAILPLANE_PARENT_KEYFILE"]], input=script, text=True, check=True)
+
+
+def _flush(env: dict[str, str], zone: str) -> None:
+    conf = f"{env['MAILPLANE_STACK_DIR']}/unbound/resolver.conf"
+    subprocess.run(["unbound-control", "-c", conf, "flush_zone", zone], capture_output=True, check=True)
+    subprocess.run(["unbound-control", "-c", conf, "flush_bogus"], capture_output=True, check=True)
+
+
+def test_provider_zone_is_served_signed_by_every_ns_and_validates(stack_env: dict[str, str]) -> None:
+    ns = _ask(PRIMARY, "faster.test", "NS")
+    names = sorted(rd.target.to_text() for rrset in ns.answer if rrset.rdtype == dns.rdatatype.NS for rd in rrset)
+    assert names == ["ns2.faster.test.", "ns3.faster.test."]  # the primary is hidden
+    primary = _soa_serial(PRIMARY, "faster.test")
+    for server in _servers(stack_env):
+        assert _eventually(lambda s=server: _soa_serial(s, "faster.test") == primary), server
+        got = _ask(server, "faster.test", "DNSKEY")
+        assert any(rrset.rdtype == dns.rdatatype.RRSIG for rrset in got.answer), server
+    answer = _ask(stack_env["MAILPLANE_RESOLVER"], "moo.faster.test", "A", port=53)
+    assert answer.rcode() == dns.rcode.NOERROR
+    assert answer.flags & dns.flags.AD
+
+
+def test_new_zone_reaches_the_secondaries_through_the_catalog_and_validates_once_its_ds_is_in_the_parent(
+    stack_env: dict[str, str],
+) -> None:
+    zone = f"d{uuid.uuid4().hex[:10]}.test"
+    resolver = stack_env["MAILPLANE_RESOLVER"]
+    _script("zone-add", zone, env=stack_env)
+    try:
+        for server in _servers(stack_env):
+            assert _eventually(lambda s=server: _soa_serial(s, zone) is not None), f"{server} never served {zone}"
+        # signed, but no DS in the parent yet: insecure (answers, without AD)
+        r = _ask(resolver, zone, "SOA", port=53)
+        assert r.rcode() == dns.rcode.NOERROR and not r.flags & dns.flags.AD
+        _parent_ds(stack_env, zone, _ds_of(zone))
+        _flush(stack_env, zone)
+        r = _ask(resolver, zone, "SOA", port=53)
+        assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AD
+        # a wrong DS: the chain breaks, the resolver refuses the data (SERVFAIL); with CD the data is still there
+        _parent_ds(stack_env, zone, "12345 13 2 " + "cd" * 32)
+        _flush(stack_env, zone)
+        assert _ask(resolver, zone, "SOA", port=53).rcode() == dns.rcode.SERVFAIL
+        assert _ask(resolver, zone, "SOA", port=53, cd=True).rcode() == dns.rcode.NOERROR
+    finally:
+        _script("zone-del", zone, env=stack_env)
+    for server in _servers(stack_env):
+        assert _eventually(lambda s=server: _ask(s, zone, "SOA").rcode() == dns.rcode.REFUSED), server
+
+
+def test_an_update_reaches_every_secondary_signed(stack_env: dict[str, str]) -> None:
+    zone = f"u{uuid.uuid4().hex[:10]}.test"
+    _script("zone-add", zone, env=stack_env)
+    try:
+        for server in _servers(stack_env):
+            assert _eventually(lambda s=server: _soa_serial(s, zone) is not None), server
+        before = _soa_serial(PRIMARY, zone)
+        # compare-and-set as mailplane writes: the prerequisite is checked on the (unsigned) zone, then re-signed
+        script = (
+            f"server {PRIMARY} {PORT}\nzone {zone}\nprereq nxrrset www.{zone}. A\n"
+            f"update add www.{zone}. 300 A 127.0.0.9\nsend\n"
+        )
+        subprocess.run(["nsupdate", "-k", stack_env["MAILPLANE_TSIG_KEYFILE"]], input=script, text=True, check=True)
+        for server in [PRIMARY, *_servers(stack_env)]:
+
+            def served(s: str = server) -> bool:
+                r = _ask(s, f"www.{zone}", "A")
+                return any(rrset.rdtype == dns.rdatatype.RRSIG for rrset in r.answer) and any(
+                    rrset.rdtype == dns.rdatatype.A for rrset in r.answer
+                )
+
+            assert _eventually(served), f"{server} does not serve the signed update"
+            serial = _soa_serial(server, zone)
+            assert serial is not None and before is not None and serial != before
+    finally:
+        _script("zone-del", zone, env=stack_env)
