@@ -152,3 +152,26 @@ def test_an_update_reaches_every_secondary_signed(stack_env: dict[str, str]) -> 
             assert serial is not None and before is not None and serial != before
     finally:
         _script("zone-del", zone, env=stack_env)
+
+
+def test_a_paused_secondary_lags_until_resumed(stack_env: dict[str, str]) -> None:
+    """Test knob infra/local/dns-lag: ns3 keeps the old zone while ns2 follows the primary; resumed, it catches up."""
+    zone = f"l{uuid.uuid4().hex[:10]}.test"
+    ns2, ns3 = _servers(stack_env)
+    _script("zone-add", zone, env=stack_env)
+    try:
+        for server in (ns2, ns3):
+            assert _eventually(lambda s=server: _soa_serial(s, zone) is not None), server
+        old = _soa_serial(ns3, zone)
+        _script("dns-lag", "pause", "ns3", env=stack_env)
+        try:
+            script = f"server {PRIMARY} {PORT}\nzone {zone}\nupdate add www.{zone}. 300 A 127.0.0.9\nsend\n"
+            subprocess.run(["nsupdate", "-k", stack_env["MAILPLANE_TSIG_KEYFILE"]], input=script, text=True, check=True)
+            assert _eventually(lambda: _soa_serial(ns2, zone) == _soa_serial(PRIMARY, zone) != old)
+            time.sleep(1)  # ns2 got the NOTIFY and the IXFR; ns3 got the NOTIFY too, and was refused the transfer
+            assert _soa_serial(ns3, zone) == old
+        finally:
+            _script("dns-lag", "resume", "ns3", env=stack_env)
+        assert _eventually(lambda: _soa_serial(ns3, zone) == _soa_serial(PRIMARY, zone))
+    finally:
+        _script("zone-del", zone, env=stack_env)
