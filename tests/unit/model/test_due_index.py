@@ -192,3 +192,21 @@ def test_an_unreadable_state_is_reported_at_every_run() -> None:
     for hour in range(2):
         report = rotate_due.run(raw, s, T0 + hour * dt.timedelta(hours=1), None)
         assert report.errors == ("broken.test: JSONDecodeError",)
+
+
+def test_a_replayed_write_and_a_repeated_run_change_nothing() -> None:
+    """A handler that replays its state write (same state again) and rotate-due run twice in the same hour: the
+    index and the due list stay as they were."""
+    raw, s = MemoryStore(), settings()
+    built(raw, s)
+    store = due_index.IndexedStore(raw, s.dkim)
+    provision(store, "a.test", T0)
+    provision(store, "b.test", T0 + 30 * DAY)
+    before = index(raw)
+    st = state.load(raw, "a.test")
+    state.save(store, DomainState(st.domain, st.request, st.keys, st.status), st)  # the replay
+    provision(store, "a.test", T0)
+    assert index(raw) == before
+    now = T0 + 181 * DAY
+    assert due(raw, s, now) == due(raw, s, now) == ["a.test"]
+    assert index(raw) == before
