@@ -55,18 +55,7 @@ def scan(store: ObjectStore, settings: Settings, *, threads: int = 8) -> tuple[l
     """Every domain's next due time (due or not), the domains whose state could not be read, and how many
     domains were read (a domain that is not provisioned has no due time)."""
     names = [k[len(PREFIX) : -len(".json")] for k in store.list(PREFIX) if k.endswith(".json")]
-
-    def one(domain: str) -> Due | str | None:
-        try:
-            st = state.load(store, domain)
-        except (AutomationError, ValueError, KeyError, TypeError) as exc:
-            return f"{domain}: {type(exc).__name__}"
-        return _due_of(st, settings)
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = list(pool.map(one, names))
-    dues = sorted(r for r in results if isinstance(r, Due))
-    return dues, [r for r in results if isinstance(r, str)], len(names)
+    return (*_read(names, lambda domain: state.load(store, domain), settings, threads), len(names))
 
 
 def scan_due(
@@ -81,17 +70,27 @@ def scan_due(
     for day, domain in due_index.entries(store, now.astimezone(dt.UTC).date()):
         days.setdefault(domain, []).append(day)
 
+    def load(domain: str) -> state.DomainState:
+        return due_index.settle(store, domain, days[domain], settings.dkim)
+
+    return (*_read(list(days), load, settings, threads), len(days))
+
+
+def _read(
+    domains: list[str], load: Callable[[str], state.DomainState], settings: Settings, threads: int
+) -> tuple[list[Due], list[str]]:
+    """Each domain's state by ``load``, side by side: the dues found (sorted) and the domains that could not be read."""
+
     def one(domain: str) -> Due | str | None:
         try:
-            st = due_index.settle(store, domain, days[domain], settings.dkim)
+            st = load(domain)
         except (AutomationError, ValueError, KeyError, TypeError) as exc:
             return f"{domain}: {type(exc).__name__}"
         return _due_of(st, settings)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = list(pool.map(one, days))
-    dues = sorted(r for r in results if isinstance(r, Due))
-    return dues, [r for r in results if isinstance(r, str)], len(days)
+        results = list(pool.map(one, domains))
+    return sorted(r for r in results if isinstance(r, Due)), [r for r in results if isinstance(r, str)]
 
 
 def _due_of(st: state.DomainState, settings: Settings) -> Due | None:
