@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import ipaddress
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Protocol
@@ -331,6 +332,7 @@ class Rfc2136Dns:
         update = build_update(zone, changes, raw=self._raw)
         if changes:
             self._send(zone, update, changes)
+            self._until_served(zone, changes)
         serial = self.serial(zone, self._primary)
         if serial is None:
             raise DnsRefused(f"primary {self._primary} does not serve {zone}")
@@ -357,6 +359,32 @@ class Rfc2136Dns:
             if not (lost and self._holds(zone, changes)):
                 raise
             log.info("dns apply: zone=%s answer was lost but the zone holds the result", zone)
+
+    def _until_served(self, zone: str, changes: list[DnsChange]) -> None:
+        """Wait (at most ``timeout`` seconds) until the primary SERVES what the UPDATE wrote. With inline signing
+        (BIND ``dnssec-policy`` + ``inline-signing``) an UPDATE lands in the unsigned zone and the zone that queries
+        and transfers see catches up once re-signed, milliseconds later (longer under load): until then a read
+        (the next event's compare-and-set plan) and the serial this returns would be the old ones. Values only (a
+        server may cap TTLs, e.g. ``max-zone-ttl``); a change that did not land is found by the verification.
+        Bounded by ``dns.propagation_wait`` (0: no wait), the first step of the propagation the gate waits for."""
+        wait = self._settings.propagation_wait
+        if wait <= 0:
+            return
+        want = {c.key: None if c.after is None else c.after.values for c in changes}
+        deadline, delay = time.monotonic() + wait, 0.01
+        while True:
+            have = self.read_zone(zone)
+            if all((None if have.get(k) is None else have[k].values) == v for k, v in want.items()):
+                return
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "dns apply: zone=%s: the primary does not serve the update after %.0f s",
+                    zone,
+                    wait,
+                )
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def _holds(self, zone: str, changes: list[DnsChange]) -> bool:
         have = self.read_zone(zone)

@@ -49,7 +49,11 @@ www IN CNAME web
 web IN A 192.0.2.1
 """
 SETTINGS = DnsSettings(
-    primary="127.0.0.1", port=5399, tsig_name="ddns-key", tsig_secret=Secret(base64.b64encode(b"k" * 32).decode())
+    primary="127.0.0.1",
+    port=5399,
+    tsig_name="ddns-key",
+    tsig_secret=Secret(base64.b64encode(b"k" * 32).decode()),
+    propagation_wait=0.0,
 )
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
+import time
 import urllib.request
 import uuid
 
+import dns.message
 import dns.query
 import dns.tsig
 import dns.tsigkeyring
@@ -48,6 +50,15 @@ def test_resolver_caches_for_the_ttl(stack_env: dict[str, str]) -> None:
         msg = dns.update.UpdateMessage("faster.test", keyring=keyring, keyalgorithm=dns.tsig.HMAC_SHA256)
         msg.replace(name, 300, "TXT", f'"{value}"')
         assert dns.query.tcp(msg, server, port=port, timeout=5).rcode() == 0
+        # inline signing: the authoritative server answers with the new value once re-signed (milliseconds later);
+        # asking the resolver before would cache the old answer (or the NXDOMAIN) and test nothing about TTLs
+        query = dns.message.make_query(f"{name}.faster.test", "TXT")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            answer = dns.query.udp(query, server, port=port, timeout=2).answer
+            if any(f'"{value}"' in rrset.to_text() for rrset in answer):
+                break
+            time.sleep(0.02)
 
     def through_resolver() -> str:
         return _client("dig", "+short", f"{name}.faster.test", "TXT").strip()

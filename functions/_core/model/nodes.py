@@ -22,7 +22,7 @@ from typing import Any
 
 from functions._core.model.ports import DnsChange, MailPort, Ports
 from functions._core.model.records import Key, RecordSet
-from functions._core.model.verify import serial_before
+from functions._core.model.verify import serial_before, until_propagated
 from functions._core.platform.config import MxHost, Settings
 from functions._core.platform.errors import (
     ConfigError,
@@ -375,10 +375,18 @@ def verify_dns(
 ) -> list[str]:
     """Every authoritative server serves (present=True) or no longer serves (False) each (key, values).
 
+    Every server is asked again for up to ``dns.propagation_wait`` seconds until all of them pass.
+
     Raises:
         NotPropagated: listing the first mismatches (transient: the broker retries).
     """
-    checks = list(checks)
+    listed = list(checks)
+    return until_propagated(ports.settings.dns.propagation_wait, lambda: _verify_dns(ports, zone, listed, min_serial))
+
+
+def _verify_dns(
+    ports: Ports, zone: str, checks: list[tuple[Key, tuple[str, ...], bool]], min_serial: int | None
+) -> list[str]:
     servers = ports.dns.servers(zone)
     problems: list[str] = []
     for server in servers:

@@ -29,7 +29,13 @@ from functions._core.model.mailset import customer_lines, delegated, desired_rec
 from functions._core.model.ports import DkimKey, DnsChange, Ports
 from functions._core.model.records import RecordSet
 from functions._core.model.state import DomainState, KeyRecord
-from functions._core.model.verify import delegated_lookup, external_missing, server_mismatches, txt_value
+from functions._core.model.verify import (
+    delegated_lookup,
+    external_missing,
+    server_mismatches,
+    txt_value,
+    until_propagated,
+)
 from functions._core.platform.config import DkimSettings
 from functions._core.platform.errors import (
     EventInvalid,
@@ -452,9 +458,13 @@ def publish(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
 def gate(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
     """Every authoritative server serves the new TXT (content, and a serial not older than the UPDATE's)."""
     k = _key(st, selector)
-    problems = ctx.zone.mismatches(ctx.zone.want(selector, k.text), k.serial)
-    if problems:
-        raise NotPropagated("; ".join(problems[:6]))
+
+    def check() -> None:
+        problems = ctx.zone.mismatches(ctx.zone.want(selector, k.text), k.serial)
+        if problems:
+            raise NotPropagated("; ".join(problems[:6]))
+
+    until_propagated(ctx.ports.settings.dns.propagation_wait, check)
     return _commit(ctx, st, {selector: {"status": "VISIBLE"}})
 
 

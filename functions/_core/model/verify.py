@@ -4,7 +4,9 @@ signature verified against each) before a domain counts as provisioned.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from functions._core.model import keys
 from functions._core.model.mailset import MARKER_NAME
@@ -16,6 +18,34 @@ from functions._core.platform.errors import NotPropagated
 def serial_before(a: int, b: int) -> bool:
     """RFC 1982 serial arithmetic: True when ``a`` is older than ``b``."""
     return a != b and ((b - a) % 2**32) < 2**31
+
+
+T = TypeVar("T")
+POLL_FIRST, POLL_MAX = 0.05, 0.5  # seconds between rounds of questions: doubling from the first to the max
+
+
+def until_propagated(
+    wait: float,
+    check: Callable[[], T],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> T:
+    """``check()`` again and again while it raises NotPropagated, for at most ``wait`` seconds
+    (``dns.propagation_wait``): a secondary fed by NOTIFY + IXFR serves an UPDATE within about a second, which is
+    not worth a rung of the broker's retry ladder. Each round asks every server again; the last NotPropagated is
+    raised when the time is up.
+    """
+    deadline, delay = monotonic() + wait, POLL_FIRST
+    while True:
+        try:
+            return check()
+        except NotPropagated:
+            left = deadline - monotonic()
+            if left <= 0:
+                raise
+        sleep(min(delay, left))
+        delay = min(delay * 2, POLL_MAX)
 
 
 AXFR_MIN_RRSETS = 4  # from this many expected RRsets on, one transfer per server replaces the query per RRset
@@ -70,9 +100,24 @@ def verify_zone(
     ``signer``: a delegated key (reference/dns.md §5.4): ``zone`` is the delegation zone, ``expected`` holds the key's
     one TXT, and the probe is signed for the customer domain ``signer``, its selector resolved through that TXT's name.
 
+    Every server is asked again for up to ``dns.propagation_wait`` seconds until all of them pass.
+
     Raises:
         NotPropagated: listing the first mismatches (transient: the broker retries later).
     """
+    return until_propagated(
+        ports.settings.dns.propagation_wait, lambda: _verify_zone(ports, zone, expected, min_serial, pair, signer)
+    )
+
+
+def _verify_zone(
+    ports: Ports,
+    zone: str,
+    expected: Mapping[Key, RecordSet],
+    min_serial: int | None,
+    pair: keys.KeyPair,
+    signer: str | None,
+) -> list[str]:
     dns = ports.dns
     servers = dns.servers(zone)
     target = next(iter(expected.values())).name if signer else ""

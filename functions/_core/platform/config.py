@@ -151,6 +151,9 @@ class DnsSettings:
     # Recursive resolvers for the public view of zones hosted elsewhere ("host" or "host:port"; the first is asked);
     # empty = the first name server in /etc/resolv.conf.
     resolvers: tuple[str, ...] = ()
+    # Seconds a verification keeps asking every authoritative server in place (NOTIFY + IXFR take about a second)
+    # before it raises NotPropagated to the broker's retry ladder; 0 = one round of questions.
+    propagation_wait: float = 5.0
 
 
 @dataclass(frozen=True)
