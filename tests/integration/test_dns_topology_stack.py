@@ -3,7 +3,9 @@ catalog zone, DNSSEC-signed zones under a signed local parent (test.), and the v
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
+import threading
 import time
 import uuid
 
@@ -14,6 +16,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from tests.integration import stack
 from tests.stackenv import REPO
 
 pytestmark = pytest.mark.stack
@@ -175,3 +178,48 @@ def test_a_paused_secondary_lags_until_resumed(stack_env: dict[str, str]) -> Non
         assert _eventually(lambda: _soa_serial(ns3, zone) == _soa_serial(PRIMARY, zone))
     finally:
         _script("zone-del", zone, env=stack_env)
+
+
+def test_a_lagging_secondary_holds_the_event_until_it_catches_up(stack_env: dict[str, str]) -> None:
+    """The gate asks every NS: with ns3's transfers held back the event stays NotPropagated (asked again in place for
+    dns.propagation_wait, then retried by the broker) and is provisioned only after ns3 caught up."""
+    settings = stack.settings_for(stack_env)
+    domain = stack.unique_domain("lag")
+    ns2, ns3 = _servers(stack_env)
+    _script("zone-add", domain, env=stack_env)
+    seen: dict[str, object] = {}
+
+    def resume_later() -> None:
+        # wait until the primary and ns2 serve the plan while ns3 still serves the empty zone: real lag
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            primary = _soa_serial(PRIMARY, domain) or 0
+            if primary != seen["paused_at"] and _soa_serial(ns2, domain) == primary:
+                break
+            time.sleep(0.2)
+        time.sleep(3.0)  # the gate keeps failing on ns3 meanwhile
+        seen["ns3_while_paused"] = _soa_serial(ns3, domain)
+        seen["primary_while_paused"] = _soa_serial(PRIMARY, domain)
+        seen["resumed"] = dt.datetime.now(dt.UTC)
+        _script("dns-lag", "resume", "ns3", env=stack_env)
+
+    helper = threading.Thread(target=resume_later)
+    try:
+        assert _eventually(lambda: _soa_serial(ns3, domain) is not None)
+        _script("dns-lag", "pause", "ns3", env=stack_env)
+        seen["paused_at"] = _soa_serial(ns3, domain)
+        stack.publish(stack_env, settings, stack.created_event(domain))
+        helper.start()
+        stack.run_worker(settings)
+        helper.join(70)
+    finally:
+        _script("dns-lag", "resume", "ns3", env=stack_env)
+    assert "resumed" in seen, "the primary and ns2 never served the plan"
+    assert seen["ns3_while_paused"] == seen["paused_at"] != seen["primary_while_paused"], "ns3 did not lag"
+    outcomes = [stack.body_json(b) for _, b in stack.take(stack_env, settings, "q.outcomes", domain)]
+    (outcome,) = [o for o in outcomes if o["type"] == "domain.provisioned"]
+    # a gate that asked only the primary (or ns2) would have provisioned the domain before ns3 caught up
+    assert dt.datetime.fromisoformat(outcome["time"]) > seen["resumed"]  # type: ignore[operator]
+    assert outcome["data"]["status"] == "provisioned"
+    assert {f"{ns2}:{PORT}", f"{ns3}:{PORT}"} <= set(outcome["data"]["verified_servers"])
+    assert _soa_serial(ns3, domain) == _soa_serial(PRIMARY, domain)
