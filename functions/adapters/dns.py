@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Protocol
 
+import dns.dnssec
 import dns.exception
 import dns.flags
 import dns.message
@@ -28,6 +29,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
+import dns.rdtypes.ANY.DNSKEY
 import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.TXT
 import dns.rdtypes.txtbase
@@ -49,6 +51,7 @@ __all__ = [
     "Rfc2136Dns",
     "TcpWire",
     "build_update",
+    "ds_from_dnskeys",
     "normalise_value",
     "serial_lt",
     "verify_propagation",
@@ -361,20 +364,27 @@ class Rfc2136Dns:
             log.info("dns apply: zone=%s answer was lost but the zone holds the result", zone)
 
     def _until_served(self, zone: str, changes: list[DnsChange]) -> None:
-        """Wait (at most ``timeout`` seconds) until the primary SERVES what the UPDATE wrote. With inline signing
+        """Wait (at most ``dns.propagation_wait`` s) until the primary SERVES what the UPDATE wrote. With inline signing
         (BIND ``dnssec-policy`` + ``inline-signing``) an UPDATE lands in the unsigned zone and the zone that queries
         and transfers see catches up once re-signed, milliseconds later (longer under load): until then a read
         (the next event's compare-and-set plan) and the serial this returns would be the old ones. Values only (a
         server may cap TTLs, e.g. ``max-zone-ttl``); a change that did not land is found by the verification.
-        Bounded by ``dns.propagation_wait`` (0: no wait), the first step of the propagation the gate waits for."""
+        0 = no wait. It is the first step of the propagation the gate waits for."""
         wait = self._settings.propagation_wait
         if wait <= 0:
             return
         want = {c.key: None if c.after is None else c.after.values for c in changes}
         deadline, delay = time.monotonic() + wait, 0.01
         while True:
-            have = self.read_zone(zone)
-            if all((None if have.get(k) is None else have[k].values) == v for k, v in want.items()):
+            try:  # one transfer per round, not retried in place: the round itself is the retry, within the wait
+                with _mapped(f"AXFR {zone}"):
+                    have: dict[Key, RecordSet] | None = _records(self._wire.transfer(zone, None))[0]
+            except (DnsServfail, DnsRefused) as exc:  # the UPDATE was answered NOERROR; the verification finds the rest
+                log.info("dns apply: zone=%s: reading it back failed (%s)", zone, exc.reason)
+                have = None
+            if have is not None and all(
+                (None if have.get(k) is None else have[k].values) == v for k, v in want.items()
+            ):
                 return
             if time.monotonic() >= deadline:
                 log.warning(
@@ -518,6 +528,32 @@ def normalise_value(rtype: str, value: str) -> str:
         return _text(dns.rdata.from_text(IN, rtype, value, origin=dns.name.root, relativize=False))
     except (dns.exception.DNSException, ValueError) as exc:
         raise ValueError(f"bad {rtype} value {value!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------- DNSSEC (pure)
+
+SEP = 0x0001  # DNSKEY flag: secure entry point, a key-signing key (KSK or CSK, flags 257) the parent's DS points to
+
+
+def ds_from_dnskeys(zone: str, dnskeys: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The DS records (digest type 2, SHA-256; RFC 4509) for the key-signing keys among ``dnskeys`` (DNSKEY rdatas in
+    presentation form, as ``query`` returns them), in presentation form ``<tag> <alg> 2 <hex>``, sorted.
+
+    Raises:
+        ValueError: a value is not a DNSKEY rdata.
+    """
+    owner = dns.name.from_text(_zone(zone))
+    out = []
+    for value in dnskeys:
+        try:
+            key = dns.rdata.from_text(IN, dns.rdatatype.DNSKEY, value)
+        except (dns.exception.DNSException, ValueError) as exc:
+            raise ValueError(f"bad DNSKEY value {value!r}: {exc}") from None
+        assert isinstance(key, dns.rdtypes.ANY.DNSKEY.DNSKEY)
+        if key.flags & SEP:
+            ds = dns.dnssec.make_ds(owner, key, "SHA256")
+            out.append(f"{ds.key_tag} {ds.algorithm} {ds.digest_type} {ds.digest.hex().upper()}")
+    return tuple(sorted(out))
 
 
 # ---------------------------------------------------------------- reading helpers (pure)
