@@ -21,6 +21,7 @@ Control plane, no API key, loopback clients only:
   POST /_sim/reset     empty the model, forget sessions, faults and the request log
   POST /_sim/sign      {"domain", "message"} -> {"signed"}: the message as Mailcow's signer (rspamd) sends it,
                        DKIM-signed with the domain's key from Redis (the data plane; the key is never returned)
+  POST /_sim/seed      {"count": N[, "prefix", "pubkey", "selector"]}: N domains at once (tests, benchmarks)
   POST /_sim/faults    {"latency_ms", "error_rate", "hang_ms", "seed",
                         "fail_next": [{"path_prefix", "status", "count", "apply"}]}
                        status 0 = hang ``hang_ms`` then close without an answer; ``apply`` = run the request first
@@ -303,6 +304,12 @@ class MailcowApp:
                 return _json(200, {"ok": True})
             if route == ("POST", "/_sim/sign"):
                 return self._sign(request)
+            if route == ("POST", "/_sim/seed"):  # test-only: {"count": N[, "prefix", "pubkey", "selector"]}
+                try:
+                    spec = json.loads(request.body or b"{}")
+                    return _json(200, {"added": self.model.seed_domains(**spec)})
+                except (ValueError, TypeError) as exc:
+                    return _json(400, {"error": str(exc)})
             if route == ("POST", "/_sim/faults"):
                 try:
                     self.model.set_faults(json.loads(request.body or b"{}"))

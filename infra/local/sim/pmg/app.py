@@ -10,6 +10,8 @@ Control plane, no auth, loopback clients only:
   GET  /_sim/state     nodes, views, sync times, each node's parsed config and what its postfix uses ("effective")
   GET  /_sim/requests  [{seq, method, path, node, write, status[, params]}] (params only for /config paths)
   POST /_sim/reset     back to the initial state
+  POST /_sim/seed      JSON {"count": N[, "prefix", "host", "comment"]}: N relay domains + transports at once (tests,
+                       benchmarks; PmgModel.seed_domains)
   POST /_sim/faults    JSON, see PmgModel.configure (latency_ms, error_rate, fail_next, master_down, down, promote, ...)
 """
 
@@ -109,6 +111,11 @@ class PmgNodeApp:
             if route == ("POST", "/_sim/reset"):
                 self.model.reset()
                 return _json(200, {"ok": True})
+            if route == ("POST", "/_sim/seed"):  # test-only: {"count": N[, "prefix", "host", "comment"]}
+                spec = json.loads(request.body or b"{}")
+                if not isinstance(spec, dict):
+                    raise ValueError("seed must be a JSON object")
+                return _json(200, {"added": self.model.seed_domains(**spec)})
             if route == ("POST", "/_sim/faults"):
                 settings = json.loads(request.body or b"{}")
                 if not isinstance(settings, dict):
