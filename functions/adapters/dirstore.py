@@ -101,12 +101,15 @@ class DirStore:
         Raises:
             StoreUnavailable: an I/O error.
         """
+        parts = prefix.split("/")[:-1]
+        safe = not any(p in ("", ".", "..") or p.startswith(RESERVED) for p in parts)
+        top = self._root.joinpath(*parts) if safe else self._root  # walk only the directory the prefix lies in
         with _mapped(f"list {prefix}"):
-            if not self._root.is_dir():
+            if not top.is_dir() or top.is_symlink():
                 return iter([])
             keys = [
                 path.relative_to(self._root).as_posix()
-                for path in self._root.rglob("*")
+                for path in top.rglob("*")
                 if path.is_file() and not any(p.startswith(RESERVED) for p in path.relative_to(self._root).parts)
             ]
         return iter(sorted(k for k in keys if k.startswith(prefix)))

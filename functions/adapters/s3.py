@@ -162,22 +162,31 @@ class S3Store:
         retried(attempt)()
 
     def list(self, prefix: str) -> Iterator[str]:
-        """Keys starting with ``prefix`` in S3 order (all pages are read before the first key is returned).
+        """Keys starting with ``prefix`` in S3 order, one page (1,000 keys) read at a time, so a caller that stops
+        early (the due index stops at the first day after today) reads no further page. Each page is retried.
 
         Raises:
             StoreUnavailable: 5xx, throttling, timeouts, connection errors (after the retries).
             StoreRejected: any other refusal.
         """
+        token: str | None = None
+        while True:
+            page = self._page(prefix, token)
+            yield from (obj["Key"] for obj in page.get("Contents", []))
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if token is None:
+                return
 
-        def attempt() -> list[str]:
-            def pages() -> list[str]:
-                paginator = self._client.get_paginator("list_objects_v2")
-                pages = paginator.paginate(Bucket=self._bucket, Prefix=prefix)
-                return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    def _page(self, prefix: str, token: str | None) -> Any:
+        def attempt() -> Any:
+            def one() -> Any:
+                if token is None:
+                    return self._client.list_objects_v2(Bucket=self._bucket, Prefix=prefix)
+                return self._client.list_objects_v2(Bucket=self._bucket, Prefix=prefix, ContinuationToken=token)
 
-            return self._call(f"list {prefix}", pages)
+            return self._call(f"list {prefix}", one)
 
-        return iter(retried(attempt)())
+        return retried(attempt)()
 
     def probe(self) -> None:
         """Refuse to run on a store without conditional writes (see ``probe_conditional_writes``).

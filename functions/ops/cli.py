@@ -156,7 +156,7 @@ def demo(config: ConfigOpt = None) -> None:
 
 
 def _register_subcommands() -> None:
-    from functions.ops import cli_adopt, cli_dlq, cli_health, cli_nodes, cli_ops, cli_pmg, cli_rotate
+    from functions.ops import cli_adopt, cli_dlq, cli_health, cli_nodes, cli_ops, cli_pmg, cli_rotate, cli_sweep
 
     for module in (
         cli_ops,
@@ -166,6 +166,7 @@ def _register_subcommands() -> None:
         cli_health,
         cli_adopt,
         cli_pmg,
+        cli_sweep,
     ):  # cli_nodes extends cli_ops
         module.register(app)
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from functions._core.model import due_index
 from functions._core.platform.config import Settings
 from functions._core.platform.errors import AutomationError, ConfigError
 from functions.ops import rotate_due
@@ -71,6 +72,12 @@ def register(app: typer.Typer) -> None:
         ] = "scheduler",
         now: Annotated[str | None, typer.Option("--now", help="evaluate as of this ISO time (what-if)")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+        rebuild_index: Annotated[
+            bool, typer.Option("--rebuild-index", help="recreate the due index from every state first")
+        ] = False,
+        full_scan: Annotated[
+            bool, typer.Option("--full-scan", help="read every state instead of the due index (slow at scale)")
+        ] = False,
     ) -> None:
         """Publish key.rotate for each domain that is due: nudges for rotations in progress, new rotations capped."""
         main.setup_logging("WARNING")
@@ -81,7 +88,10 @@ def register(app: typer.Typer) -> None:
             publisher = None if dry_run else _publisher(settings, as_user)
             publish = None if publisher is None else publisher.bind(settings.broker.exchange, as_user)
             try:
-                report = rotate_due.run(store, settings, when, publish, max_start=max_start)
+                if rebuild_index:
+                    indexed, removed = due_index.rebuild(store, settings.dkim, when)
+                    err.print(f"due index rebuilt: {indexed} domains indexed, {removed} stale entries removed")
+                report = rotate_due.run(store, settings, when, publish, max_start=max_start, full_scan=full_scan)
             finally:
                 if publisher is not None:
                     publisher.close()

@@ -1,6 +1,7 @@
 """The rotation scheduler behind `mailplane rotate-due` (run hourly by a systemd timer or a Kubernetes CronJob).
 
-It reads every domain's state, asks ``rotation.due`` when the domain next needs a key.rotate, and publishes one as
+It reads the state of every domain the due index lists up to today (functions/_core/model/due_index.py; every
+domain's state with ``full_scan``), asks ``rotation.due`` when it next needs a key.rotate, and publishes one as
 the ``scheduler`` publisher for each domain that is due: ``nudge`` for a rotation in progress (every one that is
 due), ``scheduled`` to begin one (at most ``max_start`` per run, the longest overdue first). A rotation becomes due
 ``rotate_after_days`` plus a stable per-domain jitter of up to ``rotate_jitter_days`` after its key became active,
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from functions._core.model import rotation, state
+from functions._core.model import due_index, rotation, state
 from functions._core.platform.config import Settings
 from functions._core.platform.envelope import build
 from functions._core.platform.errors import AutomationError
@@ -54,22 +55,50 @@ def scan(store: ObjectStore, settings: Settings, *, threads: int = 8) -> tuple[l
     """Every domain's next due time (due or not), the domains whose state could not be read, and how many
     domains were read (a domain that is not provisioned has no due time)."""
     names = [k[len(PREFIX) : -len(".json")] for k in store.list(PREFIX) if k.endswith(".json")]
+    return (*_read(names, lambda domain: state.load(store, domain), settings, threads), len(names))
+
+
+def scan_due(
+    store: ObjectStore, settings: Settings, now: dt.datetime, *, threads: int = 8
+) -> tuple[list[Due], list[str], int]:
+    """Like ``scan``, but through the due index (functions/_core/model/due_index.py): only the states of domains
+    with an entry up to today are read, and each entry that proves wrong is repaired. Builds the index first when
+    its marker is missing. Returns the dues found (due or not yet), unreadable domains, states read."""
+    if not due_index.built(store):
+        due_index.rebuild(store, settings.dkim, now, threads=threads)
+    days: dict[str, list[dt.date]] = {}
+    for day, domain in due_index.entries(store, now.astimezone(dt.UTC).date()):
+        days.setdefault(domain, []).append(day)
+
+    def load(domain: str) -> state.DomainState:
+        return due_index.settle(store, domain, days[domain], settings.dkim)
+
+    return (*_read(list(days), load, settings, threads), len(days))
+
+
+def _read(
+    domains: list[str], load: Callable[[str], state.DomainState], settings: Settings, threads: int
+) -> tuple[list[Due], list[str]]:
+    """Each domain's state by ``load``, side by side: the dues found (sorted) and the domains that could not be read."""
 
     def one(domain: str) -> Due | str | None:
         try:
-            st = state.load(store, domain)
+            st = load(domain)
         except (AutomationError, ValueError, KeyError, TypeError) as exc:
             return f"{domain}: {type(exc).__name__}"
-        found = rotation.due(st, settings.dkim)
-        cur = rotation.active(st) or rotation.pending(st)  # pending: a zone hosted elsewhere awaiting the customer
-        if found is None or cur is None:
-            return None
-        return Due(found[1], domain, found[0], cur.selector)
+        return _due_of(st, settings)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = list(pool.map(one, names))
-    dues = sorted(r for r in results if isinstance(r, Due))
-    return dues, [r for r in results if isinstance(r, str)], len(names)
+        results = list(pool.map(one, domains))
+    return sorted(r for r in results if isinstance(r, Due)), [r for r in results if isinstance(r, str)]
+
+
+def _due_of(st: state.DomainState, settings: Settings) -> Due | None:
+    found = rotation.due(st, settings.dkim)
+    cur = rotation.active(st) or rotation.pending(st)  # pending: a zone hosted elsewhere awaiting the customer
+    if found is None or cur is None:
+        return None
+    return Due(found[1], st.domain, found[0], cur.selector)
 
 
 def select(dues: Iterable[Due], now: dt.datetime, max_start: int) -> tuple[list[Due], int]:
@@ -107,14 +136,16 @@ def run(
     publish: Callable[[dict[str, Any]], None] | None,
     *,
     max_start: int | None = None,
+    full_scan: bool = False,
 ) -> Report:
-    """Scan, select and publish (``publish`` None = dry run). A failed publish stops the run (the next one retries).
+    """Scan (the due index, or every state with ``full_scan``), select and publish (``publish`` None = dry run). A
+    failed publish stops the run (the next one retries).
 
     Raises:
         pika.exceptions.AMQPError: the broker refused or did not confirm a publish.
     """
     limit = settings.dkim.rotate_max_per_run if max_start is None else max_start
-    dues, errors, scanned = scan(store, settings)
+    dues, errors, scanned = scan(store, settings) if full_scan else scan_due(store, settings, now)
     chosen, deferred = select(dues, now, limit)
     for due in chosen:
         if publish is not None:

@@ -11,6 +11,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
+from functions._core.model.due_index import IndexedStore
 from functions._core.model.ports import Ports
 from functions._core.platform.config import Settings, StoreSettings
 from functions._core.platform.errors import ConfigError
@@ -93,7 +94,7 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         mail=MailcowClient(settings.mailcow),
         gateway=PmgClient(settings.pmg, settings.provider.mx_hosts),
         dns=Rfc2136Dns(settings.dns),
-        state=state,
+        state=IndexedStore(state, settings.dkim),  # keeps the due index of `rotate-due` on every state write
         web=build_store(settings.store, settings.store.web_bucket, probe=False),
         settings=settings,
         ledger=ledger,

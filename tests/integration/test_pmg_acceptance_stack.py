@@ -105,10 +105,15 @@ def test_the_same_burst_without_retouch_loses_writes_to_the_one_second_rule(
     stack_env: dict[str, str], settings: Settings, sim: None
 ) -> None:
     off = with_map_writes(settings, "off")
-    domains = burst(stack_env, off, "lost")
     ports = build_ports(off, probe=False)
-    lost = rejected_on(ports, domains).get("pmg1.faster.test", [])
-    assert lost, "every relay domain became effective on the master without re-touching the map"
+    # the loss is a race (a write in the same second as the map's last postmap, with no write after it): most
+    # bursts lose writes, not every one; without the whole-second rule none of them would
+    for _attempt in range(3):
+        domains = burst(stack_env, off, "lost")
+        lost = rejected_on(ports, domains).get("pmg1.faster.test", [])
+        if lost:
+            break
+    assert lost, "three bursts: every relay domain became effective on the master without re-touching the map"
     listed = {d.domain for d in ports.gateway.list_relay_domains()}
     assert set(lost) <= listed  # in PMG's API and file, not in the master's postfix map
     got = statuses(stack_env, settings, domains)

@@ -100,13 +100,18 @@ def load(store: ObjectStore, domain: str) -> DomainState:
     obj = store.get(state_key(domain))
     if obj is None:
         return DomainState(domain)
-    raw = json.loads(obj.body)
+    return parse(domain, obj.body, obj.etag)
+
+
+def parse(domain: str, body: bytes, etag: str | None) -> DomainState:
+    """A state from its stored body (``load``; the due index reads the body of every state it sees written)."""
+    raw = json.loads(body)
     return DomainState(
         domain=domain,
         request=raw.get("request", {}),
         keys=tuple(KeyRecord(**k) for k in raw.get("keys", [])),
         status=raw.get("status", "new"),
-        etag=obj.etag,
+        etag=etag,
         suspended_at=raw.get("suspended_at"),
         delete_after=raw.get("delete_after"),
         history=tuple(raw.get("history", ())),

@@ -358,3 +358,36 @@ def _mapping(value: object) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return dict(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    kept: int
+    expired: int  # deleted (or, in a dry run, that would be)
+    unreadable: int  # left alone: not a ledger record (reported, never deleted)
+
+
+def sweep(store: ObjectStore, now: datetime, *, apply: bool, prefix: str = PREFIX) -> Sweep:
+    """Delete the ledger records past their ``expires_at``, for stores without an S3 lifecycle rule (the dir store,
+    MinIO without ILM). A record's expiry is written with it (``keep``), so the sweep needs no setting of its own.
+    A record a claim rewrites between the read and the delete is lost early: the next delivery of that event is
+    then handled again, which the handlers' compare-and-set makes harmless (A7: the ledger is an optimisation).
+
+    Raises:
+        StoreUnavailable: the store failed (run it again; it resumes where the listing finds records).
+    """
+    kept = expired = unreadable = 0
+    for key in store.list(prefix):
+        obj = store.get(key)
+        if obj is None:
+            continue
+        record = _read(obj.body)
+        if record is None:
+            unreadable += 1
+        elif now >= record.expires_at:
+            expired += 1
+            if apply:
+                store.delete(key)
+        else:
+            kept += 1
+    return Sweep(kept, expired, unreadable)

@@ -424,3 +424,25 @@ def test_two_threads_race_exactly_one_wins(round_: int) -> None:
     assert sorted(outcomes.values()) == ["held", "won"], outcomes
     winner = next(o for o, v in outcomes.items() if v == "won")
     assert stored(store, ev)["result"] == {"winner": winner}
+
+
+def test_sweep_deletes_only_expired_records_and_nothing_else() -> None:
+    """The sweep for stores without a lifecycle rule: records past expires_at go, the rest and foreign objects stay."""
+    from functions._core.platform.idempotency import sweep
+
+    store = MemoryStore()
+    for i, when in enumerate((T0, T0 + 2 * KEEP)):
+        raw = load_event("domain.created")
+        raw["id"] = f"sweep-{i}"
+        ev = parse(json.dumps(raw).encode(), publisher="billing")
+        with ledger(store, clock=lambda when=when: when).claim(NAME, ev) as claim:
+            claim.complete(OUTCOME)
+    store.put("idem/domain_created/junk.json", b"{not a record")
+    store.put("domains/a.test.json", b"{}")
+    now = T0 + KEEP + dt.timedelta(minutes=1)  # the first record expired, the second not yet
+    dry = sweep(store, now, apply=False)
+    assert (dry.expired, dry.kept, dry.unreadable) == (1, 1, 1) and len(store.objects) == 4
+    done = sweep(store, now, apply=True)
+    assert done == dry and len(store.objects) == 3
+    assert "domains/a.test.json" in store.objects and "idem/domain_created/junk.json" in store.objects
+    assert sweep(store, now, apply=True).expired == 0
