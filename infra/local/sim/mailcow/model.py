@@ -346,6 +346,8 @@ class RequestRecord:
     write: bool
     cookie: bool
     status: int = 0
+    bytes_in: int = 0  # URL + body received
+    bytes_out: int = 0  # body sent (headers not counted)
 
 
 def parse_faults(data: Any) -> tuple[Faults, int | None]:

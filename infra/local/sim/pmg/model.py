@@ -540,6 +540,7 @@ class PmgModel:
             self.faults = Faults()
             # bounded: a long benchmark must not grow the simulator until the OOM killer ends it without a log line
             self.log: collections.deque[dict[str, Any]] = collections.deque(maxlen=LOG_MAX)
+            self._current = threading.local()  # .entry: the log entry of this thread's request in flight
             self._seq = 0
             self._writes = 0
             self._rng = random.Random(self._seed)
@@ -729,6 +730,14 @@ class PmgModel:
         with self._lock:
             return [dict(entry) for entry in self.log]
 
+    def note_bytes(self, received: int, sent: int) -> None:
+        """The sizes of the request this thread's last ``call`` logged: URL + body received, body sent."""
+        entry = getattr(self._current, "entry", None)
+        if entry is not None:
+            with self._lock:
+                entry.update(bytes_in=received, bytes_out=sent)
+            self._current.entry = None
+
     def writes(self) -> int:
         """Config writes (non-GET ``/config`` requests) received so far, on any node."""
         with self._lock:
@@ -814,7 +823,8 @@ class PmgModel:
             self._seq += 1
             self._writes += write
             entry: dict[str, Any] = {"seq": self._seq, "method": call.method, "path": call.path}
-            entry.update(node=call.node, write=write, status=0)
+            entry.update(node=call.node, write=write, status=0, bytes_in=0, bytes_out=0)
+            self._current.entry = entry  # the front-end adds the sizes it sent and received (note_bytes)
             if call.path.startswith("/config/"):
                 entry["params"] = {k: v if isinstance(v, str | int | bool) else str(v) for k, v in call.params.items()}
             if call.path == "/access/ticket" and call.method == "POST":
