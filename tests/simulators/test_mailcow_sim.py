@@ -931,3 +931,13 @@ def test_seed_adds_domains_with_keys_without_api_requests(sim: Sim) -> None:
     assert len(sim.get("get/domain/all")) == 50
     resp = sim.http.post("/_sim/seed", json={"count": 1, "prefix": "Bad_prefix"})
     assert resp.status_code == 400
+
+
+def test_request_log_counts_the_bytes_of_url_and_bodies(sim: Sim) -> None:
+    """The benchmark's bytes per event (benchmarks/bench_fleet_calls.py); a missing item is ``{}``, 2 bytes."""
+    sim.control("POST", "seed", {"count": 30, "prefix": "s"})
+    sim.get("get/domain/nope.test")
+    sim.get("get/domain/all")
+    missing, everything = sim.model.request_log()[-2:]
+    assert (missing["bytes_in"], missing["bytes_out"]) == (len("/api/v1/get/domain/nope.test"), 2)
+    assert everything["bytes_out"] > 30 * 100

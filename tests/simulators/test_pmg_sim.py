@@ -603,3 +603,14 @@ def test_seed_fills_every_node_without_api_requests(api: Raw) -> None:
     assert api.model.rcpt("pmg2", "198.51.100.7", "postmaster@s7.test")[0] != 554  # postfix uses it on every node
     resp = api.session.post(f"{api.urls['pmg1']}/_sim/seed", json={"count": -1}, verify=api.verify)
     assert resp.status_code == 400
+
+
+def test_request_log_counts_the_bytes_of_url_and_bodies(api: Raw) -> None:
+    """The benchmark's bytes per event (benchmarks/bench_fleet_calls.py): a listing costs what its answer holds."""
+    api.control("POST", "seed", {"count": 50, "prefix": "s"})
+    small = api.request("GET", "/config/domains/s1.test")
+    listing = api.request("GET", "/config/domains")
+    one, everything = api.model.requests()[-2:]
+    assert one["bytes_out"] == len(small.content) and everything["bytes_out"] == len(listing.content)
+    assert one["bytes_in"] == len("/api2/json/config/domains/s1.test")
+    assert everything["bytes_out"] > 40 * one["bytes_out"]
