@@ -101,18 +101,18 @@ class Bench:
                 if body["count"] > 0:
                     http.post(f"{self.sb._sim_url(system)}/_sim/seed", json=body).raise_for_status()  # noqa: SLF001
         self.fleet.pmg = self.fleet.mailcow = size
-        self.fleet.seconds[f"sims to {size}"] = time.monotonic() - t0
+        self.fleet.seconds[f"{size}: sims"] = time.monotonic() - t0
         t0 = time.monotonic()
         want = min(size, store_max)
         self._seed_store(self.fleet.store, want)
         self.fleet.store = max(self.fleet.store, want)
-        self.fleet.seconds[f"store to {self.fleet.store}"] = time.monotonic() - t0
+        self.fleet.seconds[f"{size}: store to {self.fleet.store}"] = time.monotonic() - t0
         t0 = time.monotonic()
         want = min(size, zones_max)
         if want > self.fleet.zones:
             self._add_bulk_zones([f"z{self.sb.run}-{i:06d}.test" for i in range(self.fleet.zones, want)])
             self.fleet.zones = want
-        self.fleet.seconds[f"zones to {self.fleet.zones}"] = time.monotonic() - t0
+        self.fleet.seconds[f"{size}: BIND to {self.fleet.zones} zones"] = time.monotonic() - t0
 
     def _seed_store(self, start: int, stop: int) -> None:
         """State objects of other domains, written straight into the bucket (copies of a real state)."""
@@ -215,6 +215,15 @@ class Bench:
             out[name] = self._count(name, steps[name]())
         return out
 
+    def listings(self) -> dict[str, float]:
+        """Bytes of what the per-event reads were before issue 17 (main e10a281): PMG's three listings, which
+        every domain.created read (domain.deleted and adopt two or three of them), and Mailcow's domain listing."""
+        start = {s: len(self.sb.sim_requests(s)) for s in ("mailcow", "pmg")}
+        gw = self.ports.gateway
+        gw.list_relay_domains(), gw.list_transports(), gw.list_networks()
+        self.ports.mail.list_domains()
+        return {s: sim_counts(self.sb.sim_requests(s)[start[s] :])["bytes"] for s in ("pmg", "mailcow")}
+
     def _node(self, kind: str) -> dict[str, Any]:
         self.seq += 1
         raw = _event(kind, self.node, sequence=self.seq, observer="bench")
@@ -297,7 +306,7 @@ def run(
     for mx in sb.settings.provider.mx_hosts:  # one Mailcow relayhost per node, as on the platform
         ports.mail.add_relayhost(sb.settings.nodes.smarthost_format.format(host=mx.name))
     bench = Bench(sb, ports, tally)
-    out: dict[str, Any] = {"sizes": list(sizes), "per_size": {}, "fleet": {}}
+    out: dict[str, Any] = {"sizes": list(sizes), "per_size": {}, "fleet": {}, "old_listings": {}}
     try:
         bench.warm_up()
         for size in sorted(sizes):
@@ -307,6 +316,7 @@ def run(
                 bench.warm_delete()
             print(f"bench fleet: measuring at {size} ...", file=sys.stderr, flush=True)
             out["per_size"][size] = bench.measure(size, k)
+            out["old_listings"][size] = bench.listings()
             out["fleet"][size] = {
                 "pmg": bench.fleet.pmg,
                 "mailcow": bench.fleet.mailcow,
@@ -366,6 +376,12 @@ def render(r: dict[str, Any]) -> str:
         "¹ per event at the largest size: PMG map listings, Mailcow get/<domain|mailbox|alias-domain|dkim>/all, store "
         "listings across domains; for dns the AXFRs of the event's own zone (or the provider zone), never of others.",
         "² the same calls and listings at every size, bytes within 5 % of the smallest size's.",
+        "before (main e10a281), every domain.created also read PMG's three listings; their bytes (PMG: relay "
+        "domains + transports + trusted networks; Mailcow: get/domain/all, for comparison): "
+        + "; ".join(
+            f"{int(s):,}: PMG {v['pmg']:,} B, Mailcow {v['mailcow']:,} B"
+            for s, v in sorted(r.get("old_listings", {}).items(), key=lambda kv: int(kv[0]))
+        ),
         f"fleet per size: {fleet}",
         f"seeding seconds: {json.dumps({k: round(v, 1) for k, v in r['seed_seconds'].items()})}",
     ]
