@@ -189,6 +189,26 @@ class GatewayPortContract:
         got = next(t for t in env.port.list_transports() if t.domain == self.DOMAIN)
         assert (got.host, got.use_mx) == ("mx.example.com", False)
 
+    def test_per_item_reads_see_exactly_the_entry_or_none(self, env: Env) -> None:
+        """The event paths' reads (GET /config/domains/{d}, /config/transport/{d}, /config/mynetworks/{cidr}): a
+        missing entry is None (PMG answers 500 "... does not exist"), a present one reads as the listing shows it."""
+        domain, transport, network = self.names()
+        v6 = TrustedNetwork("2001:db8:17::/64", M)
+        for cidr in (network.cidr, v6.cidr):
+            env.port.delete_network(cidr)
+        env.port.delete_transport(self.DOMAIN)
+        env.port.delete_relay_domain(self.DOMAIN)
+        assert env.port.get_relay_domain(self.DOMAIN) is None
+        assert env.port.get_transport(self.DOMAIN) is None
+        assert env.port.get_network(network.cidr) is None and env.port.get_network(v6.cidr) is None
+        ensure(env.port, domain, transport, network)
+        env.port.add_network(v6)
+        assert env.port.get_relay_domain(self.DOMAIN) == domain
+        got = env.port.get_transport(self.DOMAIN)
+        assert got == next(t for t in env.port.list_transports() if t.domain == self.DOMAIN)
+        assert env.port.get_network(network.cidr) == network and env.port.get_network(v6.cidr) == v6
+        env.port.delete_network(v6.cidr)
+
     def test_delete_missing_is_success(self, env: Env) -> None:
         domain, transport, network = self.names()
         env.port.add_relay_domain(domain)
