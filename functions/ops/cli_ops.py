@@ -78,7 +78,7 @@ def drift(
         names = drift_mod.managed_domains(ports) if all_domains else [normalize_domain(domain)]
     except AutomationError as exc:
         _fail(exc)
-    results = drift_mod.run(names, ports, err)
+    results = drift_mod.run(names, ports, err, bulk=all_domains)
     if report:
         drift_mod.save_report(ports.state, results, ports.clock())
     if json_out:

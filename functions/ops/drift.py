@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from functions._core.model import state
@@ -120,18 +119,26 @@ def drift_all(
     return out
 
 
-def run(domains: list[str], ports: Ports, err: Console, *, progress_min: int = PROGRESS_MIN) -> list[DomainDrift]:
-    """``drift_all`` with a progress bar on stderr for large runs."""
-    columns = (
-        TextColumn("drift"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-    )
-    with Progress(*columns, console=err, transient=True, disable=len(domains) < progress_min) as bar:
-        task = bar.add_task("", total=len(domains))
-        return drift_all(domains, ports, lambda d: bar.update(task, advance=1, description=d.domain))
+def run(
+    domains: list[str],
+    ports: Ports,
+    err: Console,
+    *,
+    progress_min: int = PROGRESS_MIN,
+    bulk: bool = False,
+    every: int | None = None,
+) -> list[DomainDrift]:
+    """Check ``domains``: one by one (``drift DOMAIN``), or from bulk reads (``bulk``: ``drift --all``,
+    functions/ops/drift_bulk.py); from ``progress_min`` domains on, progress lines on ``err`` every ``every``
+    domains (default: about every 5 %, at least 10) and at the end, with the rate."""
+    from functions.ops import drift_bulk  # the bulk runner builds on this module
+
+    step = every if every is not None else max(10, min(drift_bulk.PROGRESS_EVERY, len(domains) // 20))
+    progress = drift_bulk.Progress(len(domains), lambda line: err.print(line, highlight=False), step)
+    on_done = progress if len(domains) >= progress_min else None
+    if bulk:
+        return drift_bulk.drift_all(domains, ports, on_done)
+    return drift_all(domains, ports, on_done)
 
 
 def exit_code(results: list[DomainDrift]) -> int:
