@@ -9,15 +9,14 @@ runs report. Reads for at most ``AHEAD`` domains are held at a time.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from functions._core.model import state, webmail
 from functions._core.model.mailset import delegated, policy_key
 from functions._core.model.ports import Ports
-from functions.ops.drift import DRIFTED, DomainDrift, domain_drift
+from functions.ops.drift import DomainDrift, domain_drift
 from functions.ops.snapshot import (
     RUN,
     SMTP_BATCH,
@@ -33,34 +32,6 @@ from functions.ops.snapshot import (
 
 WORKERS = 8  # concurrent reads (the systems are I/O-bound; the comparison runs in the calling thread)
 AHEAD = 64  # domains whose reads may be held at once
-PROGRESS_EVERY = 500
-
-
-@dataclass
-class Progress:
-    """Progress lines (``write``: e.g. stderr): every ``every`` domains and at the end, with the rate."""
-
-    total: int
-    write: Callable[[str], None]
-    every: int = PROGRESS_EVERY
-    start: float = field(default_factory=time.monotonic)
-    done: int = 0
-    drifted: int = 0
-    errors: int = 0
-
-    def __call__(self, result: DomainDrift) -> None:
-        self.done += 1
-        self.drifted += result.status in DRIFTED
-        self.errors += result.status == "error"
-        if self.done % self.every == 0 or self.done == self.total:
-            took = max(time.monotonic() - self.start, 1e-9)
-            rate = self.done / took
-            left = (self.total - self.done) / rate if rate else 0.0
-            tail = f"done in {took:.1f} s" if self.done == self.total else f"about {left:.0f} s left"
-            self.write(
-                f"drift: {self.done}/{self.total} domains, {rate:.1f}/s, {self.drifted} drifted, "
-                f"{self.errors} unreadable; {tail}"
-            )
 
 
 def views(ports: Ports, memo: Memo, scope: Scope) -> Ports:

@@ -106,12 +106,12 @@ def test_a_failing_read_is_an_error_for_that_domain_in_a_bulk_run(fleet: World) 
 def test_progress_lines_on_stderr_with_the_rate(fleet: World) -> None:
     buf = io.StringIO()
     err = Console(file=buf, width=200, color_system=None)
-    results = drift.run(list(CLEAN), fleet.ports, err, progress_min=2, bulk=True, every=3)
+    results = drift.run(list(CLEAN), fleet.ports, err, progress_min=2, every=3, runner=drift_bulk.drift_all)
     lines = buf.getvalue().splitlines()
     assert len(results) == 7 and [line.split()[1] for line in lines] == ["3/7", "6/7", "7/7"]
     assert "/s," in lines[0] and "done in" in lines[-1] and "0 drifted" in lines[-1]
     quiet = io.StringIO()
-    drift.run(list(CLEAN), fleet.ports, Console(file=quiet), progress_min=8, bulk=True)
+    drift.run(list(CLEAN), fleet.ports, Console(file=quiet), progress_min=8, runner=drift_bulk.drift_all)
     assert quiet.getvalue() == ""
 
 
