@@ -42,7 +42,7 @@ def views(ports: Ports, memo: Memo, scope: Scope) -> Ports:
         gateway=GatewayView(ports.gateway, memo),
         dns=DnsView(ports.dns, memo, scope),
         state=StoreView(ports.state, "state", memo, scope),
-        web=StoreView(ports.web, "web", memo, scope),
+        web=StoreView(ports.web, "web", memo, scope, listed=True),
         smtp=None if ports.smtp is None else SmtpView(ports.smtp, memo, scope),
     )
 

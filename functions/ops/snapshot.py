@@ -34,7 +34,7 @@ from functions._core.model.ports import (
     TrustedNetwork,
 )
 from functions._core.model.records import Key, RecordSet
-from functions._core.platform.store import ObjectStore, StoredObject
+from functions._core.platform.store import ListsEtags, ObjectStore, StoredObject
 
 T = TypeVar("T")
 SMTP_BATCH = 8  # domains per SMTP session: with the control recipient 9 RCPTs, below postfix's smtpd_soft_error_limit
@@ -116,18 +116,47 @@ class Scope:
 
 
 class StoreView:
-    """An ObjectStore whose registered keys are read once (``get``); everything else goes to the store."""
+    """An ObjectStore whose registered keys are read once (``get``); everything else goes to the store. With
+    ``listed`` (the web bucket, where every policy has the same body) and a store that lists ETags, the bucket is
+    listed once and an object whose ETag names a body already read is not read again (an ETag identifies the
+    content: S3's MD5 of a single-part upload, the dir store's SHA-256)."""
 
-    def __init__(self, target: ObjectStore, bucket: str, memo: Memo, scope: Scope) -> None:
+    BODIES = 16  # distinct bodies remembered by ETag
+
+    def __init__(self, target: ObjectStore, bucket: str, memo: Memo, scope: Scope, *, listed: bool = False) -> None:
         self._target, self._bucket, self._memo, self._scope = target, bucket, memo, scope
+        self._listed = listed and isinstance(target, ListsEtags)
+        self._bodies: dict[str, bytes] = {}
 
     def get(self, key: str) -> StoredObject | None:
         owner = self._scope.objects.get((self._bucket, key))
         return self._target.get(key) if owner is None else self.read(owner, key)
 
     def read(self, owner: str, key: str) -> StoredObject | None:
-        """``get``, memoised for ``owner`` (ClosedError once the owner is done)."""
-        return self._memo.get(owner, ("store", self._bucket, key), lambda: self._target.get(key))
+        """``get``, memoised for ``owner`` (ClosedError once the owner is done).
+
+        Raises:
+            ClosedError: ``owner`` is done.
+        """
+        etag = self._known_etag(key)
+        body = None if etag is None else self._bodies.get(etag)
+        if etag is not None and body is not None:
+            return StoredObject(body, etag)
+        obj = self._memo.get(owner, ("store", self._bucket, key), lambda: self._target.get(key))
+        if obj is not None and self._listed and len(self._bodies) < self.BODIES:
+            self._bodies[obj.etag] = obj.body
+        return obj
+
+    def _known_etag(self, key: str) -> str | None:
+        """The key's ETag in the run's listing of the bucket (None: not listed, or the listing failed)."""
+        target = self._target
+        if not self._listed or not isinstance(target, ListsEtags):
+            return None
+        try:
+            listing = self._memo.get(RUN, ("store", self._bucket, "etags"), lambda: dict(target.etags("")))
+        except Exception:  # the listing is an optimisation: without it every object is read
+            return None
+        return listing.get(key)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._target, name)

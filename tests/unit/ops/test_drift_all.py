@@ -92,6 +92,8 @@ def test_bulk_run_reads_each_system_once_per_fleet_or_once_per_domain(fleet: Wor
     assert dns.calls.count("read_zone_at") == 3 * len(checked)  # one transfer per zone and server...
     per_domain_queries = dns.calls.count("query") / len(checked)
     assert 5 < per_domain_queries < 30  # ...but ns3 refuses transfers: its records are queried one by one
+    web = fleet.recorders["web"]
+    assert web.calls.count("etags") == 1 and web.calls.count("get") == 2  # the one policy body, and the stale one
     assert st.calls.count("get") == len(domains)  # each state once (every domain is webmail-ready: no SOGo record)
     batches = -(-len(domains) // drift_bulk.SMTP_BATCH)
     assert len(fleet.smtp.sessions) == 3 * batches < 3 * len(checked) / 4  # one session per node and batch
