@@ -219,10 +219,14 @@ def main() -> None:
     print(f"seeded in {r['seed_other_seconds']} s):")
     print(f"{'path':<34}{'seconds':>10}{'domains/s':>12}{'peak RSS MB':>14}")
     rate = per["sample"] / per["seconds"] if per["seconds"] else 0.0
-    print(f"{'per domain (sample ' + str(per['sample']) + ', extrapolated)':<34}{per['extrapolated_s']:>10}{rate:>12.1f}")
+    print(
+        f"{'per domain (sample ' + str(per['sample']) + ', extrapolated)':<34}{per['extrapolated_s']:>10}{rate:>12.1f}"
+    )
     print(f"{'bulk reads (drift --all now)':<34}{bulk['seconds']:>10}{bulk['per_s']:>12}{bulk['rss_mb']:>14}")
     print(f"{'limit':<34}{LIMIT_S:>10}")
-    print(f"found {r['summary']} (drift seeded in {r['drift_seeded']}); identical on the sample: {r['identical_on_sample']}")
+    print(
+        f"found {r['summary']} (drift seeded in {r['drift_seeded']}); identical on the sample: {r['identical_on_sample']}"
+    )
     print(json.dumps(r))
 
 
