@@ -224,9 +224,8 @@ def main() -> None:
     )
     print(f"{'bulk reads (drift --all now)':<34}{bulk['seconds']:>10}{bulk['per_s']:>12}{bulk['rss_mb']:>14}")
     print(f"{'limit':<34}{LIMIT_S:>10}")
-    print(
-        f"found {r['summary']} (drift seeded in {r['drift_seeded']}); identical on the sample: {r['identical_on_sample']}"
-    )
+    print(f"found {r['summary']} (drift seeded in {r['drift_seeded']}, unexpected {r['unexpected']});")
+    print(f"identical to the per-domain path on the sample: {r['identical_on_sample']}")
     print(json.dumps(r))
 
 
