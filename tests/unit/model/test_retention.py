@@ -140,3 +140,22 @@ def _at_now(fn: object) -> object:
         return fn(store, settings, NOW, **kw)  # type: ignore[operator]
 
     return call
+
+
+def test_terraform_lifecycle_defaults_are_the_settings_defaults() -> None:
+    import re
+    from pathlib import Path
+
+    from functions._core.platform.config import RetentionSettings
+
+    text = (Path(__file__).resolve().parents[3] / "infra/terraform/variables.tf").read_text()
+
+    def default(name: str) -> int:
+        found = re.search(rf'variable "{name}" \{{.*?default\s*=\s*(\d+)', text, re.S)
+        assert found, name
+        return int(found.group(1))
+
+    want = RetentionSettings()
+    assert (default("ledger_retention_days"), default("audit_retention_days")) == (want.ledger_days, want.audit_days)
+    storage = (Path(__file__).resolve().parents[3] / "infra/terraform/storage.tf").read_text()
+    assert "var.ledger_retention_days" in storage and "var.audit_retention_days" in storage
