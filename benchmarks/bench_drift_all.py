@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -142,10 +143,11 @@ def run(n: int, sample: int, *, keep: bool = False, workers: int = 0) -> dict[st
         t2 = time.perf_counter()
         per = drift.drift_all(names[:sample], ports)
         per_s = time.perf_counter() - t2
-        t3 = time.perf_counter()
+        t3, cpu0 = time.perf_counter(), _cpu(stack_dir())
         progress = drift.Progress(n, lambda line: print(line, file=sys.stderr, flush=True), max(10, n // 10))
         bulk = drift_bulk.drift_all(names, ports, progress, workers=workers or drift_bulk.WORKERS)
         bulk_s = time.perf_counter() - t3
+        cpu = {k: round(v - cpu0[k], 1) for k, v in _cpu(stack_dir()).items()}
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         summary = drift.as_json(bulk, all_checks=False)["summary"]
         same = drift.as_json(per, all_checks=True) == drift.as_json(bulk[:sample], all_checks=True)
@@ -162,6 +164,8 @@ def run(n: int, sample: int, *, keep: bool = False, workers: int = 0) -> dict[st
                 "per_s": round(n / bulk_s, 1),
                 "rss_mb": round(rss, 1),
                 "workers": workers or drift_bulk.WORKERS,
+                "cpu_s": cpu,  # CPU seconds of this process (all threads), LocalStack and BIND during the run
+                "load_avg": round(os.getloadavg()[0], 1),
             },
             "summary": summary,
             "drift_seeded": seeded,
@@ -176,6 +180,20 @@ def run(n: int, sample: int, *, keep: bool = False, workers: int = 0) -> dict[st
             subprocess.run([*rndc, "reconfig"], check=False, capture_output=True, timeout=600)
             for d in names:
                 (bind / "zones" / f"{d}.db").unlink(missing_ok=True)
+
+
+def _cpu(stack: Path) -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process, LocalStack and BIND (their pid files in the stack)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"drift": ru.ru_utime + ru.ru_stime, "localstack": 0.0, "bind": 0.0}
+    for name, pidfile in (("localstack", stack / "localstack/ls.pid"), ("bind", stack / "bind/named.bgpid")):
+        try:
+            fields = Path(f"/proc/{pidfile.read_text().strip()}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+            out[name] = ticks / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
 
 
 def _seed_models(mail_model: Any, gw: Any, template: str, names: list[str]) -> None:
