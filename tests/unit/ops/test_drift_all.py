@@ -40,8 +40,9 @@ class NoTransferDns(FakeDns):
         return None if server == "ns3" else super().read_zone_at(zone, server)
 
 
-@pytest.fixture
-def fleet() -> World:
+@pytest.fixture(scope="module")
+def provisioned() -> World:
+    """Built once per module (provisioning 16 domains takes seconds); the tests only read it."""
     fake_dns = NoTransferDns(secondaries=("ns2", "ns3"))
     for d in ALL:
         fake_dns.add_zone(d)
@@ -63,10 +64,16 @@ def fleet() -> World:
     fake_dns.set_rrset("ns2.test", RecordSet.of("autoconfig.ns2.test", "CNAME", 300, ["elsewhere.test."]))
     fake_dns.sync("ns3")  # ns2 still serves the old data: drift on ns2 and the primary differs from ns3
     store.put(state.state_key("half.test"), b'{"domain": "half.test"}')  # a state without a completed request
-    for r in world.recorders.values():
-        r.reset()
-    gw.smtp.sessions.clear()
     return world
+
+
+@pytest.fixture
+def fleet(provisioned: World) -> World:
+    for r in provisioned.recorders.values():
+        r.reset()
+    provisioned.smtp.sessions.clear()
+    provisioned.state.faults.clear()
+    return provisioned
 
 
 def test_bulk_run_reports_exactly_what_per_domain_runs_report(fleet: World) -> None:
