@@ -88,7 +88,7 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         state,
         owner=default_owner(),
         lease=dt.timedelta(seconds=settings.broker.lease_seconds),
-        keep=dt.timedelta(days=2),
+        keep=dt.timedelta(days=settings.retention.ledger_days),
     )
     return Ports(
         mail=MailcowClient(settings.mailcow),

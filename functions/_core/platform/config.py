@@ -292,6 +292,24 @@ class DeletionSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """[retention]: how long what accumulates over time is kept (docs/runbook.md, "Retention").
+
+    The S3 lifecycle rules of infra/terraform (variables ``ledger_retention_days``, ``audit_retention_days``) apply
+    the same numbers on AWS; `mailplane sweep` applies them on stores without lifecycle rules. A retired DKIM key's
+    sealed private key is deleted ``dkim.keep_days`` after the key was withdrawn from DNS (by the rotation's destroy
+    step; `sweep` catches keys whose rotation never got there); its public part stays in the domain's state.
+    """
+
+    ledger_days: int = 14  # an idempotency-ledger record is kept this long after the event completed
+    audit_days: int = 730  # audit records (audit/: each step on a compromised key); 0 = kept for good
+
+    def __post_init__(self) -> None:
+        if self.ledger_days < 1 or self.audit_days < 0:
+            raise ConfigError("retention.ledger_days must be at least 1 and retention.audit_days at least 0")
+
+
+@dataclass(frozen=True)
 class Settings:
     provider: ProviderSettings
     mailcow: MailcowSettings
@@ -305,6 +323,7 @@ class Settings:
     deletion: DeletionSettings = field(default_factory=DeletionSettings)
     nodes: NodeSettings = field(default_factory=NodeSettings)
     smtp_probe: SmtpProbeSettings = field(default_factory=SmtpProbeSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def __post_init__(self) -> None:
         ladder = sum(self.broker.retry_delays)
