@@ -36,7 +36,7 @@ from functions._core.model.mailset import MARKER_NAME, MARKER_VALUE, policy_key
 from functions._core.model.ports import DnsChange, Ports
 from functions._core.model.records import RecordSet
 from functions._core.platform.config import MxHost, Settings
-from functions._core.platform.errors import AutomationError, PermanentError, PreconditionFailed
+from functions._core.platform.errors import AutomationError, DnsRefused, PermanentError, PreconditionFailed
 from functions._core.platform.store import put_over
 from functions.ops import retire
 from functions.ops.probe import Check, check_node
@@ -136,10 +136,11 @@ def plan_zones(
     mx: list[retire.ZoneChange] = []
     skipped: list[str] = []
     for zone in zones:
-        if not ports.dns.hosts_zone(zone):
+        try:
+            have = ports.dns.read_zone(zone)  # one AXFR per zone: MX, `_mta-sts` and the marker
+        except DnsRefused:
             skipped.append(f"{zone}: not served by our DNS")
             continue
-        have = ports.dns.read_zone(zone)
         marker = have.get((f"{MARKER_NAME}.{zone}", "TXT"))
         if marker is None or MARKER_VALUE not in marker.values:
             skipped.append(f"{zone}: no mailplane ownership marker; not ours to change")
@@ -159,8 +160,16 @@ def plan_zones(
     return policies, mx, skipped
 
 
-def plan_add(ports: Ports, node: str, *, force: bool = False, check: Health = check_node) -> AddPlan:
-    """Read the provider zone, the node's health and every managed zone and policy; nothing is written.
+def plan_add(
+    ports: Ports,
+    node: str,
+    *,
+    force: bool = False,
+    check: Health = check_node,
+    zones: Sequence[str] | None = None,
+) -> AddPlan:
+    """Read the provider zone, the node's health and every managed zone (or ``zones``) and policy; nothing is
+    written.
 
     Raises:
         EventInvalid: the node is not configured in provider.mx_hosts.
@@ -170,7 +179,8 @@ def plan_add(ports: Ports, node: str, *, force: bool = False, check: Health = ch
     s = ports.settings
     provider = fleet.plan_provider_add(s, ports.dns.read_zone(s.provider.zone), host, force=force)
     grown = fleet.with_host(s, host)
-    policies, mx, skipped = plan_zones(ports, retire.managed_zones(ports), grown, fleet.mx_value(s, host))
+    todo = retire.managed_zones(ports) if zones is None else zones
+    policies, mx, skipped = plan_zones(ports, todo, grown, fleet.mx_value(s, host))
     return AddPlan(host.name, provider, tuple(policies), tuple(mx), tuple(skipped), health(ports, host, check))
 
 
@@ -338,14 +348,18 @@ class TailReport:
 def _still_named(ports: Ports, host: str, zones: Sequence[str]) -> list[str]:
     out = []
     for zone in zones:
-        if ports.dns.hosts_zone(zone):
+        try:
             mx = ports.dns.read_zone(zone).get((zone, "MX"))
-            if mx is not None and any(retire._target(v) == host for v in mx.values):
-                out.append(zone)
+        except DnsRefused:
+            continue
+        if mx is not None and any(retire._target(v) == host for v in mx.values):
+            out.append(zone)
     return out
 
 
-def retire_tail(ports: Ports, node: str, *, force: bool = False, wait: bool = True) -> TailReport:
+def retire_tail(
+    ports: Ports, node: str, *, force: bool = False, wait: bool = True, zones: Sequence[str] | None = None
+) -> TailReport:
     """After node.retire's MX phase: the policies without the node (once the wait has passed), then the `_pmg`
     SPF and the node's A/AAAA. ``wait=False`` (undoing a node.add) skips the wait.
 
@@ -355,7 +369,7 @@ def retire_tail(ports: Ports, node: str, *, force: bool = False, wait: bool = Tr
     host = retire.node_name(ports, node)
     s = ports.settings
     report = TailReport(AddReport(""))
-    zones = retire.managed_zones(ports)
+    zones = retire.managed_zones(ports) if zones is None else zones
     named = _still_named(ports, host, zones)
     record = _Progress(ports, f"retire/{host}/phases.json", {"node": host})
     if named and not force:
@@ -384,14 +398,14 @@ def retire_tail(ports: Ports, node: str, *, force: bool = False, wait: bool = Tr
     return report
 
 
-def undo_add(ports: Ports, node: str) -> tuple[retire.RetireReport, TailReport]:
+def undo_add(ports: Ports, node: str, zones: Sequence[str] | None = None) -> tuple[retire.RetireReport, TailReport]:
     """Take a node.add back in node.retire's order (MX, policies, then SPF and A/AAAA), without the wait.
 
     Raises:
         EventInvalid: an unknown node.
     """
-    plan = retire.plan_retire(ports, node)
+    plan = retire.plan_retire(ports, node, zones)
     mx = retire.apply_retire(ports, plan)
     if mx.halted or mx.failed:
         return mx, TailReport(AddReport(""), "MX phase did not finish")
-    return mx, retire_tail(ports, node, wait=False)
+    return mx, retire_tail(ports, node, wait=False, zones=zones)
