@@ -195,3 +195,20 @@ def test_spf_equivalence() -> None:
     assert fleet.same_spf("v=spf1 ip4:1.2.3.4 ip6:::1 -all", "v=spf1 ip6:::1  ip4:1.2.3.4 -all")
     assert not fleet.same_spf("v=spf1 ip4:1.2.3.4 ~all", "v=spf1 ip4:1.2.3.4 -all")
     assert fleet.spf_for([("1.2.3.4", ""), ("", "::1")]) == "v=spf1 ip4:1.2.3.4 ip6:::1 -all"
+
+
+def test_cli_plan_shows_the_phases_and_refuses_an_unhealthy_node(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from functions.ops import cli_grow
+
+    code = cli_grow.add(world.ports, "pmg4", apply=False, approve=None, undo=False, force=False, json_out=False)
+    text = capsys.readouterr().out
+    assert code == 1 and "not healthy" in text  # the real prober check: nothing listens for pmg4 here
+    assert (
+        "1. provider zone" in text and "2. MTA-STS policies" in text and "3. MX +pmg4.faster.test: 14 zone(s)" in text
+    )
+    updates = world.dns.updates
+    with pytest.raises(grow.NodeNotReady):
+        cli_grow.add(world.ports, "pmg4", apply=True, approve=None, undo=False, force=False, json_out=False)
+    assert world.dns.updates == updates
