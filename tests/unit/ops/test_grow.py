@@ -212,3 +212,15 @@ def test_cli_plan_shows_the_phases_and_refuses_an_unhealthy_node(
     with pytest.raises(grow.NodeNotReady):
         cli_grow.add(world.ports, "pmg4", apply=True, approve=None, undo=False, force=False, json_out=False)
     assert world.dns.updates == updates
+
+
+def test_a_policy_changed_since_planning_fails_alone_and_mx_waits(world: World) -> None:
+    p = plan(world)
+    world.ports.web.put(policy_key("d05.test"), b"version: STSv1\nmode: testing\n", content_type="text/plain")
+    report = grow.apply_add(world.ports, p)
+    assert [f.split(":")[0] for f in report.failed] == ["d05.test"] and report.phases["policies"] == 13
+    assert "mx" not in report.phases and all(MX4 not in mx(world, f"d{i:02d}.test") for i in range(14))
+    rerun = plan(world)
+    assert [c.zone for c in rerun.policies] == ["d05.test"]  # converges on the next run
+    assert not grow.apply_add(world.ports, rerun).halted
+    assert all(MX4 in mx(world, f"d{i:02d}.test") for i in range(14))
