@@ -158,6 +158,12 @@ def _render_retire(plan: RetirePlan, settings: Settings) -> None:
         f"Waves of {waves}, then the rest; error budget {settings.nodes.retire_error_budget}.",
         style="bold",
     )
+    wait = settings.nodes.retire_policy_after_seconds
+    wait = settings.policy.mta_sts_max_age if wait is None else wait
+    out.print(
+        f"Then (the same command, once no managed MX names the node and {wait} s have passed): every MTA-STS "
+        "policy drops the node, then the _pmg SPF and the node's A/AAAA go."
+    )
     if any(h.name == plan.node for h in settings.provider.mx_hosts):
         err.print(f"[yellow]note:[/yellow] {plan.node} is still in provider.mx_hosts: domain.created would add it back")
 
