@@ -71,6 +71,9 @@ class MxHost:
     # SHA-256 fingerprint of this node's API certificate (``mailplane pmg fingerprint NODE`` prints it); when set,
     # the PMG client pins it instead of verifying a CA chain (PMG's stock certificate is CN-only, no SAN)
     api_fingerprint: str = ""
+    # a node being brought into service (`mailplane plan node.add NODE`): known to the prober, the gate and the
+    # `_pmg` SPF, but not yet in the MX set and MTA-STS policy that domain.created writes (docs/nodes.md)
+    joining: bool = False
 
     def __post_init__(self) -> None:
         if self.api_fingerprint:
@@ -281,7 +284,9 @@ class NodeSettings:
     require_api: bool = False  # a failing PMG API alone also counts as a failure
     observer: str = ""  # observer name in the events; "" = this host's name
     retire_waves: tuple[int, ...] = (1, 10, 100)  # zones per wave before "the rest"
-    retire_error_budget: int = 3  # failed zones that halt a retirement run
+    retire_error_budget: int = 3  # failed zones that halt a retirement run (node.add uses the same waves and budget)
+    # node.retire: seconds after its MX phase before the MTA-STS policies drop the node; None = policy.mta_sts_max_age
+    retire_policy_after_seconds: int | None = None
 
 
 @dataclass(frozen=True)
