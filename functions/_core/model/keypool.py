@@ -1,16 +1,18 @@
 """A sealed pool of pre-generated DKIM keys: RSA generation (~50 ms of CPU per 2048-bit key) leaves domain.created's
 path and runs when a worker is idle, or in ``mailplane keypool refill`` (the scheduler's hourly job).
 
-Layout in the private state bucket: one object per key, ``keypool/<random hex>.bin``, holding ``MAGIC`` + the key
-sealed exactly like a domain's key (AES-256-GCM under ``dkim.key_encryption_key``; associated data
+Layout in the private state bucket: one object per entry of ``batch`` keys, ``keypool/<random hex>.bin``, holding
+``MAGIC`` + the keys sealed like a domain's key (AES-256-GCM under ``dkim.key_encryption_key``; associated data
 ``keypool/<name>``, so a pool blob cannot be passed off as a domain's key or another pool entry). Never plaintext at
 rest, never logged.
 
-Taking a key is a compare-and-set: read the entry (body + ETag), then overwrite it with a tombstone ``If-Match`` that
-ETag. Of two takers of one entry exactly one write succeeds; the other moves on to another entry. The taken key is
-never handed out again (its blob is gone), and the taker re-seals it for ``<domain>/<selector>`` before anything is
-published with it (provisioning's ``persist_key``). A crash between the take and that store wastes one pool key; the
-retry takes another (or generates one): the domain's key is the one it stored, and no key serves two domains.
+Taking is a compare-and-set: read an entry (body + ETag), then overwrite it with a tombstone ``If-Match`` that ETag.
+Of two takers of one entry exactly one write succeeds; the other moves on to another entry. The taker keeps the
+entry's keys in memory and hands them out one per new domain (two object-store calls per ``batch`` domains); a
+taken key is never handed out again (its blob is gone), and each is re-sealed for ``<domain>/<selector>`` before
+anything is published with it (provisioning's ``persist_key``). A crash between the take and that store wastes the
+keys held in memory; the retry takes another (or generates one): the domain's key is the one it stored, and no key
+serves two domains.
 Tombstones are deleted later (the taker's idle step, or whoever meets one). An empty pool, or a store error while
 taking, falls back to generating inline: the pool never blocks or fails an event.
 
@@ -45,12 +47,13 @@ MAGIC = b"MPK1"  # a sealed pool entry; anything else under the prefix is a tomb
 TOMBSTONE = b"TAKEN"
 _EMPTY_RECHECK_S = 30.0  # an empty listing is trusted this long (no LIST per event while the pool is empty)
 _TRIES = 6  # entries tried per take before falling back to generation
+BATCH = 8  # keys per entry
 
 
 @dataclass(frozen=True)
 class Refill:
-    found: int  # live entries before the refill (as listed)
-    added: int
+    found: int  # keys in the pool before the refill (entries listed x batch)
+    added: int  # keys added
     swept: int  # tombstones deleted
 
 
@@ -64,9 +67,12 @@ class KeyPool:
         *,
         size: int,
         bits: int = 2048,
+        batch: int = BATCH,
         generate: Callable[[str, int], keys.KeyPair] = keys.generate,
     ) -> None:
         self.store, self.kek, self.size, self.bits, self._generate = store, kek, size, bits, generate
+        self.batch = max(1, batch)
+        self._held: list[tuple[Secret, str]] = []  # keys of entries this process took, not handed out yet
         self._names: list[str] = []  # this process's shuffled view of the listing, consumed by take()
         self._listed_empty_at: float | None = None
         self._taken: list[str] = []  # our tombstones, deleted by the next idle step
@@ -81,12 +87,14 @@ class KeyPool:
             return None
         try:
             for _ in range(_TRIES):
+                with self._mutex:
+                    if self._held:
+                        pem, public_b64 = self._held.pop()
+                        return keys.KeyPair(selector, public_b64, pem)
                 name = self._next_name()
                 if name is None:
                     return None
-                pair = self._take_one(name, selector)
-                if pair is not None:
-                    return pair
+                self._take_one(name)
         except AutomationError as exc:  # the pool is an optimisation: fall back to generating
             log.warning("key pool unavailable (%s); generating the key inline", exc.reason)
         return None
@@ -102,37 +110,38 @@ class KeyPool:
                 self._listed_empty_at = None if names else time.monotonic()
             return self._names.pop() if self._names else None
 
-    def _take_one(self, name: str, selector: str) -> keys.KeyPair | None:
+    def _take_one(self, name: str) -> None:
+        """Take entry ``name`` into ``_held`` if it is still in the pool and no other taker wins it."""
         obj = self.store.get(name)
         if obj is None:
-            return None
+            return
         if not obj.body.startswith(MAGIC):  # a tombstone another taker left: clean it up
             if obj.body == TOMBSTONE:
                 self.store.delete(name)
-            return None
+            return
         try:
             self.store.put(name, TOMBSTONE, if_match=obj.etag, content_type="application/octet-stream")
         except PreconditionFailed:
-            return None  # another taker won this entry
+            return  # another taker won this entry
+        held = self._unseal(name, obj.body)
         with self._mutex:
             self._taken.append(name)
-        pem, public_b64 = self._unseal(name, obj.body)
-        return keys.KeyPair(selector, public_b64, pem)
+            self._held.extend(held)
 
     # --- sealing ------------------------------------------------------------------------------------------------
 
-    def _seal(self, name: str, pair: keys.KeyPair) -> bytes:
+    def _seal(self, name: str, pairs: list[keys.KeyPair]) -> bytes:
         nonce = os.urandom(12)
-        doc = json.dumps({"pem": pair.private_pem.reveal(), "public": pair.public_b64}).encode()
+        doc = json.dumps([{"pem": p.private_pem.reveal(), "public": p.public_b64} for p in pairs]).encode()
         return MAGIC + nonce + self._aead().encrypt(nonce, doc, name.encode())
 
-    def _unseal(self, name: str, body: bytes) -> tuple[Secret, str]:
+    def _unseal(self, name: str, body: bytes) -> list[tuple[Secret, str]]:
         blob = body[len(MAGIC) :]
         try:
             doc = json.loads(self._aead().decrypt(blob[:12], blob[12:], name.encode()))
         except InvalidTag:
             raise PreconditionFailed(f"key pool entry {name} cannot be decrypted") from None
-        return Secret(doc["pem"]), str(doc["public"])
+        return [(Secret(d["pem"]), str(d["public"])) for d in doc]
 
     def _aead(self) -> AESGCM:
         return keys.kek_cipher(self.kek)
@@ -140,9 +149,9 @@ class KeyPool:
     # --- refills (idle time, CLI, scheduler) --------------------------------------------------------------------
 
     def count(self) -> int:
-        """Entries listed under the pool's prefix, minus this process's own tombstones (others' count as entries
-        until someone meets them)."""
-        return sum(1 for n in self.store.list(PREFIX) if n not in self._taken)
+        """Keys in the pool: entries listed under its prefix (minus this process's own tombstones; others' count
+        until someone meets them) times ``batch``."""
+        return self.batch * sum(1 for n in self.store.list(PREFIX) if n not in self._taken)
 
     def sweep_taken(self) -> int:
         """Delete this process's tombstones; returns how many."""
@@ -152,12 +161,16 @@ class KeyPool:
             self.store.delete(name)
         return len(taken)
 
-    def add_one(self) -> str:
-        """Generate one key and store it sealed (If-None-Match); returns its object key."""
+    def add_entry(self, keep_going: Callable[[], bool] = lambda: True) -> int:
+        """Generate up to ``batch`` keys (while ``keep_going()``) and store them sealed as one entry
+        (If-None-Match); returns how many keys it stored (0: stopped before the first)."""
         name = f"{PREFIX}{os.urandom(16).hex()}.bin"
-        pair = self._generate("pool", self.bits)
-        self.store.put(name, self._seal(name, pair), if_none_match=True, content_type="application/octet-stream")
-        return name
+        pairs: list[keys.KeyPair] = []
+        while len(pairs) < self.batch and keep_going():
+            pairs.append(self._generate("pool", self.bits))
+        if pairs:
+            self.store.put(name, self._seal(name, pairs), if_none_match=True, content_type="application/octet-stream")
+        return len(pairs)
 
     def refill(
         self, *, target: int | None = None, limit: int | None = None, keep_going: Callable[[], bool] = lambda: True
@@ -175,9 +188,11 @@ class KeyPool:
         if limit is not None:
             missing = min(missing, limit)
         added = 0
-        while added < missing and keep_going():
-            self.add_one()
-            added += 1
+        while added < missing:
+            stored = self.add_entry(keep_going)
+            added += stored
+            if stored < self.batch:
+                break
         if added:
             with self._mutex:
                 self._listed_empty_at = None  # the next take lists again

@@ -33,8 +33,8 @@ NOW = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
 KEK = make_settings().dkim.key_encryption_key
 
 
-def pool(store: MemoryStore, size: int = 4) -> KeyPool:
-    return KeyPool(store, KEK, size=size, bits=2048)
+def pool(store: MemoryStore, size: int = 4, batch: int = 1) -> KeyPool:
+    return KeyPool(store, KEK, size=size, bits=2048, batch=batch)
 
 
 def event(domain: str = "alpha.test", **data: Any) -> Envelope:
@@ -183,6 +183,19 @@ def test_refill_stops_when_the_worker_gets_busy() -> None:
     assert pool(store, size=10).refill(keep_going=lambda: next(calls)).added == 2
 
 
+def test_a_batch_entry_serves_one_taker_its_keys_one_domain_each() -> None:
+    store = MemoryStore()
+    a, b = pool(store, size=8, batch=4), pool(store, size=8, batch=4)
+    assert a.refill().added == 8 and len(live(store)) == 2 and a.count() == 8
+    got = [p.public_b64 for p in (a.take("s"), b.take("s"), a.take("s"), b.take("s")) if p is not None]
+    assert len(got) == len(set(got)) == 4  # each took one entry (4 keys), and hands its keys out once each
+    assert live(store) == []
+    more = [a.take("s"), a.take("s")]
+    assert all(p is not None for p in more) and a.take("s") is None  # the rest of its 4, then the pool is empty
+    publics = got + [p.public_b64 for p in more if p is not None]
+    assert len(set(publics)) == 6
+
+
 def test_size_zero_is_off() -> None:
     store = MemoryStore()
     assert pool(store, size=0).take("s") is None and store.gets == 0
@@ -196,8 +209,9 @@ def test_domain_created_uses_a_pooled_key_resealed_for_the_domain() -> None:
     kp = pool(store, size=2)
     kp.refill()
     pooled = {
-        kp._unseal(n, store.objects[n].body)[1]  # noqa: SLF001 - the public halves in the pool
+        public
         for n in live(store)
+        for _, public in kp._unseal(n, store.objects[n].body)  # the public halves in the pool
     }
     ports, _ = make_ports(store, kp)
     assert domain_created.handle(event(), ports).status == "provisioned"
