@@ -81,8 +81,11 @@ class Worker:
         idle_seconds: float = 1.5,
         grace_seconds: float = 30.0,
         metrics: Metrics | None = None,
+        refill_idle: bool = True,
     ) -> None:
+        """``refill_idle``: top up the key pool (``ports.keypool``) while idle."""
         self.ports = ports
+        self.refill_idle = refill_idle
         self.broker = ports.settings.broker
         self.rungs = len(self.broker.retry_delays)
         self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="handler")
@@ -124,7 +127,7 @@ class Worker:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
         delay = 0.5
-        if self.ports.keypool is not None:
+        if self.ports.keypool is not None and self.refill_idle:
             threading.Thread(target=self._refill_when_idle, name="keypool", daemon=True).start()
         try:
             while not self.stopping.is_set():
