@@ -23,7 +23,10 @@ import resource
 import subprocess
 import sys
 import time
+import uuid
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--pool", type=int, default=16, help="handler threads per worker")
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--json", type=Path)
+    p.add_argument("--thread", type=int, metavar="N", help="instead: N domains per side in one thread, by port")
     args = p.parse_args(argv)
     load0 = os.getloadavg()
+    if args.thread:
+        sides = thread_cpu(args.thread)
+        print(render_thread(sides))
+        print(f"load average before {load0[0]:.1f}, after {os.getloadavg()[0]:.1f}")
+        if args.json:
+            args.json.write_text(json.dumps(sides, indent=1))
+        return 0
     with Sandbox() as sb:
         res = run(
             sb,
@@ -154,3 +165,73 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def thread_cpu(n: int) -> dict[str, dict[str, float]]:
+    """CPU per domain.created inside ONE worker thread, by port (benchmarks/ab_fixes.py's exclusive per-port thread
+    CPU), through ``dispatch.run`` with ledger and lock on the running stack (not a sandbox): before and after
+    alternate per domain; the first two are warm-up. The after side's pool is filled first in this process (its
+    generation is reported as ``pool refill (moved), per key``)."""
+    from benchmarks.ab_fixes import _PortClock, _timed_library
+    from functions._core.model.keypool import KeyPool
+    from functions._core.platform.locks import SubjectLocks
+    from functions.runtime import dispatch
+    from functions.runtime.main import build_ports
+    from tests.integration.stack import settings_for
+    from tests.stackenv import load_stack_env
+
+    settings = settings_for(load_stack_env())
+    clock = _PortClock()
+    base = build_ports(settings)
+    assert base.locks is not None
+    d = settings.dkim
+    kp = KeyPool(base.state.inner if hasattr(base.state, "inner") else base.state, d.key_encryption_key, size=n + 16)
+    t0 = time.process_time()
+    added = kp.refill().added
+    per_key = 1000 * (time.process_time() - t0) / max(1, added)
+    timed = {
+        "mail": clock.port("Mailcow client (httpx, TLS)", base.mail),
+        "gateway": clock.port("PMG client (proxmoxer, TLS)", base.gateway),
+        "dns": clock.port("DNS (dnspython)", base.dns),
+    }
+    sides = {
+        "before": replace(
+            base, **timed, keypool=None, locks=SubjectLocks(base.state, lease=base.locks.lease, fast_release=False)
+        ),
+        "after": replace(base, **timed, keypool=kp),
+    }
+    domains = [f"cpu{uuid.uuid4().hex[:8]}.test" for _ in range(2 * n + 2)]
+    subprocess.run([str(REPO / "infra/local/zone-add"), *domains], check=True, capture_output=True)
+    out: dict[str, dict[str, float]] = {"before": defaultdict(float), "after": defaultdict(float)}
+    try:
+        with _timed_library(clock):
+            for i, domain in enumerate(domains):
+                side = "before" if i % 2 == 0 else "after"
+                clock.spent.clear()
+                start = time.thread_time()
+                result = dispatch.run(json.dumps(created_event(domain, i=i)).encode(), "billing", sides[side])
+                total = time.thread_time() - start
+                if result.verdict != "done":
+                    raise BenchError(f"{domain}: {result.verdict} {result.reason}")
+                if i >= 2:
+                    for category, spent in clock.spent.items():
+                        out[side][category] += spent * 1000 / n
+                    out[side]["everything else (dispatch, plans, state, ledger logic, logs)"] += (
+                        (total - sum(clock.spent.values())) * 1000 / n
+                    )
+    finally:
+        subprocess.run([str(REPO / "infra/local/zone-del"), *domains], check=False, capture_output=True)
+    out["after"]["pool refill (moved out of the event), per key"] = per_key
+    return out
+
+
+def render_thread(sides: dict[str, dict[str, float]]) -> str:
+    moved = "pool refill (moved out of the event), per key"
+    lines = ["| CPU ms per domain.created, one worker thread | before | after |", "|---|---|---|"]
+    for category in sorted(sides["before"], key=lambda c: -sides["before"][c]):
+        lines.append(f"| {category} | {sides['before'][category]:.1f} | {sides['after'].get(category, 0.0):.1f} |")
+    total_b = sum(sides["before"].values())
+    total_a = sum(v for k, v in sides["after"].items() if k != moved)
+    lines.append(f"| **total** | {total_b:.1f} | {total_a:.1f} |")
+    lines.append(f"| {moved} | | {sides['after'][moved]:.1f} |")
+    return "\n".join(lines)
