@@ -51,13 +51,16 @@ class DomainDrift:
 
 
 class CachedGateway:
-    """The gateway port with its three list calls read once per run (they do not depend on the domain)."""
+    """The gateway port with its three list calls read once per run (they do not depend on the domain); the
+    per-item reads of `status` are answered from those listings (one listing per run, not one read per domain)."""
 
     def __init__(self, target: GatewayPort) -> None:
         self._target = target
         self._domains: list[RelayDomain] | None = None
         self._transports: list[GatewayTransport] | None = None
         self._networks: list[TrustedNetwork] | None = None
+        self._domain_index: dict[str, RelayDomain] | None = None
+        self._transport_index: dict[str, GatewayTransport] | None = None
 
     def list_relay_domains(self) -> list[RelayDomain]:
         self._domains = self._target.list_relay_domains() if self._domains is None else self._domains
@@ -70,6 +73,19 @@ class CachedGateway:
     def list_networks(self) -> list[TrustedNetwork]:
         self._networks = self._target.list_networks() if self._networks is None else self._networks
         return self._networks
+
+    def get_relay_domain(self, domain: str) -> RelayDomain | None:
+        if self._domain_index is None:
+            self._domain_index = {d.domain: d for d in self.list_relay_domains()}
+        return self._domain_index.get(domain)
+
+    def get_transport(self, domain: str) -> GatewayTransport | None:
+        if self._transport_index is None:
+            self._transport_index = {t.domain: t for t in self.list_transports()}
+        return self._transport_index.get(domain)
+
+    def get_network(self, cidr: str) -> TrustedNetwork | None:
+        return next((n for n in self.list_networks() if n.cidr == cidr), None)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._target, name)

@@ -122,9 +122,9 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
         RelayDomain(domain, f"{MANAGED} customer={data['customer_id']}"),
         GatewayTransport(domain, mc.host, 25, "smtp", False, MANAGED),
         nets,
-        gw.list_relay_domains(),
-        gw.list_transports(),
-        gw.list_networks(),
+        gw.get_relay_domain(domain),
+        gw.get_transport(domain),
+        [n for n in (gw.get_network(net.cidr) for net in nets) if n is not None],
     )
     want_key = DkimKey(pair.selector, pair.public_b64)
     mail = plan_mail(desired_mail(domain, data), ports.mail.get_domain(domain), want_key, ports.mail.get_dkim(domain))
