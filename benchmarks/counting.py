@@ -18,6 +18,7 @@ import dns.message
 import dns.update
 import dns.zone
 
+from functions._core.model.keypool import KeyPool
 from functions._core.model.ports import Ports
 from functions._core.platform.errors import PreconditionFailed
 from functions._core.platform.idempotency import Ledger
@@ -128,15 +129,20 @@ def _zone_bytes(zone: dns.zone.Zone) -> int:
     return out.tell()
 
 
-def counted(ports: Ports, tally: Tally) -> Ports:
-    """``ports`` (from ``build_ports``) with S3 and DNS counted; the ledger and locks use the counted store."""
+def counted(ports: Ports, tally: Tally, *, old_release: bool = False) -> Ports:
+    """``ports`` (from ``build_ports``) with S3 and DNS counted; the ledger, locks and key pool use the counted
+    store (``old_release``: the locks read before every release, as before issue 17)."""
     state = CountingStore(ports.state, tally)
     ledger = locks = None
     if ports.ledger is not None:
         old = ports.ledger
         ledger = Ledger(state, owner=old.owner, clock=old.clock, lease=old.lease, keep=old.keep, prefix=old.prefix)
     if ports.locks is not None:
-        locks = SubjectLocks(state, lease=ports.locks.lease, clock=ports.locks.clock)
+        locks = SubjectLocks(state, lease=ports.locks.lease, clock=ports.locks.clock, fast_release=old_release is False)
+    keypool = None
+    if ports.keypool is not None:
+        kp = ports.keypool
+        keypool = KeyPool(CountingStore(kp.store, tally), kp.kek, size=kp.size, bits=kp.bits, batch=kp.batch)
     dns_settings = ports.settings.dns
     return replace(
         ports,
@@ -145,6 +151,7 @@ def counted(ports: Ports, tally: Tally) -> Ports:
         dns=Rfc2136Dns(dns_settings, wire=CountingWire(TcpWire(dns_settings), tally)),
         ledger=ledger,
         locks=locks,
+        keypool=keypool,
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from functions._core.model.keypool import KeyPool
 from functions._core.model.records import Key, RecordSet
 from functions._core.platform.config import Settings
 from functions._core.platform.idempotency import Ledger
@@ -221,3 +222,4 @@ class Ports:
     ledger: Ledger | None = None  # idempotency ledger (A7); None = handlers alone (tests, dry runs)
     locks: SubjectLocks | None = None  # per-subject leases across workers; None = no cross-process guard
     smtp: SmtpProbePort | None = None  # the acceptance gate's SMTP probe; None = no probe (domain.created refuses)
+    keypool: KeyPool | None = None  # pre-generated sealed DKIM keys (dkim.key_pool_size); None = generate inline

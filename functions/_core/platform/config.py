@@ -188,12 +188,17 @@ class DkimSettings:
     # mailplane then publishes and rotates the keys in ``delegation_zone`` (a zone our DNS serves). "" = not offered.
     delegation_zone: str = ""
     delegation_slots: tuple[str, ...] = ("mpa", "mpb", "mpc")  # selectors, used round robin (>= 3: see rotation.py)
+    # pre-generated sealed keys in the state bucket (functions/_core/model/keypool.py): domain.created takes one
+    # instead of generating (~50 ms of CPU); refilled by idle workers and `mailplane keypool refill`. 0 = off.
+    key_pool_size: int = 0
 
     def __post_init__(self) -> None:
         slots = self.delegation_slots
         bad = [s for s in slots if not _SLOT.fullmatch(s)]
         if bad or len(set(slots)) != len(slots) or len(slots) < 3:
             raise ConfigError("dkim.delegation_slots must be at least 3 distinct lowercase DNS labels (e.g. mpa, mpb)")
+        if self.key_pool_size < 0:
+            raise ConfigError(f"dkim.key_pool_size must be >= 0, got {self.key_pool_size}")
 
 
 @dataclass(frozen=True)
