@@ -156,7 +156,7 @@ def run(n: int, sample: int, *, keep: bool = False, workers: int = 0) -> dict[st
         surprise = [r for i, r in enumerate(bulk) if (r.status != "provisioned") != (i in want)]
         return {
             "domains": n,
-            "bind_zones_seconds": round(bind_s, 1),
+            "bind_zones_seconds": round(bind_s, 2),
             "seed_other_seconds": round(seed_s, 1),
             "per_domain": {"sample": sample, "seconds": round(per_s, 2), "extrapolated_s": round(per_s * n / sample)},
             "bulk": {
