@@ -25,7 +25,6 @@ caches) after that was first seen, every policy drops the node; then the ``_pmg`
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -79,8 +78,7 @@ class AddPlan:
 
     @property
     def digest(self) -> str:
-        blob = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return retire.plan_digest(self.as_json())
 
     @property
     def empty(self) -> bool:
