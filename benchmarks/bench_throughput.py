@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks.counting import sim_counts
@@ -56,12 +57,25 @@ def baseline(sb: Sandbox, domains: list[str], latency_ms: float) -> dict[str, An
     return report
 
 
-def drain(sb: Sandbox, events: list[dict[str, Any]], *, workers: int, pool: int, timeout: float) -> Drain:
-    """Publish ``events`` as billing, then let ``workers`` processes drain them (until idle)."""
+def drain(
+    sb: Sandbox,
+    events: list[dict[str, Any]],
+    *,
+    workers: int,
+    pool: int,
+    timeout: float,
+    extra: tuple[str, ...] = (),
+    settings_path: Path | None = None,
+) -> Drain:
+    """Publish ``events`` as billing, then let ``workers`` processes drain them (until idle); ``extra`` flags and
+    ``settings_path`` go to each worker (benchmarks/worker.py)."""
     before = {s: sb.sim_requests(s) for s in ("mailcow", "pmg")}
     sb.publish(events)
     cpu0 = cpu_snapshot()
-    procs = [sb.start_worker(f"drain-{time.monotonic_ns()}-{k}", pool=pool) for k in range(workers)]
+    procs = [
+        sb.start_worker(f"drain-{time.monotonic_ns()}-{k}", pool=pool, extra=extra, settings_path=settings_path)
+        for k in range(workers)
+    ]
     reports = _wait_all(procs, timeout)
     names = {sim.proc.pid: f"{sim.name} simulator" for sim in sb.sims} | {os.getpid(): "benchmark process"}
     cpu = cpu_delta(cpu0, names)

@@ -7,6 +7,7 @@ other users of the stack, so they are counted in the process that makes the call
 
 from __future__ import annotations
 
+import io
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import dns.message
 import dns.update
 import dns.zone
 
+from functions._core.model.keypool import KeyPool
 from functions._core.model.ports import Ports
 from functions._core.platform.errors import PreconditionFailed
 from functions._core.platform.idempotency import Ledger
@@ -25,6 +27,8 @@ from functions._core.platform.store import ObjectStore, StoredObject
 from functions.adapters.dns import DnsWire, Rfc2136Dns, TcpWire
 
 READ, WRITE, REFUSED = "read", "write", "refused"  # refused: a conditional write that did not hold (no change)
+BYTES = "bytes"  # payload: S3 object bodies and listed key names; DNS messages (a transfer: its records) in wire form
+S3_PAGE = 1000  # keys per ListObjectsV2 page: a listing costs one request per page
 
 
 class Tally:
@@ -34,9 +38,9 @@ class Tally:
         self._lock = threading.Lock()
         self.counts: Counter[tuple[str, str]] = Counter()
 
-    def add(self, system: str, kind: str) -> None:
+    def add(self, system: str, kind: str, n: int = 1) -> None:
         with self._lock:
-            self.counts[(system, kind)] += 1
+            self.counts[(system, kind)] += n
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
@@ -51,7 +55,9 @@ class CountingStore:
 
     def get(self, key: str) -> StoredObject | None:
         self._tally.add(self._system, READ)
-        return self._inner.get(key)
+        got = self._inner.get(key)
+        self._tally.add(self._system, BYTES, len(key) + (len(got.body) if got is not None else 0))
+        return got
 
     def put(
         self,
@@ -68,15 +74,23 @@ class CountingStore:
             self._tally.add(self._system, REFUSED)
             raise
         self._tally.add(self._system, WRITE)
+        self._tally.add(self._system, BYTES, len(key) + len(body))
         return etag
 
     def delete(self, key: str) -> None:
         self._tally.add(self._system, WRITE)
+        self._tally.add(self._system, BYTES, len(key))
         self._inner.delete(key)
 
     def list(self, prefix: str) -> Iterator[str]:
+        """One read per page of keys (S3_PAGE), the key names as bytes; counted as the caller consumes them."""
         self._tally.add(self._system, READ)
-        return self._inner.list(prefix)
+        self._tally.add(self._system, f"list:{prefix}")
+        for i, key in enumerate(self._inner.list(prefix), start=1):
+            if i % S3_PAGE == 1 and i > 1:
+                self._tally.add(self._system, READ)
+            self._tally.add(self._system, BYTES, len(key))
+            yield key
 
 
 class CountingWire:
@@ -87,28 +101,48 @@ class CountingWire:
 
     def transfer(self, zone: str, server: tuple[str, int] | None = None) -> dns.zone.Zone:
         self._tally.add("dns", READ)
-        return self._inner.transfer(zone, server)
+        self._tally.add("dns", "transfer")
+        got = self._inner.transfer(zone, server)
+        self._tally.add("dns", BYTES, _zone_bytes(got))
+        return got
 
     def send(self, update: dns.update.UpdateMessage) -> int:
         self._tally.add("dns", WRITE)
+        self._tally.add("dns", BYTES, len(update.to_wire()))
         return self._inner.send(update)
 
     def query(
         self, server: str, port: int, name: str, rtype: str, tcp: bool, recursive: bool = False
     ) -> dns.message.Message:
         self._tally.add("dns", READ)
-        return self._inner.query(server, port, name, rtype, tcp, recursive)
+        got = self._inner.query(server, port, name, rtype, tcp, recursive)
+        self._tally.add("dns", BYTES, len(got.to_wire()))
+        return got
 
 
-def counted(ports: Ports, tally: Tally) -> Ports:
-    """``ports`` (from ``build_ports``) with S3 and DNS counted; the ledger and locks use the counted store."""
+def _zone_bytes(zone: dns.zone.Zone) -> int:
+    """A transferred zone's records in wire form (uncompressed: what the AXFR carried, give or take compression)."""
+    out = io.BytesIO()
+    for name, node in zone.nodes.items():
+        for rdataset in node.rdatasets:
+            rdataset.to_wire(name, out)
+    return out.tell()
+
+
+def counted(ports: Ports, tally: Tally, *, old_release: bool = False) -> Ports:
+    """``ports`` (from ``build_ports``) with S3 and DNS counted; the ledger, locks and key pool use the counted
+    store (``old_release``: the locks read before every release, as before issue 17)."""
     state = CountingStore(ports.state, tally)
     ledger = locks = None
     if ports.ledger is not None:
         old = ports.ledger
         ledger = Ledger(state, owner=old.owner, clock=old.clock, lease=old.lease, keep=old.keep, prefix=old.prefix)
     if ports.locks is not None:
-        locks = SubjectLocks(state, lease=ports.locks.lease, clock=ports.locks.clock)
+        locks = SubjectLocks(state, lease=ports.locks.lease, clock=ports.locks.clock, fast_release=old_release is False)
+    keypool = None
+    if ports.keypool is not None:
+        kp = ports.keypool
+        keypool = KeyPool(CountingStore(kp.store, tally), kp.kek, size=kp.size, bits=kp.bits, batch=kp.batch)
     dns_settings = ports.settings.dns
     return replace(
         ports,
@@ -117,10 +151,13 @@ def counted(ports: Ports, tally: Tally) -> Ports:
         dns=Rfc2136Dns(dns_settings, wire=CountingWire(TcpWire(dns_settings), tally)),
         ledger=ledger,
         locks=locks,
+        keypool=keypool,
     )
 
 
 def sim_counts(requests: list[dict[str, Any]]) -> dict[str, int]:
-    """Reads and writes in a simulator request log (writes: the simulator's own ``write`` flag)."""
+    """Reads and writes in a simulator request log (writes: the simulator's own ``write`` flag), and the bytes of
+    URLs and bodies both ways (the simulators' ``bytes_in`` + ``bytes_out``; headers not counted)."""
     writes = sum(1 for r in requests if r.get("write"))
-    return {"read": len(requests) - writes, "write": writes}
+    size = sum(int(r.get("bytes_in", 0)) + int(r.get("bytes_out", 0)) for r in requests)
+    return {"read": len(requests) - writes, "write": writes, "bytes": size}

@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -409,11 +409,15 @@ class Sandbox:
         until_idle: bool = True,
         idle_seconds: float = 1.5,
         samples: bool = True,
+        extra: Sequence[str] = (),
+        settings_path: Path | None = None,
     ) -> WorkerProc:
-        """Start a benchmark worker (benchmarks/worker.py) on the sandbox's settings."""
+        """Start a benchmark worker (benchmarks/worker.py) on the sandbox's settings (or ``settings_path``);
+        ``extra``: more flags of benchmarks/worker.py."""
         out, log = self.workdir / f"{name}.json", self.workdir / f"{name}.log"
         out.unlink(missing_ok=True)
-        cmd = [PYTHON, "-m", "benchmarks.worker", "--config", str(self.settings_path), "--out", str(out)]
+        config = self.settings_path if settings_path is None else settings_path
+        cmd = [PYTHON, "-m", "benchmarks.worker", "--config", str(config), "--out", str(out), *extra]
         cmd += ["--pool", str(pool), "--idle-seconds", str(idle_seconds)]
         flags = {"--noop": noop, "--no-ledger": not ledger, "--until-idle": until_idle, "--no-samples": not samples}
         cmd += [flag for flag, on in flags.items() if on]

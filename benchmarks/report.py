@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from benchmarks.bench_fleet_calls import render as fleet_table
+
 SYSTEMS = ("mailcow", "pmg", "dns", "s3")
 Row = tuple[str, str, str, str, str]  # benchmark, figure, value, goal, verdict
 
@@ -271,6 +273,9 @@ def render(r: Mapping[str, Any]) -> str:
         "Dependencies loaded alone (the stack's limit):\n",
         capacity_table(r),
     ]
+    fleet = r.get("fleet")
+    if isinstance(fleet, Mapping) and "per_size" in fleet:
+        parts += ["Calls and bytes per event at fleet size (bench_fleet_calls.py):\n", fleet_table(dict(fleet))]
     if r.get("errors"):
         parts.append("Errors: " + "; ".join(f"{k}: {v}" for k, v in r["errors"].items()) + "\n")
     return "\n".join(parts)

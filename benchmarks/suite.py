@@ -26,7 +26,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchmarks import bench_calls, bench_capacity, bench_memory, bench_overhead, bench_throughput, report
+from benchmarks import (
+    bench_calls,
+    bench_capacity,
+    bench_fleet_calls,
+    bench_memory,
+    bench_overhead,
+    bench_throughput,
+    report,
+)
 from benchmarks.harness import Sandbox
 
 
@@ -43,13 +51,18 @@ class Size:
     ledger_events: int  # no-op events with the S3 ledger
     backlog: int  # memory benchmark backlog
     failover: int  # node.down / node.up iterations
+    fleet: tuple[int, ...] = ()  # fleet sizes for calls and bytes per event (bench_fleet_calls; () = skipped)
+    fleet_zones: int = 0  # at most this many customer zones on BIND for it
+    fleet_store: int = 0  # at most this many seeded state objects (LocalStack takes ~35 PUT/s here)
 
 
 SIZES = {
+    # small: no fleet (tests/test_bench_fleet_calls_smoke.py runs it at CI size on its own sandbox)
     "small": Size(10, 4, 8, 8, 2, 500, 100, 200, 20, 2000, 2),
-    "full": Size(500, 500, 100, 32, 5, 20000, 2000, 200, 300, 100000, 20),
+    "full": Size(500, 500, 100, 32, 5, 20000, 2000, 200, 300, 100000, 20, (100, 10_000, 100_000), 10_000, 3_000),
 }
-BENCHMARKS = ("capacity", "throughput", "calls", "overhead", "memory", "failover")
+# fleet last: it leaves the sandbox's simulators holding the largest fleet
+BENCHMARKS = ("capacity", "throughput", "calls", "overhead", "memory", "failover", "fleet")
 
 
 def machine() -> dict[str, Any]:
@@ -128,6 +141,11 @@ def run(argv: Sequence[str] | None = None) -> int:
             ),
             "memory": lambda: bench_memory.run(sb, backlog=size.backlog, pool=args.noop_pool),
             "failover": lambda: failover(sb, size.failover),
+            "fleet": lambda: (
+                bench_fleet_calls.run(sb, size.fleet, zones=size.fleet_zones, store=size.fleet_store)
+                if size.fleet
+                else {"skipped": "no fleet sizes at this size (tests/test_bench_fleet_calls_smoke.py)"}
+            ),
         }
         for name in chosen:
             print(f"bench: {name} ...", file=sys.stderr, flush=True)

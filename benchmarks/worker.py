@@ -123,10 +123,10 @@ def peak_rss_kib(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
-def build(config: str, *, noop_routes: bool, ledger: bool) -> tuple[Ports, Tally]:
+def build(config: str, *, noop_routes: bool, ledger: bool, old_release: bool = False) -> tuple[Ports, Tally]:
     """The CLI's ports, counted; optionally without ledger and locks, and with every route a no-op."""
     tally = Tally()
-    ports = counted(main.build_ports(main.load_settings(config)), tally)
+    ports = counted(main.build_ports(main.load_settings(config)), tally, old_release=old_release)
     if not ledger:
         ports = replace(ports, ledger=None, locks=None)
     if noop_routes:
@@ -146,10 +146,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=1.5)
     parser.add_argument("--no-samples", action="store_true", help="keep no per-event samples (memory runs)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--no-refill", action="store_true", help="no key pool refill while idle (CPU per event)")
+    parser.add_argument("--old-release", action="store_true", help="subject locks read before release (before)")
     args = parser.parse_args(argv)
     main.setup_logging(args.log_level)
-    ports, tally = build(args.config, noop_routes=args.noop, ledger=not args.no_ledger)
-    worker = TimedWorker(ports, pool_size=args.pool, until_idle=args.until_idle, idle_seconds=args.idle_seconds)
+    ports, tally = build(args.config, noop_routes=args.noop, ledger=not args.no_ledger, old_release=args.old_release)
+    worker = TimedWorker(
+        ports,
+        pool_size=args.pool,
+        until_idle=args.until_idle,
+        idle_seconds=args.idle_seconds,
+        refill_idle=not args.no_refill,
+    )
     worker.keep_samples = not args.no_samples
     recorder = Recorder(samples=not args.no_samples)
     worker.on_result = recorder.on_result

@@ -14,6 +14,9 @@ proxmoxer's own https pieces (``ProxmoxHttpSession`` + ``JsonSerializer`` + ``Pr
   timeouts, "not the master node", "proxy loop detected") or PmgRejected (400, 401, 403, other 500s). Add treats
   "already exists", delete "does not exist" as success. Messages carry PMG's reason, never a secret.
 - Reads are retried in place with the shared policy; a write is repeated only after a re-read shows it did not land.
+- Per-event reads are per item (``GET /config/domains/{domain}``, ``/config/transport/{domain}``,
+  ``/config/mynetworks/{cidr}``; PMG answers a missing item with ``500 ... does not exist``, read as None), so an
+  event's cost does not grow with the fleet; the listings (``list_*``) are for fleet-wide commands (drift, adopt).
 - Writes send 1/0 for booleans (proxmoxer would send "True"), lower-case new domains, refuse multi-line values and
   put the ownership marker ``managed-by mailplane`` into every comment they write.
 - Writes to the relay-domain and transport maps go through ``MapWrites`` (pmg_maps.py) so that PMG's whole-second
@@ -25,8 +28,10 @@ proxmoxer's own https pieces (``ProxmoxHttpSession`` + ``JsonSerializer`` + ``Pr
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -51,6 +56,8 @@ log = logging.getLogger(__name__)
 MANAGED_COMMENT = "managed-by mailplane"
 RENEW_AFTER = 3600.0  # s; tickets live 2 h (proxmoxer's renew_age)
 _UNAVAILABLE_STATUS = frozenset({502, 503, 504, 595, 596, 597, 598, 599})
+_KNOWN_MAX = 8  # entries of ours remembered per map, as re-touch candidates
+_TOUCH_TRIES = 3  # of which at most this many are read before the map is listed
 _UNAVAILABLE_500 = ("can't lock file", "got timeout", "is not the master node", "proxy loop detected")
 
 P = ParamSpec("P")
@@ -195,6 +202,8 @@ class PmgClient:
                     session.mount(_origin(base), _PinnedAdapter(fingerprint))
         self._serializer = JsonSerializer()
         self._maps = MapWrites(settings.map_writes, self._clock, time.sleep if sleep is None else sleep)
+        self._known: dict[str, list[str]] = {"domains": [], "transport": []}  # entries of ours seen (re-touch)
+        self._known_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"PmgClient(user={self._user!r}, nodes={[n for n, _ in self._nodes]!r})"
@@ -204,6 +213,10 @@ class PmgClient:
     def list_relay_domains(self) -> list[RelayDomain]:
         return self._retry(self._relay_domains)()
 
+    def get_relay_domain(self, domain: str) -> RelayDomain | None:
+        """The entry whose key is exactly ``domain`` (PMG keys are case-sensitive), or None."""
+        return self._retry(lambda: self._relay_domain(domain))()
+
     def add_relay_domain(self, item: RelayDomain) -> None:
         domain = _key("domain", item.domain.lower())
         body = {"domain": domain, "comment": _marked(item.comment)}
@@ -212,8 +225,9 @@ class PmgClient:
             domain,
             f"add relay domain {domain}",
             lambda api: _outcome(api.config.domains.post, body, "already exists"),
-            lambda: any(d.domain == domain for d in self._relay_domains()),
+            lambda: self._relay_domain(domain) is not None,
         )
+        self._remember("domains", domain, body["comment"])
 
     def update_relay_domain(self, item: RelayDomain) -> None:
         """Set the comment of the entry whose key is exactly ``item.domain`` (PMG keys are case-sensitive)."""
@@ -223,7 +237,7 @@ class PmgClient:
             domain,
             f"update relay domain {domain}",
             lambda api: api.config.domains(domain).put(comment=comment),
-            lambda: RelayDomain(domain, comment) in self._relay_domains(),
+            lambda: self._relay_domain(domain) == RelayDomain(domain, comment),
         )
 
     def delete_relay_domain(self, domain: str) -> None:
@@ -234,13 +248,17 @@ class PmgClient:
             key,
             f"delete relay domain {key}",
             lambda api: _outcome(api.config.domains(key).delete, {}, "does not exist"),
-            lambda: all(d.domain != key for d in self._relay_domains()),
+            lambda: self._relay_domain(key) is None,
         )
 
     # ------------------------------------------------------------ transports
 
     def list_transports(self) -> list[GatewayTransport]:
         return self._retry(self._transports)()
+
+    def get_transport(self, domain: str) -> GatewayTransport | None:
+        """The transport whose key is exactly ``domain``, or None."""
+        return self._retry(lambda: self._transport(domain))()
 
     def add_transport(self, item: GatewayTransport) -> None:
         domain = _key("transport domain", item.domain.lower())
@@ -250,8 +268,9 @@ class PmgClient:
             domain,
             f"add transport {domain}",
             lambda api: _outcome(api.config.transport.post, body, "already exists"),
-            lambda: any(t.domain == domain for t in self._transports()),
+            lambda: self._transport(domain) is not None,
         )
+        self._remember("transport", domain, str(body["comment"]))
 
     def update_transport(self, item: GatewayTransport) -> None:
         """Set every field of the entry whose key is exactly ``item.domain``."""
@@ -262,7 +281,7 @@ class PmgClient:
             domain,
             f"update transport {domain}",
             lambda api: api.config.transport(domain).put(**fields),
-            lambda: want in self._transports(),
+            lambda: self._transport(domain) == want,
         )
 
     def delete_transport(self, domain: str) -> None:
@@ -272,7 +291,7 @@ class PmgClient:
             key,
             f"delete transport {key}",
             lambda api: _outcome(api.config.transport(key).delete, {}, "does not exist"),
-            lambda: all(t.domain != key for t in self._transports()),
+            lambda: self._transport(key) is None,
         )
 
     @staticmethod
@@ -297,13 +316,17 @@ class PmgClient:
     def list_networks(self) -> list[TrustedNetwork]:
         return self._retry(self._networks)()
 
+    def get_network(self, cidr: str) -> TrustedNetwork | None:
+        """The trusted network whose key is exactly ``cidr`` (PMG does not normalise CIDRs), or None."""
+        return self._retry(lambda: self._network(cidr))()
+
     def add_network(self, item: TrustedNetwork) -> None:
         cidr = _key("CIDR", item.cidr)
         body = {"cidr": cidr, "comment": _marked(item.comment)}
         self._write(
             f"add trusted network {cidr}",
             lambda api: _outcome(api.config.mynetworks.post, body, "already exists"),
-            lambda: any(n.cidr == cidr for n in self._networks()),
+            lambda: self._network(cidr) is not None,
         )
 
     def update_network(self, item: TrustedNetwork) -> None:
@@ -312,7 +335,7 @@ class PmgClient:
         self._write(
             f"update trusted network {cidr}",
             lambda api: api.config.mynetworks(cidr).put(comment=comment),
-            lambda: TrustedNetwork(cidr, comment) in self._networks(),
+            lambda: self._network(cidr) == TrustedNetwork(cidr, comment),
         )
 
     def delete_network(self, cidr: str) -> None:
@@ -321,7 +344,7 @@ class PmgClient:
         self._write(
             f"delete trusted network {key}",
             lambda api: _outcome(api.config.mynetworks(key).delete, {}, "does not exist"),
-            lambda: all(n.cidr != key for n in self._networks()),
+            lambda: self._network(key) is None,
         )
 
     # ------------------------------------------------------------ cluster
@@ -356,20 +379,38 @@ class PmgClient:
         return [RelayDomain(_field(r, "domain"), _comment(r)) for r in rows]
 
     def _transports(self) -> list[GatewayTransport]:
-        out = []
-        for r in self._rows("list transports", lambda api: api.config.transport.get()):
-            protocol, host = str(r.get("protocol") or "smtp"), _field(r, "host")
-            try:
-                port, use_mx = int(r.get("port", 25)), bool(int(r.get("use_mx", 1)))  # port comes back as "25"
-            except (TypeError, ValueError):
-                raise PmgUnavailable(f"pmg: malformed transport entry {r.get('domain')!r}") from None
-            use_mx = effective_use_mx(protocol, host, use_mx)
-            out.append(GatewayTransport(_field(r, "domain"), host, port, protocol, use_mx, _comment(r)))
-        return out
+        return [_transport_of(r) for r in self._rows("list transports", lambda api: api.config.transport.get())]
 
     def _networks(self) -> list[TrustedNetwork]:
         rows = self._rows("list trusted networks", lambda api: api.config.mynetworks.get())
         return [TrustedNetwork(_field(r, "cidr"), _comment(r)) for r in rows]
+
+    def _relay_domain(self, domain: str) -> RelayDomain | None:
+        key = _key("domain", domain)
+        row = self._item(f"read relay domain {key}", lambda api: _get_item(api.config.domains(key)))
+        if row is None:
+            return None
+        self._remember("domains", key, _comment(row))
+        return RelayDomain(_field(row, "domain"), _comment(row))
+
+    def _transport(self, domain: str) -> GatewayTransport | None:
+        key = _key("transport domain", domain)
+        row = self._item(f"read transport {key}", lambda api: _get_item(api.config.transport(key)))
+        if row is None:
+            return None
+        self._remember("transport", key, _comment(row))
+        return _transport_of(row)
+
+    def _network(self, cidr: str) -> TrustedNetwork | None:
+        key = _key("CIDR", cidr)
+        row = self._item(f"read trusted network {key}", lambda api: _get_item(api.config.mynetworks(key)))
+        return None if row is None else TrustedNetwork(_field(row, "cidr"), _comment(row))
+
+    def _item(self, action: str, op: Callable[[Api], Any]) -> Mapping[str, Any] | None:
+        data = self._call(action, op)
+        if data is not None and not isinstance(data, dict):
+            raise PmgUnavailable(f"pmg: {action}: unexpected answer (not an object)")
+        return data
 
     def _rows(self, action: str, op: Callable[[Api], Any]) -> list[Mapping[str, Any]]:
         data = self._call(action, op)
@@ -391,19 +432,48 @@ class PmgClient:
         self._maps.write(name, lambda: self._write(action, op, landed), lambda: self._touch(name, key))
 
     def _touch(self, name: str, prefer: str) -> None:
-        """Rewrite map ``name`` unchanged: PUT the comment of ``prefer`` (or of another entry of ours) again."""
-        if name == "domains":
-            rows = [(d.domain, d.comment) for d in self._retry(self._relay_domains)()]
-        else:
-            rows = [(t.domain, t.comment) for t in self._retry(self._transports)()]
-        ours = [r for r in rows if r[0] == prefer] + [r for r in rows if MANAGED_COMMENT in r[1]]
-        if not ours:
+        """Rewrite map ``name`` unchanged: PUT the comment of ``prefer`` (or of another entry of ours) again.
+
+        Reads per item: ``prefer``, then the entries of ours this client saw last; the map is listed only when
+        none of them exists any more (the first delete in a fresh process), and the entries of ours found there are
+        remembered for the next re-touches."""
+        ours = self._touchable(name, prefer)
+        if ours is None:
             return  # an empty map: nothing of ours left to rewrite
-        key, comment = ours[0]
+        key, comment = ours
         resource = "domains" if name == "domains" else "transport"
         self._retry(
             lambda: self._call(f"re-touch {name} ({key})", lambda api: api.config(resource)(key).put(comment=comment))
         )()
+
+    def _touchable(self, name: str, prefer: str) -> tuple[str, str] | None:
+        read = self._relay_domain if name == "domains" else self._transport
+        with self._known_lock:
+            known = [k for k in reversed(self._known[name]) if k != prefer]
+        for key in [prefer, *known[:_TOUCH_TRIES]]:
+            entry = self._retry(functools.partial(read, key))()
+            if entry is not None and (key == prefer or MANAGED_COMMENT in entry.comment):
+                return key, entry.comment
+        log.info("pmg: no known entry of ours left in %s; listing it once to find some to re-touch", name)
+        if name == "domains":
+            rows = [(d.domain, d.comment) for d in self._retry(self._relay_domains)()]
+        else:
+            rows = [(t.domain, t.comment) for t in self._retry(self._transports)()]
+        ours = [r for r in rows if MANAGED_COMMENT in r[1]]
+        for key, comment in ours[-_KNOWN_MAX:]:
+            self._remember(name, key, comment)  # the next re-touches read these per item, not the map
+        return ours[0] if ours else None
+
+    def _remember(self, name: str, key: str, comment: str) -> None:
+        """Note an entry of ours in map ``name`` (a candidate for a later re-touch); bounded."""
+        if MANAGED_COMMENT not in comment:
+            return
+        with self._known_lock:
+            keys = self._known[name]
+            if key in keys:
+                keys.remove(key)
+            keys.append(key)
+            del keys[:-_KNOWN_MAX]
 
     def _write(self, action: str, op: Callable[[Api], Any], landed: Callable[[], bool]) -> None:
         """Run ``op``; on a transient failure re-read, and repeat only if the write did not land."""
@@ -558,6 +628,26 @@ def _outcome(method: Callable[..., Any], body: Mapping[str, Any], success: str) 
         if exc.status_code != 500 or success not in str(exc.content):
             raise
         log.info("pmg: %s", exc.content)
+
+
+def _get_item(resource: Any) -> Any:
+    """GET one item; PMG's ``500 <Item> '<key>' does not exist`` (no 404 in PMG's API) becomes None."""
+    try:
+        return resource.get()
+    except ResourceException as exc:
+        if exc.status_code == 500 and "does not exist" in str(exc.content):
+            return None
+        raise
+
+
+def _transport_of(r: Mapping[str, Any]) -> GatewayTransport:
+    protocol, host = str(r.get("protocol") or "smtp"), _field(r, "host")
+    try:
+        port, use_mx = int(r.get("port", 25)), bool(int(r.get("use_mx", 1)))  # port comes back as "25"
+    except (TypeError, ValueError):
+        raise PmgUnavailable(f"pmg: malformed transport entry {r.get('domain')!r}") from None
+    use_mx = effective_use_mx(protocol, host, use_mx)
+    return GatewayTransport(_field(r, "domain"), host, port, protocol, use_mx, _comment(r))
 
 
 def _field(row: Mapping[str, Any], name: str) -> str:

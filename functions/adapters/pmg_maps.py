@@ -16,6 +16,8 @@ over the whole file, ours included.
 
 Limit: a delete that leaves a map without any entry of ours has nothing to re-touch (PMG's API rewrites a map only
 through an entry); postfix may then keep the deleted key until the next change to that map.
+The touch reads per item (PmgClient._touchable): the event's own entry, else entries of ours this client saw last;
+a process that knows no live one lists the map once (its first delete) and remembers some from the listing.
 Benchmark: benchmarks/bench_pmg_maps.py, figures in BENCHMARKS.md.
 """
 

@@ -177,6 +177,21 @@ class S3Store:
             if token is None:
                 return
 
+    def etags(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """(key, ETag) for every object under ``prefix``, as ``list`` pages them (the ETag as ``get`` returns it).
+
+        Raises:
+            StoreUnavailable: 5xx, throttling, timeouts, connection errors (after the retries).
+            StoreRejected: any other refusal.
+        """
+        token: str | None = None
+        while True:
+            page = self._page(prefix, token)
+            yield from ((obj["Key"], str(obj["ETag"])) for obj in page.get("Contents", []))
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if token is None:
+                return
+
     def _page(self, prefix: str, token: str | None) -> Any:
         def attempt() -> Any:
             def one() -> Any:

@@ -156,7 +156,17 @@ def demo(config: ConfigOpt = None) -> None:
 
 
 def _register_subcommands() -> None:
-    from functions.ops import cli_adopt, cli_dlq, cli_health, cli_nodes, cli_ops, cli_pmg, cli_rotate, cli_sweep
+    from functions.ops import (
+        cli_adopt,
+        cli_dlq,
+        cli_health,
+        cli_keypool,
+        cli_nodes,
+        cli_ops,
+        cli_pmg,
+        cli_rotate,
+        cli_sweep,
+    )
 
     for module in (
         cli_ops,
@@ -167,6 +177,7 @@ def _register_subcommands() -> None:
         cli_adopt,
         cli_pmg,
         cli_sweep,
+        cli_keypool,
     ):  # cli_nodes extends cli_ops
         module.register(app)
 

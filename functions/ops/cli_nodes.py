@@ -26,6 +26,7 @@ out = Console()
 err = Console(stderr=True)
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="settings file (default: $MAILPLANE_CONFIG)")]
 RETIRE = "node.retire"
+ADD = "node.add"
 
 
 def _fail(exc: AutomationError) -> None:
@@ -73,35 +74,53 @@ def probe(
 
 
 def plan(
-    target: Annotated[str, typer.Argument(help=f"{RETIRE}, or a CloudEvent JSON file to plan")],
-    node: Annotated[str | None, typer.Argument(help=f"the node to retire (with {RETIRE})")] = None,
+    target: Annotated[str, typer.Argument(help=f"{ADD}, {RETIRE}, or a CloudEvent JSON file to plan")],
+    node: Annotated[str | None, typer.Argument(help=f"the node to add or retire (with {ADD} / {RETIRE})")] = None,
     apply: Annotated[bool, typer.Option("--apply", help="apply the plan in waves (needs --yes)")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="confirm --apply / --undo")] = False,
     approve: Annotated[str | None, typer.Option(help="refuse to apply unless the plan's hash is this one")] = None,
-    undo: Annotated[str | None, typer.Option(help="restore the zones of a stored run (its undo key)")] = None,
+    undo: Annotated[
+        str | None, typer.Option(help=f"{RETIRE}: restore the zones of a stored run (its undo key); {ADD}: the node")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace a hand-written _pmg / node A that differs")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """The changes EVENT_FILE would make (nothing applied), or `node.retire NODE` (`--apply --yes`: in waves)."""
+    """The changes EVENT_FILE would make (nothing applied), or `node.add|node.retire NODE` (`--apply --yes`: waves)."""
     main.setup_logging("WARNING")
-    if target != RETIRE:
+    if target not in (RETIRE, ADD):
         _plan_event(Path(target), json_out, config)
         return
     if node is None and undo is None:
-        err.print(f"[red]error:[/red] {RETIRE} needs a NODE")
+        err.print(f"[red]error:[/red] {target} needs a NODE")
         raise typer.Exit(2)
     if (apply or undo) and not yes:
         err.print("[red]error:[/red] this changes customer zones: add --yes to confirm")
         raise typer.Exit(2)
     try:
         ports = main.build_ports(main.load_settings(config), probe=False)
-        code = _retire(ports, node or "", apply=apply, approve=approve, undo=undo, json_out=json_out)
+        if target == ADD:
+            from functions.ops import cli_grow
+
+            code = cli_grow.add(
+                ports,
+                node or undo or "",
+                apply=apply,
+                approve=approve,
+                undo=undo is not None,
+                force=force,
+                json_out=json_out,
+            )
+        else:
+            code = _retire(ports, node or "", apply=apply, approve=approve, undo=undo, json_out=json_out, force=force)
     except AutomationError as exc:
         _fail(exc)
     raise typer.Exit(code)
 
 
-def _retire(ports: Ports, node: str, *, apply: bool, approve: str | None, undo: str | None, json_out: bool) -> int:
+def _retire(
+    ports: Ports, node: str, *, apply: bool, approve: str | None, undo: str | None, json_out: bool, force: bool
+) -> int:
     if undo is not None:
         restored, kept = retire.undo_retire(ports, undo)
         out.print(f"restored {len(restored)} zone(s); left alone: {len(kept)}")
@@ -122,7 +141,9 @@ def _retire(ports: Ports, node: str, *, apply: bool, approve: str | None, undo: 
     if report.halted:
         err.print(f"[red]halted:[/red] {report.halted}")
         return 1
-    return 0
+    from functions.ops import cli_grow
+
+    return cli_grow.tail(ports, plan.node, force=force)
 
 
 def _render_retire(plan: RetirePlan, settings: Settings) -> None:
@@ -136,6 +157,12 @@ def _render_retire(plan: RetirePlan, settings: Settings) -> None:
         f"Plan: {len(plan.changes)} zone(s) to update, {len(plan.skipped)} skipped, {plan.untouched} without the node. "
         f"Waves of {waves}, then the rest; error budget {settings.nodes.retire_error_budget}.",
         style="bold",
+    )
+    wait = settings.nodes.retire_policy_after_seconds
+    wait = settings.policy.mta_sts_max_age if wait is None else wait
+    out.print(
+        f"Then (the same command, once no managed MX names the node and {wait} s have passed): every MTA-STS "
+        "policy drops the node, then the _pmg SPF and the node's A/AAAA go."
     )
     if any(h.name == plan.node for h in settings.provider.mx_hosts):
         err.print(f"[yellow]note:[/yellow] {plan.node} is still in provider.mx_hosts: domain.created would add it back")

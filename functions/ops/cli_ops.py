@@ -11,6 +11,7 @@ from rich.console import Console
 from functions._core.platform.errors import AutomationError, ConfigError, PermanentError
 from functions._core.platform.names import normalize_domain
 from functions.ops import drift as drift_mod
+from functions.ops import drift_bulk
 from functions.ops import plan as plan_mod
 from functions.ops.event_file import load as load_event_file
 from functions.runtime import main
@@ -78,7 +79,7 @@ def drift(
         names = drift_mod.managed_domains(ports) if all_domains else [normalize_domain(domain)]
     except AutomationError as exc:
         _fail(exc)
-    results = drift_mod.run(names, ports, err)
+    results = drift_mod.run(names, ports, err, runner=drift_bulk.drift_all if all_domains else None)
     if report:
         drift_mod.save_report(ports.state, results, ports.clock())
     if json_out:

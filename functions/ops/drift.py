@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from functions._core.model import state
@@ -27,7 +27,8 @@ from functions._core.platform.store import ObjectStore
 from functions.ops.status import Check, domain_status
 
 DRIFTED = frozenset({"drift", "unknown"})
-PROGRESS_MIN = 10  # show a progress bar from this many domains on
+PROGRESS_MIN = 10  # progress lines from this many domains on
+PROGRESS_EVERY = 500
 PREFIX = "domains/"
 REPORT_KEY = "reports/drift.json"  # the last `drift --all --report`, read by `mailplane health`
 
@@ -51,13 +52,16 @@ class DomainDrift:
 
 
 class CachedGateway:
-    """The gateway port with its three list calls read once per run (they do not depend on the domain)."""
+    """The gateway port with its three list calls read once per run (they do not depend on the domain); the
+    per-item reads of `status` are answered from those listings (one listing per run, not one read per domain)."""
 
     def __init__(self, target: GatewayPort) -> None:
         self._target = target
         self._domains: list[RelayDomain] | None = None
         self._transports: list[GatewayTransport] | None = None
         self._networks: list[TrustedNetwork] | None = None
+        self._domain_index: dict[str, RelayDomain] | None = None
+        self._transport_index: dict[str, GatewayTransport] | None = None
 
     def list_relay_domains(self) -> list[RelayDomain]:
         self._domains = self._target.list_relay_domains() if self._domains is None else self._domains
@@ -70,6 +74,19 @@ class CachedGateway:
     def list_networks(self) -> list[TrustedNetwork]:
         self._networks = self._target.list_networks() if self._networks is None else self._networks
         return self._networks
+
+    def get_relay_domain(self, domain: str) -> RelayDomain | None:
+        if self._domain_index is None:
+            self._domain_index = {d.domain: d for d in self.list_relay_domains()}
+        return self._domain_index.get(domain)
+
+    def get_transport(self, domain: str) -> GatewayTransport | None:
+        if self._transport_index is None:
+            self._transport_index = {t.domain: t for t in self.list_transports()}
+        return self._transport_index.get(domain)
+
+    def get_network(self, cidr: str) -> TrustedNetwork | None:
+        return next((n for n in self.list_networks() if n.cidr == cidr), None)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._target, name)
@@ -120,18 +137,52 @@ def drift_all(
     return out
 
 
-def run(domains: list[str], ports: Ports, err: Console, *, progress_min: int = PROGRESS_MIN) -> list[DomainDrift]:
-    """``drift_all`` with a progress bar on stderr for large runs."""
-    columns = (
-        TextColumn("drift"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-    )
-    with Progress(*columns, console=err, transient=True, disable=len(domains) < progress_min) as bar:
-        task = bar.add_task("", total=len(domains))
-        return drift_all(domains, ports, lambda d: bar.update(task, advance=1, description=d.domain))
+@dataclass
+class Progress:
+    """Progress lines (``write``: e.g. stderr): every ``every`` domains and at the end, with the rate."""
+
+    total: int
+    write: Callable[[str], None]
+    every: int = PROGRESS_EVERY
+    start: float = field(default_factory=time.monotonic)
+    done: int = 0
+    drifted: int = 0
+    errors: int = 0
+
+    def __call__(self, result: DomainDrift) -> None:
+        self.done += 1
+        self.drifted += result.status in DRIFTED
+        self.errors += result.status == "error"
+        if self.done % self.every == 0 or self.done == self.total:
+            took = max(time.monotonic() - self.start, 1e-9)
+            rate = self.done / took
+            left = (self.total - self.done) / rate if rate else 0.0
+            tail = f"done in {took:.1f} s" if self.done == self.total else f"about {left:.0f} s left"
+            self.write(
+                f"drift: {self.done}/{self.total} domains, {rate:.1f}/s, {self.drifted} drifted, "
+                f"{self.errors} unreadable; {tail}"
+            )
+
+
+Runner = Callable[[list[str], Ports, Callable[[DomainDrift], None] | None], list[DomainDrift]]
+
+
+def run(
+    domains: list[str],
+    ports: Ports,
+    err: Console,
+    *,
+    progress_min: int = PROGRESS_MIN,
+    every: int | None = None,
+    runner: Runner | None = None,
+) -> list[DomainDrift]:
+    """Check ``domains`` with ``runner`` (default ``drift_all``, one by one; `drift --all` passes
+    functions/ops/drift_bulk.py's); from ``progress_min`` domains on, progress lines on ``err`` every ``every``
+    domains (default: about every 5 %, at least 10, at most ``PROGRESS_EVERY``) and at the end, with the rate."""
+    step = every if every is not None else max(10, min(PROGRESS_EVERY, len(domains) // 20))
+    progress = Progress(len(domains), lambda line: err.print(line, highlight=False), step)
+    on_done = progress if len(domains) >= progress_min else None
+    return (drift_all if runner is None else runner)(domains, ports, on_done)
 
 
 def exit_code(results: list[DomainDrift]) -> int:

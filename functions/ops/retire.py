@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from functions._core.model import nodes, state
@@ -35,6 +35,12 @@ MIN_MX = 2
 
 class PlanChanged(PermanentError):
     """The plan computed now differs from the one the operator approved: plan again and review it."""
+
+
+def plan_digest(plan: Mapping[str, object]) -> str:
+    """The short hash an operator approves (``--approve``): of a plan's canonical JSON, for node.retire and node.add."""
+    blob = json.dumps(plan, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,7 @@ class RetirePlan:
 
     @property
     def digest(self) -> str:
-        blob = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return plan_digest(self.as_json())
 
 
 @dataclass

@@ -71,9 +71,11 @@ def webmail_check(st: state.DomainState, ports: Ports) -> Check:
 
 def gateway_checks(domain: str, ports: Ports) -> list[Check]:
     gw, mc = ports.gateway, ports.settings.mailcow
-    relay = any(d.domain == domain for d in gw.list_relay_domains())
-    t = next((t for t in gw.list_transports() if t.domain == domain), None)
-    nets = {ipaddress.ip_network(n.cidr, strict=False) for n in gw.list_networks()}
+    relay = gw.get_relay_domain(domain) is not None
+    t = gw.get_transport(domain)
+    cidrs = (f"{mc.ipv4}/32", f"{mc.ipv6}/128")
+    found = [n for n in (gw.get_network(c) for c in cidrs) if n is not None]
+    nets = {ipaddress.ip_network(n.cidr, strict=False) for n in found}
     out = [
         Check("pmg", "api", "relay domain", domain, domain if relay else "absent", relay),
         Check(

@@ -27,6 +27,7 @@ import pika
 import pika.exceptions
 
 from functions._core.model.ports import Ports
+from functions._core.platform.errors import AutomationError
 from functions._core.platform.idempotency import default_owner
 from functions.runtime import dispatch, poison
 from functions.runtime.amqp import Publisher, params
@@ -80,8 +81,11 @@ class Worker:
         idle_seconds: float = 1.5,
         grace_seconds: float = 30.0,
         metrics: Metrics | None = None,
+        refill_idle: bool = True,
     ) -> None:
+        """``refill_idle``: top up the key pool (``ports.keypool``) while idle."""
         self.ports = ports
+        self.refill_idle = refill_idle
         self.broker = ports.settings.broker
         self.rungs = len(self.broker.retry_delays)
         self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="handler")
@@ -98,6 +102,7 @@ class Worker:
         self.on_result: Callable[[dispatch.Result], None] | None = None
         self.metrics = metrics
         self._consumed = False  # the current session got as far as consuming (a later loss backs off from 0.5 s)
+        self._last_activity = time.monotonic()
 
     @property
     def in_flight(self) -> int:
@@ -106,6 +111,7 @@ class Worker:
     def _flight(self, delta: int) -> None:
         with self._guard:
             self._in_flight += delta
+            self._last_activity = time.monotonic()
         if self.metrics is not None:
             self.metrics.in_flight.inc(delta)
 
@@ -121,6 +127,8 @@ class Worker:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
         delay = 0.5
+        if self.ports.keypool is not None and self.refill_idle:
+            threading.Thread(target=self._refill_when_idle, name="keypool", daemon=True).start()
         try:
             while not self.stopping.is_set():
                 try:
@@ -139,6 +147,27 @@ class Worker:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.publisher.close()
         return 0
+
+    def idle(self) -> bool:
+        """Nothing in flight, and nothing arrived for ``idle_seconds``."""
+        return self._in_flight == 0 and time.monotonic() - self._last_activity >= self.idle_seconds
+
+    def _refill_when_idle(self) -> None:
+        """Top up the key pool one key at a time while the worker is idle (generation never delays an event by
+        more than one key's ~50 ms)."""
+        pool = self.ports.keypool
+        assert pool is not None
+        full_since: float | None = None  # activity time when the pool was last found full: no LIST until new work
+        while not self.stopping.wait(self.idle_seconds):
+            if not self.idle() or full_since == self._last_activity:
+                continue
+            seen = self._last_activity
+            try:
+                result = pool.refill(keep_going=self.idle)
+            except AutomationError as exc:  # the store is down: the events will say so; try again later
+                log.warning("key pool refill failed: %s", exc.reason)
+                continue
+            full_since = seen if result.found + result.added >= pool.size else None
 
     def _backoff(self, exc: BaseException, delay: float) -> float:
         self.counts["reconnects"] += 1

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from functions._core.model.due_index import IndexedStore
+from functions._core.model.keypool import KeyPool
 from functions._core.model.ports import Ports
 from functions._core.platform.config import Settings, StoreSettings
 from functions._core.platform.errors import ConfigError
@@ -88,7 +89,7 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         state,
         owner=default_owner(),
         lease=dt.timedelta(seconds=settings.broker.lease_seconds),
-        keep=dt.timedelta(days=2),
+        keep=dt.timedelta(days=settings.retention.ledger_days),
     )
     return Ports(
         mail=MailcowClient(settings.mailcow),
@@ -100,7 +101,14 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         ledger=ledger,
         locks=SubjectLocks(state, lease=dt.timedelta(seconds=settings.broker.lease_seconds)),
         smtp=SmtpProbe(settings.smtp_probe),
+        keypool=build_keypool(settings, state),
     )
+
+
+def build_keypool(settings: Settings, state: ObjectStore) -> KeyPool | None:
+    """The sealed key pool in the raw state bucket, or None when ``dkim.key_pool_size`` is 0."""
+    d = settings.dkim
+    return KeyPool(state, d.key_encryption_key, size=d.key_pool_size, bits=d.key_size) if d.key_pool_size else None
 
 
 def setup_logging(level: str = "INFO", *, outcomes: bool = True) -> None:

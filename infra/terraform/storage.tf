@@ -1,7 +1,7 @@
 # The two buckets of the object store ([store] in the settings): `state` (private: per-domain state, sealed DKIM
 # private keys, the idempotency ledger under idem/) and `web` (the MTA-STS policies, read by the MTA-STS web host
 # with its own credentials; never public). Both: server-side encryption, all public access blocked, ACLs disabled,
-# TLS-only bucket policy. The state bucket is versioned; ledger entries expire.
+# TLS-only bucket policy. The state bucket is versioned; ledger entries and audit records expire ([retention]).
 
 locals {
   buckets = {
@@ -90,7 +90,24 @@ resource "aws_s3_bucket_lifecycle_configuration" "state" {
       prefix = var.idempotency_prefix
     }
     expiration {
-      days = var.idempotency_expire_days
+      days = var.ledger_retention_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 1
+    }
+  }
+
+  # audit records (each step on a compromised key): [retention] audit_days; 0 keeps them (the rule is disabled).
+  # Sealed DKIM keys (keys/) have no age rule: a signing key is as old as its rotation period; the rotation's
+  # destroy step (dkim.keep_days after withdrawal) and `mailplane sweep` delete retired ones.
+  rule {
+    id     = "expire-audit-records"
+    status = var.audit_retention_days > 0 ? "Enabled" : "Disabled"
+    filter {
+      prefix = "audit/"
+    }
+    expiration {
+      days = max(var.audit_retention_days, 1)
     }
     noncurrent_version_expiration {
       noncurrent_days = 1

@@ -46,13 +46,23 @@ variable "idempotency_prefix" {
   default     = "idem/"
 }
 
-variable "idempotency_expire_days" {
-  description = "Days after which ledger entries (idempotency_prefix) expire."
+variable "ledger_retention_days" {
+  description = "Days after which ledger entries (idempotency_prefix) expire: the settings' [retention] ledger_days."
   type        = number
   default     = 14
   validation {
-    condition     = var.idempotency_expire_days >= 1
-    error_message = "idempotency_expire_days must be at least 1."
+    condition     = var.ledger_retention_days >= 1
+    error_message = "ledger_retention_days must be at least 1."
+  }
+}
+
+variable "audit_retention_days" {
+  description = "Days after which audit records (audit/) expire: the settings' [retention] audit_days; 0 = kept for good."
+  type        = number
+  default     = 730
+  validation {
+    condition     = var.audit_retention_days >= 0
+    error_message = "audit_retention_days must be 0 (kept for good) or more."
   }
 }
 

@@ -189,6 +189,26 @@ class GatewayPortContract:
         got = next(t for t in env.port.list_transports() if t.domain == self.DOMAIN)
         assert (got.host, got.use_mx) == ("mx.example.com", False)
 
+    def test_per_item_reads_see_exactly_the_entry_or_none(self, env: Env) -> None:
+        """The event paths' reads (GET /config/domains/{d}, /config/transport/{d}, /config/mynetworks/{cidr}): a
+        missing entry is None (PMG answers 500 "... does not exist"), a present one reads as the listing shows it."""
+        domain, transport, network = self.names()
+        v6 = TrustedNetwork("2001:db8:17::/64", M)
+        for cidr in (network.cidr, v6.cidr):
+            env.port.delete_network(cidr)
+        env.port.delete_transport(self.DOMAIN)
+        env.port.delete_relay_domain(self.DOMAIN)
+        assert env.port.get_relay_domain(self.DOMAIN) is None
+        assert env.port.get_transport(self.DOMAIN) is None
+        assert env.port.get_network(network.cidr) is None and env.port.get_network(v6.cidr) is None
+        ensure(env.port, domain, transport, network)
+        env.port.add_network(v6)
+        assert env.port.get_relay_domain(self.DOMAIN) == domain
+        got = env.port.get_transport(self.DOMAIN)
+        assert got == next(t for t in env.port.list_transports() if t.domain == self.DOMAIN)
+        assert env.port.get_network(network.cidr) == network and env.port.get_network(v6.cidr) == v6
+        env.port.delete_network(v6.cidr)
+
     def test_delete_missing_is_success(self, env: Env) -> None:
         domain, transport, network = self.names()
         env.port.add_relay_domain(domain)
@@ -394,7 +414,9 @@ def test_lock_timeout_is_transient_and_the_write_is_repeated_after_a_re_read(fak
     model.configure(fail_next=[{"path_prefix": "/config/domains", "status": 500, "message": lock}])
     client.add_relay_domain(RelayDomain("a.test", M))
     assert model.writes() == 2  # the first did not land, so it was sent again
-    assert [r["method"] for r in model.requests() if r["path"] == "/config/domains"] == ["POST", "GET", "POST"]
+    calls = [(r["method"], r["path"]) for r in model.requests() if r["path"].startswith("/config/domains")]
+    # the re-read is the one item, not the whole map
+    assert calls == [("POST", "/config/domains"), ("GET", "/config/domains/a.test"), ("POST", "/config/domains")]
 
 
 def test_a_write_whose_answer_was_lost_is_not_repeated(fake: tuple[PmgClient, PmgModel]) -> None:
@@ -591,3 +613,45 @@ def test_fingerprint_settings_are_normalised_and_checked() -> None:
     assert host.api_fingerprint == ":".join(["AB"] * 32)
     with pytest.raises(ConfigError, match="not a SHA-256 fingerprint"):
         MxHost("pmg1", "", "", api_fingerprint="AB:CD")
+
+
+# ---------------------------------------------------------------- per-item reads (issue 17)
+
+
+def test_per_item_reads_return_the_entry_under_exactly_that_key_or_none(fake: tuple[PmgClient, PmgModel]) -> None:
+    client, model = fake
+    client.add_relay_domain(RelayDomain("a.test", "x"))
+    client.add_transport(GatewayTransport("a.test", "10.0.0.5", 25, "smtp", True, "x"))
+    client.add_network(TrustedNetwork("2001:db8::/64", "x"))
+    assert client.get_relay_domain("a.test") == RelayDomain("a.test", f"{M}; x")
+    assert client.get_relay_domain("A.test") is None and client.get_relay_domain("b.test") is None  # case-sensitive
+    # read back like the listing: an IP host is bracketed, so use_mx reads 0; port "25" becomes 25
+    assert client.get_transport("a.test") == GatewayTransport("a.test", "10.0.0.5", 25, "smtp", False, f"{M}; x")
+    assert client.get_transport("b.test") is None
+    assert client.get_network("2001:db8::/64") == TrustedNetwork("2001:db8::/64", f"{M}; x")
+    assert client.get_network("2001:db8::0/64") is None  # PMG does not normalise CIDRs
+    gets = [r["path"] for r in model.requests() if r["method"] == "GET" and r["path"].startswith("/config/")]
+    assert "/config/domains" not in gets and "/config/transport" not in gets and "/config/mynetworks" not in gets
+
+
+def test_a_per_item_read_maps_other_errors_instead_of_reading_them_as_missing(fake: tuple[PmgClient, PmgModel]) -> None:
+    client, model = fake
+    lock = "can't lock file '/var/lock/pmgconfig.lck' - got timeout"
+    model.configure(fail_next=[{"path_prefix": "/config/domains/a.test", "status": 500, "message": lock, "count": 9}])
+    with pytest.raises(PmgUnavailable, match="read relay domain a.test"):
+        client.get_relay_domain("a.test")
+    model.configure(
+        fail_next=[{"path_prefix": "/config/transport/a.test", "status": 403, "message": "Permission check failed"}]
+    )
+    with pytest.raises(PmgRejected, match="Permission check failed"):
+        client.get_transport("a.test")
+
+
+def test_the_re_touch_after_an_event_reads_one_entry_not_the_map(fake: tuple[PmgClient, PmgModel]) -> None:
+    client, model = fake
+    model.seed_domains(200, comment=f"{M} seeded")
+    client.add_relay_domain(RelayDomain("a.test", "x"))
+    before = len(model.requests())
+    client.settle()  # a write without a later one to the same map in a later second: re-touch it
+    calls = [(r["method"], r["path"]) for r in model.requests()[before:]]
+    assert calls == [("GET", "/config/domains/a.test"), ("PUT", "/config/domains/a.test")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-READ_PREFIXES = ("get", "list", "read", "query", "resolve", "servers", "serial", "hosts_zone", "cluster_nodes")
+READ_PREFIXES = ("get", "list", "etags", "read", "query", "resolve", "servers", "serial", "hosts_zone", "cluster_nodes")
 
 
 class Recorder:

@@ -66,6 +66,10 @@ class MemoryStore:
         self._fault()
         return iter(sorted(k for k in self.objects if k.startswith(prefix)))
 
+    def etags(self, prefix: str) -> Iterator[tuple[str, str]]:
+        self._fault()
+        return iter(sorted((k, o.etag) for k, o in self.objects.items() if k.startswith(prefix)))
+
     def _fault(self) -> None:
         if self.faults:
             raise self.faults.pop(0)

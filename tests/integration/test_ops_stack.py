@@ -16,7 +16,8 @@ from functions._core.model.mailset import policy_key
 from functions._core.model.ports import DnsChange, Ports
 from functions._core.model.records import Key, RecordSet
 from functions._core.platform.config import Settings
-from functions.ops import cli_ops
+from functions.ops import cli_ops, drift_bulk
+from functions.ops import drift as drift_mod
 from functions.ops.drift import managed_domains
 from functions.runtime.main import build_ports
 from tests.integration import stack
@@ -102,6 +103,12 @@ def test_plan_and_drift(stack_env: dict[str, str], settings: Settings, mailplane
     assert {c["where"] for c in bad} == set(ports.dns.servers(domain))  # seen on every authoritative server
     shown = run(mailplane, "drift", domain)
     assert shown.exit_code == 1 and "1 with drift" in shown.stdout
+
+    # drift --all's bulk reads (one AXFR per server, listings, batched SMTP) over the real adapters and systems
+    names = [domain, *[d for d in managed_domains(ports) if d != domain][:4]]
+    one_by_one = [drift_mod.drift_all([d], ports)[0] for d in names]
+    bulk = drift_bulk.drift_all(names, ports)
+    assert drift_mod.as_json(bulk, all_checks=True) == drift_mod.as_json(one_by_one, all_checks=True)
 
 
 def test_create_then_delete_leaves_only_the_customers_records(

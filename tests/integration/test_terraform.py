@@ -166,6 +166,8 @@ def apply_check_replan_destroy(tf: Terraform, aws: dict[str, Any], prefix: str) 
     rules = aws["s3"].get_bucket_lifecycle_configuration(Bucket=out["state_bucket"])["Rules"]
     idem = next(r for r in rules if r["ID"] == "expire-idempotency-ledger")
     assert idem["Filter"]["Prefix"] == "idem/" and idem["Expiration"]["Days"] == 14 and idem["Status"] == "Enabled"
+    audit = next(r for r in rules if r["ID"] == "expire-audit-records")
+    assert audit["Filter"]["Prefix"] == "audit/" and audit["Expiration"]["Days"] == 730 and audit["Status"] == "Enabled"
 
     # secrets: readable, plain strings or the BASIC_AUTH JSON the Amazon MQ event source mapping reads
     arns = out["secret_arns"]

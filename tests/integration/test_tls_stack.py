@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +116,8 @@ def take_work(env: dict[str, str], settings: Settings, message_id: str) -> list[
     mine: list[tuple[str | None, bytes]] = []
     try:
         ch = admin.channel()
-        for _ in range(100):
+        deadline = time.monotonic() + 30  # the queue may hold many earlier messages: a time bound, not a count
+        while time.monotonic() < deadline:
             method, props, body = ch.basic_get("q.work.0")
             if method is None and mine:
                 break

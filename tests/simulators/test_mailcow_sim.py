@@ -919,3 +919,25 @@ def test_relayhost_and_transport_logs_have_3_elements_and_password_short_dots(si
     assert sim.post("add/transport", hop)[0]["log"] == ["transport", "add", hop]
     assert sim.get("get/transport/all")[0]["password_short"] == "..."
     assert sim.post("delete/transport", ["1"])[0]["log"] == ["transport", "delete", {"id": ["1"]}]
+
+
+def test_seed_adds_domains_with_keys_without_api_requests(sim: Sim) -> None:
+    _, pub = rsa_pem(1)
+    before = len(sim.model.request_log())
+    assert sim.control("POST", "seed", {"count": 50, "prefix": "s", "pubkey": pub}) == {"added": 50}
+    assert len(sim.model.request_log()) == before
+    assert sim.get("get/domain/s49.test")["domain_name"] == "s49.test"
+    assert sim.get("get/dkim/s49.test")["pubkey"] == pub
+    assert len(sim.get("get/domain/all")) == 50
+    resp = sim.http.post("/_sim/seed", json={"count": 1, "prefix": "Bad_prefix"})
+    assert resp.status_code == 400
+
+
+def test_request_log_counts_the_bytes_of_url_and_bodies(sim: Sim) -> None:
+    """The benchmark's bytes per event (benchmarks/bench_fleet_calls.py); a missing item is ``{}``, 2 bytes."""
+    sim.control("POST", "seed", {"count": 30, "prefix": "s"})
+    sim.get("get/domain/nope.test")
+    sim.get("get/domain/all")
+    missing, everything = sim.model.request_log()[-2:]
+    assert (missing["bytes_in"], missing["bytes_out"]) == (len("/api/v1/get/domain/nope.test"), 2)
+    assert everything["bytes_out"] > 30 * 100

@@ -564,3 +564,53 @@ def test_https_servers_verify_with_the_simulator_ca(served: HttpsCluster, tmp_pa
         requests.get(f"{served.urls['pmg1']}/api2/json/version", timeout=5, verify=True)
     resp = requests.get(f"{served.urls['pmg2']}/api2/json/version", timeout=5, verify=served.ca)
     assert (resp.status_code, resp.reason, resp.content) == (401, "No ticket", b"")
+
+
+# ---------------------------------------------------------------- per-item reads and the seeding fast path
+
+
+def test_per_item_reads_answer_exactly_the_listed_row_or_500_does_not_exist(api: Raw) -> None:
+    """What the adapter's per-event reads rely on: one item, the same object (types included) as its row in the
+    listing, and PMG's 500 "... does not exist" (not a 404) for a missing key; keys are exact (case, CIDR form)."""
+    api.request("POST", "/config/domains", {"domain": "a.test", "comment": "c"})
+    api.request("POST", "/config/transport", {"domain": "a.test", "host": "mx.a.test", "use_mx": 0, "comment": "t"})
+    api.request("POST", "/config/mynetworks", {"cidr": "2001:DB8::/64", "comment": "n"})
+    rows = {p: api.request("GET", p).json()["data"] for p in ("/config/domains", "/config/transport")}
+    assert api.request("GET", "/config/domains/a.test").json()["data"] == rows["/config/domains"][0]
+    transport = api.request("GET", "/config/transport/a.test").json()["data"]
+    assert transport == rows["/config/transport"][0] and transport["port"] == "25"
+    net = api.request("GET", "/config/mynetworks/2001:DB8::/64").json()["data"]
+    assert net == api.request("GET", "/config/mynetworks/2001:DB8::%2F64").json()["data"]
+    assert net == {"cidr": "2001:DB8::/64", "comment": "n"}
+    for path, reason in (
+        ("/config/domains/A.test", "Domain 'A.test' does not exist"),
+        ("/config/transport/b.test", "Transport map entry 'b.test' does not exist"),
+        ("/config/mynetworks/2001:db8::/64", "trusted network '2001:db8::/64' does not exist"),
+    ):
+        resp = api.request("GET", path)
+        assert (resp.status_code, resp.reason) == (500, reason)
+
+
+def test_seed_fills_every_node_without_api_requests(api: Raw) -> None:
+    before = len(api.model.requests())
+    assert api.control("POST", "seed", {"count": 300, "prefix": "s", "host": "mx.s.test"}) == {"added": 300}
+    assert len(api.model.requests()) == before  # the control plane is not the API
+    for node in api.model.node_names:
+        listed = api.request("GET", "/config/domains", node=node).json()["data"]
+        assert len(listed) == 300 and {"domain": "s299.test", "comment": "seeded"} in listed
+    got = api.request("GET", "/config/transport/s7.test").json()["data"]
+    assert (got["host"], got["port"], got["use_mx"]) == ("mx.s.test", "25", 0)
+    assert api.model.rcpt("pmg2", "198.51.100.7", "postmaster@s7.test")[0] != 554  # postfix uses it on every node
+    resp = api.session.post(f"{api.urls['pmg1']}/_sim/seed", json={"count": -1}, verify=api.verify)
+    assert resp.status_code == 400
+
+
+def test_request_log_counts_the_bytes_of_url_and_bodies(api: Raw) -> None:
+    """The benchmark's bytes per event (benchmarks/bench_fleet_calls.py): a listing costs what its answer holds."""
+    api.control("POST", "seed", {"count": 50, "prefix": "s"})
+    small = api.request("GET", "/config/domains/s1.test")
+    listing = api.request("GET", "/config/domains")
+    one, everything = api.model.requests()[-2:]
+    assert one["bytes_out"] == len(small.content) and everything["bytes_out"] == len(listing.content)
+    assert one["bytes_in"] == len("/api2/json/config/domains/s1.test")
+    assert everything["bytes_out"] > 40 * one["bytes_out"]

@@ -48,7 +48,7 @@ def seconds(value: str) -> float:
 
 
 def test_there_is_something_to_check() -> None:
-    assert len(MANIFESTS) >= 9 and len(UNITS) == 8
+    assert len(MANIFESTS) >= 9 and len(UNITS) == 10
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -232,6 +232,13 @@ def test_health_timer_writes_the_textfile_every_five_minutes() -> None:
     textfile = Path(exec_start.split("--textfile ", 1)[1].split()[0])
     assert textfile.suffix == ".prom"
     assert str(textfile.parent) in service["ReadWritePaths"][0].split()
+
+
+def test_sweep_timer_applies_the_retention_daily() -> None:
+    timer = unit(DEPLOY / "systemd" / "mailplane-sweep.timer")
+    assert timer["OnCalendar"][0].startswith("*-*-* ") and timer["Unit"] == ["mailplane-sweep.service"]
+    service = unit(DEPLOY / "systemd" / "mailplane-sweep.service")
+    assert service["ExecStart"][0].endswith("mailplane sweep --apply") and service["Type"] == ["oneshot"]
 
 
 def test_drift_timer_runs_the_report_daily() -> None:

@@ -273,7 +273,7 @@ def test_external_zone_is_left_to_the_customer() -> None:
 
 def test_gateway_entries_without_the_marker_are_kept() -> None:
     plan, kept = deletion.plan_gateway_removal(
-        "alpha.test", [RelayDomain("alpha.test", "by hand")], [GatewayTransport("alpha.test", "x", comment="")]
+        "alpha.test", RelayDomain("alpha.test", "by hand"), GatewayTransport("alpha.test", "x", comment="")
     )
     assert plan == deletion.GatewayRemoval() and len(kept) == 2
 

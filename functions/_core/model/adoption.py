@@ -131,7 +131,7 @@ def unmanaged_reason(domain: str, ports: Ports) -> str | None:
     where = []
     if have is not None and MARK not in have.description:
         where.append("Mailcow")
-    relay = next((d for d in ports.gateway.list_relay_domains() if d.domain.lower() == domain), None)
+    relay = ports.gateway.get_relay_domain(domain)
     if relay is not None and MARK not in relay.comment:
         where.append("PMG")
     if not where:
@@ -278,8 +278,8 @@ def _gateway(domain: str, ports: Ports) -> tuple[list[Item], Writes, list[str]]:
     """PMG's relay domain, transport and trusted networks: items, writes (networks, add/mark relay, add/mark
     transport) and refusals (a transport to another host contradicts Mailcow)."""
     gw, mc = ports.gateway, ports.settings.mailcow
-    relay_item, add_relay, mark_relay = _relay(domain, gw.list_relay_domains())
-    transport_item, add_t, mark_t = _transport(domain, gw.list_transports(), mc.host)
+    relay_item, add_relay, mark_relay = _relay(domain, gw.get_relay_domain(domain))
+    transport_item, add_t, mark_t = _transport(domain, gw.get_transport(domain), mc.host)
     missing = _networks(ports)
     items = [relay_item, transport_item]
     for net in (TrustedNetwork(f"{mc.ipv4}/32", MARK), TrustedNetwork(f"{mc.ipv6}/128", MARK)):
@@ -295,9 +295,9 @@ def _gateway(domain: str, ports: Ports) -> tuple[list[Item], Writes, list[str]]:
     return items, Writes(None, tuple(missing), add_relay, mark_relay, add_t, mark_t), refusals
 
 
-def _relay(domain: str, have: list[RelayDomain]) -> tuple[Item, RelayDomain | None, RelayDomain | None]:
-    """The relay domain's item, and the entry to add or to mark (its comment gets the marker)."""
-    relay = next((d for d in have if d.domain.lower() == domain), None)
+def _relay(domain: str, relay: RelayDomain | None) -> tuple[Item, RelayDomain | None, RelayDomain | None]:
+    """The relay domain's item (PMG's entry under the key ``domain``), and the entry to add or to mark (its
+    comment gets the marker)."""
     if relay is None:
         item = Item("pmg", "relay domain", "missing", "absent", domain, "add", "PMG refuses mail for it today")
         return item, RelayDomain(domain, f"{MARK} adopted"), None
@@ -306,10 +306,9 @@ def _relay(domain: str, have: list[RelayDomain]) -> tuple[Item, RelayDomain | No
 
 
 def _transport(
-    domain: str, have: list[GatewayTransport], host: str
+    domain: str, found: GatewayTransport | None, host: str
 ) -> tuple[Item, GatewayTransport | None, GatewayTransport | None]:
     """The transport's item (foreign when it leads elsewhere than Mailcow), and the entry to add or to mark."""
-    found = next((t for t in have if t.domain.lower() == domain), None)
     want = f"{host}:25"
     if found is None:
         item = Item("pmg", "transport", "missing", "absent", want, "add", "mail stays at PMG until then")
@@ -326,9 +325,10 @@ def _transport(
 
 
 def _networks(ports: Ports) -> list[TrustedNetwork]:
-    mc, have = ports.settings.mailcow, ports.gateway.list_networks()
-    got = {ipaddress.ip_network(n.cidr, strict=False) for n in have}
+    mc = ports.settings.mailcow
     want = (TrustedNetwork(f"{mc.ipv4}/32", MARK), TrustedNetwork(f"{mc.ipv6}/128", MARK))
+    have = [n for n in (ports.gateway.get_network(w.cidr) for w in want) if n is not None]  # per CIDR
+    got = {ipaddress.ip_network(n.cidr, strict=False) for n in have}
     return [n for n in want if ipaddress.ip_network(n.cidr, strict=False) not in got]
 
 

@@ -133,12 +133,11 @@ def plan_mail_removal(
 
 
 def plan_gateway_removal(
-    domain: str, relay_domains: list[RelayDomain], transports: list[GatewayTransport]
+    domain: str, relay: RelayDomain | None, transport: GatewayTransport | None
 ) -> tuple[GatewayRemoval, list[str]]:
-    """The relay domain and the transport of ``domain``, each only if it carries the managed-by comment."""
+    """The relay domain and the transport of ``domain`` (as PMG holds them under that key, per-item reads), each
+    only if it carries the managed-by comment."""
     kept: list[str] = []
-    relay = next((d for d in relay_domains if d.domain.lower() == domain), None)
-    transport = next((t for t in transports if t.domain.lower() == domain), None)
     if relay is not None and MANAGED_MARK not in relay.comment:
         kept.append(f"= kept relay domain {relay.domain} (not managed by mailplane)")
         relay = None
@@ -223,7 +222,7 @@ def plan_removal(event: Envelope, st: state.DomainState, ports: Ports) -> Remova
     boxes = ports.mail.list_mailboxes(domain) if have and have.mailboxes_in_use and force else []
     mail, kept_mail = plan_mail_removal(domain, have, ports.mail.get_dkim(domain), st.keys, boxes, force=force)
     gw = ports.gateway
-    gateway, kept_gw = plan_gateway_removal(domain, gw.list_relay_domains(), gw.list_transports())
+    gateway, kept_gw = plan_gateway_removal(domain, gw.get_relay_domain(domain), gw.get_transport(domain))
     managed = managed_records(domain, ports.settings, st.keys, delegated=delegated(st.request))
     dns, instructions, kept_dns = _dns(domain, st, ports, managed)
     kept = (*(("mailcow", k) for k in kept_mail), *(("pmg", k) for k in kept_gw), *kept_dns)

@@ -65,7 +65,12 @@ def next_selector(fmt: str, now: dt.datetime, used: Iterable[str]) -> str:
     raise PermanentError(f"no free DKIM selector left for {base}")
 
 
-def _kek(secret: Secret) -> AESGCM:
+def kek_cipher(secret: Secret) -> AESGCM:
+    """The AES-256-GCM cipher of ``dkim.key_encryption_key`` (domain keys and the key pool are sealed with it).
+
+    Raises:
+        ConfigError: the key is not 32 bytes of base64.
+    """
     try:
         raw = base64.b64decode(secret.reveal(), validate=True)
     except ValueError:
@@ -79,7 +84,7 @@ def seal(pair: KeyPair, kek: Secret, domain: str) -> bytes:
     """Encrypt the private key with AES-256-GCM; the domain and selector are bound as associated data."""
     nonce = os.urandom(12)
     aad = f"{domain}/{pair.selector}".encode()
-    return nonce + _kek(kek).encrypt(nonce, pair.private_pem.reveal().encode("ascii"), aad)
+    return nonce + kek_cipher(kek).encrypt(nonce, pair.private_pem.reveal().encode("ascii"), aad)
 
 
 def unseal(blob: bytes, kek: Secret, domain: str, selector: str) -> Secret:
@@ -89,7 +94,7 @@ def unseal(blob: bytes, kek: Secret, domain: str, selector: str) -> Secret:
         PermanentError: wrong key-encryption key, or the blob belongs to another domain/selector.
     """
     try:
-        pem = _kek(kek).decrypt(blob[:12], blob[12:], f"{domain}/{selector}".encode())
+        pem = kek_cipher(kek).decrypt(blob[:12], blob[12:], f"{domain}/{selector}".encode())
     except InvalidTag:
         raise PermanentError(f"stored DKIM key {selector} of {domain} cannot be decrypted") from None
     return Secret(pem.decode("ascii"))

@@ -8,7 +8,7 @@ from typing import Any
 
 from functions._core.model.keys import dkim_txt
 from functions._core.model.records import Key, RecordSet
-from functions._core.platform.config import Settings
+from functions._core.platform.config import MxHost, Settings
 from functions._core.platform.errors import EventInvalid
 
 MARKER_NAME = "_mailplane"
@@ -20,9 +20,14 @@ def fqdn(name: str) -> str:
     return name.rstrip(".") + "."
 
 
+def mx_members(settings: Settings) -> tuple[MxHost, ...]:
+    """The gateway nodes customer MX sets and MTA-STS policies name: every configured node but a joining one."""
+    return tuple(h for h in settings.provider.mx_hosts if not h.joining)
+
+
 def mta_sts_policy(settings: Settings) -> str:
     """The RFC 8461 policy text served at https://mta-sts.<domain>/.well-known/mta-sts.txt."""
-    mx = "".join(f"mx: {h.name}\n" for h in settings.provider.mx_hosts)
+    mx = "".join(f"mx: {h.name}\n" for h in mx_members(settings))
     p = settings.policy
     return f"version: STSv1\nmode: {p.mta_sts_mode}\n{mx}max_age: {p.mta_sts_max_age}\n"
 
@@ -94,7 +99,7 @@ def desired_records(
     pref = settings.provider.mx_preference
     pid = policy_id(mta_sts_policy(settings))
     sets = [
-        RecordSet.of(domain, "MX", t.mx, [f"{pref} {fqdn(h.name)}" for h in settings.provider.mx_hosts]),
+        RecordSet.of(domain, "MX", t.mx, [f"{pref} {fqdn(h.name)}" for h in mx_members(settings)]),
         RecordSet.of(domain, "TXT", t.txt, [spf_value(settings)]),
         *(
             [

@@ -94,15 +94,15 @@ def plan_gateway(
     domain: RelayDomain,
     transport: GatewayTransport,
     networks: tuple[TrustedNetwork, ...],
-    have_domains: list[RelayDomain],
-    have_transports: list[GatewayTransport],
+    have_domain: RelayDomain | None,
+    have_t: GatewayTransport | None,
     have_networks: list[TrustedNetwork],
 ) -> GatewayPlan:
-    """Relay domain, transport and trusted networks; comments on existing entries are left alone."""
-    have_t = next((t for t in have_transports if t.domain == transport.domain), None)
+    """Relay domain, transport and trusted networks from what PMG holds under their keys (per-item reads);
+    comments on existing entries are left alone."""
     have_n = {ipaddress.ip_network(n.cidr, strict=False) for n in have_networks}
     return GatewayPlan(
-        add_domain=None if any(d.domain == domain.domain for d in have_domains) else domain,
+        add_domain=None if have_domain is not None else domain,
         add_transport=transport if have_t is None else None,
         update_transport=transport if have_t is not None and not _same_transport(have_t, transport) else None,
         add_networks=tuple(n for n in networks if ipaddress.ip_network(n.cidr, strict=False) not in have_n),

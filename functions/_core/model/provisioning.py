@@ -72,8 +72,11 @@ def _refuse_protected(domain: str, ports: Ports) -> None:
         raise EventInvalid(f"{domain} is the provider's zone {zone} or lies under it")
 
 
-def _key(event: Envelope, ports: Ports) -> tuple[state.DomainState, state.KeyRecord | None, keys.KeyPair]:
-    """The domain's state, its current key record, and the key pair to provision (new ones are not stored yet)."""
+def _key(
+    event: Envelope, ports: Ports, *, take: bool = True
+) -> tuple[state.DomainState, state.KeyRecord | None, keys.KeyPair]:
+    """The domain's state, its current key record, and the key pair to provision (new ones are not stored yet; with
+    ``take`` a new one may come from the key pool, a dry run generates its own)."""
     domain, s = event.subject, ports.settings
     _refuse_protected(domain, ports)
     before = state.load(ports.state, domain)
@@ -90,12 +93,13 @@ def _key(event: Envelope, ports: Ports) -> tuple[state.DomainState, state.KeyRec
         )
     if cur is not None:
         return before, cur, state.load_key(ports.state, domain, cur.selector, s)
-    return before, cur, state.new_key(before, s, ports.clock(), delegated=wanted)
+    pool = ports.keypool if take else None
+    return before, cur, state.new_key(before, s, ports.clock(), delegated=wanted, pool=pool)
 
 
 def dry_run(event: Envelope, ports: Ports) -> dict[str, list[str]]:
     """The changes ``handle`` would make on each system; nothing is written."""
-    _, cur, pair = _key(event, ports)
+    _, cur, pair = _key(event, ports, take=False)
     plans = plan_all(event, ports, pair)
     return {
         "mailcow": plans.mail.summary(),
@@ -118,9 +122,9 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
         RelayDomain(domain, f"{MANAGED} customer={data['customer_id']}"),
         GatewayTransport(domain, mc.host, 25, "smtp", False, MANAGED),
         nets,
-        gw.list_relay_domains(),
-        gw.list_transports(),
-        gw.list_networks(),
+        gw.get_relay_domain(domain),
+        gw.get_transport(domain),
+        [n for n in (gw.get_network(net.cidr) for net in nets) if n is not None],
     )
     want_key = DkimKey(pair.selector, pair.public_b64)
     mail = plan_mail(desired_mail(domain, data), ports.mail.get_domain(domain), want_key, ports.mail.get_dkim(domain))

@@ -15,6 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from functions._core.model import keys
+from functions._core.model.keypool import KeyPool
 from functions._core.platform.config import Settings
 from functions._core.platform.errors import DnsConflict, PermanentError, PreconditionFailed
 from functions._core.platform.store import ObjectStore, put_over
@@ -143,9 +144,13 @@ def next_slot(st: DomainState, slots: tuple[str, ...]) -> str | None:
     return next((s for s in slots[start:] + slots[:start] if s not in taken), None)
 
 
-def new_key(st: DomainState, settings: Settings, now: dt.datetime, *, delegated: bool = False) -> keys.KeyPair:
+def new_key(
+    st: DomainState, settings: Settings, now: dt.datetime, *, delegated: bool = False, pool: KeyPool | None = None
+) -> keys.KeyPair:
     """Generate a key (in memory; see ``persist_key``) under a dated selector never used for this domain, or for a
-    delegated domain under the next free slot (the customer's CNAMEs fix the selector names).
+    delegated domain under the next free slot (the customer's CNAMEs fix the selector names). With ``pool``, a
+    pre-generated key is taken from it (compare-and-set, functions/_core/model/keypool.py); an empty pool falls back
+    to generating.
 
     Raises:
         PermanentError: every delegation slot still holds a key that is not destroyed.
@@ -156,7 +161,8 @@ def new_key(st: DomainState, settings: Settings, now: dt.datetime, *, delegated:
             raise PermanentError(f"{st.domain}: every DKIM delegation slot holds a key that is not destroyed yet")
     else:
         selector = keys.next_selector(settings.dkim.selector_format, now, (k.selector for k in st.keys))
-    return keys.generate(selector, settings.dkim.key_size)
+    pooled = pool.take(selector) if pool is not None else None
+    return pooled if pooled is not None else keys.generate(selector, settings.dkim.key_size)
 
 
 def with_new_key(st: DomainState, rec: KeyRecord) -> DomainState:

@@ -71,6 +71,9 @@ class MxHost:
     # SHA-256 fingerprint of this node's API certificate (``mailplane pmg fingerprint NODE`` prints it); when set,
     # the PMG client pins it instead of verifying a CA chain (PMG's stock certificate is CN-only, no SAN)
     api_fingerprint: str = ""
+    # a node being brought into service (`mailplane plan node.add NODE`): known to the prober, the gate and the
+    # `_pmg` SPF, but not yet in the MX set and MTA-STS policy that domain.created writes (docs/nodes.md)
+    joining: bool = False
 
     def __post_init__(self) -> None:
         if self.api_fingerprint:
@@ -188,12 +191,17 @@ class DkimSettings:
     # mailplane then publishes and rotates the keys in ``delegation_zone`` (a zone our DNS serves). "" = not offered.
     delegation_zone: str = ""
     delegation_slots: tuple[str, ...] = ("mpa", "mpb", "mpc")  # selectors, used round robin (>= 3: see rotation.py)
+    # pre-generated sealed keys in the state bucket (functions/_core/model/keypool.py): domain.created takes one
+    # instead of generating (~50 ms of CPU); refilled by idle workers and `mailplane keypool refill`. 0 = off.
+    key_pool_size: int = 0
 
     def __post_init__(self) -> None:
         slots = self.delegation_slots
         bad = [s for s in slots if not _SLOT.fullmatch(s)]
         if bad or len(set(slots)) != len(slots) or len(slots) < 3:
             raise ConfigError("dkim.delegation_slots must be at least 3 distinct lowercase DNS labels (e.g. mpa, mpb)")
+        if self.key_pool_size < 0:
+            raise ConfigError(f"dkim.key_pool_size must be >= 0, got {self.key_pool_size}")
 
 
 @dataclass(frozen=True)
@@ -284,7 +292,9 @@ class NodeSettings:
     require_api: bool = False  # a failing PMG API alone also counts as a failure
     observer: str = ""  # observer name in the events; "" = this host's name
     retire_waves: tuple[int, ...] = (1, 10, 100)  # zones per wave before "the rest"
-    retire_error_budget: int = 3  # failed zones that halt a retirement run
+    retire_error_budget: int = 3  # failed zones that halt a retirement run (node.add uses the same waves and budget)
+    # node.retire: seconds after its MX phase before the MTA-STS policies drop the node; None = policy.mta_sts_max_age
+    retire_policy_after_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +302,24 @@ class DeletionSettings:
     """[deletion]: domain.deleted suspends a domain first and removes it once the grace period has passed."""
 
     grace_days: int = 30  # used when the event carries no grace_days; 0 = remove at once
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """[retention]: how long what accumulates over time is kept (docs/runbook.md, "Retention").
+
+    The S3 lifecycle rules of infra/terraform (variables ``ledger_retention_days``, ``audit_retention_days``) apply
+    the same numbers on AWS; `mailplane sweep` applies them on stores without lifecycle rules. A retired DKIM key's
+    sealed private key is deleted ``dkim.keep_days`` after the key was withdrawn from DNS (by the rotation's destroy
+    step; `sweep` catches keys whose rotation never got there); its public part stays in the domain's state.
+    """
+
+    ledger_days: int = 14  # an idempotency-ledger record is kept this long after the event completed
+    audit_days: int = 730  # audit records (audit/: each step on a compromised key); 0 = kept for good
+
+    def __post_init__(self) -> None:
+        if self.ledger_days < 1 or self.audit_days < 0:
+            raise ConfigError("retention.ledger_days must be at least 1 and retention.audit_days at least 0")
 
 
 @dataclass(frozen=True)
@@ -308,6 +336,7 @@ class Settings:
     deletion: DeletionSettings = field(default_factory=DeletionSettings)
     nodes: NodeSettings = field(default_factory=NodeSettings)
     smtp_probe: SmtpProbeSettings = field(default_factory=SmtpProbeSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def __post_init__(self) -> None:
         ladder = sum(self.broker.retry_delays)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,14 @@ class ObjectStore(Protocol):
     ) -> str: ...  # returns the new ETag
     def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class ListsEtags(Protocol):
+    """A store whose listing also gives each object's ETag (S3: ``ListObjectsV2``), so that a fleet-wide reader
+    can skip the GET of an object whose content it has seen under that ETag (``functions/ops/snapshot.py``)."""
+
+    def etags(self, prefix: str) -> Iterator[tuple[str, str]]: ...
 
 
 def put_over(store: ObjectStore, key: str, body: bytes, etag: str | None) -> str:

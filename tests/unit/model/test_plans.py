@@ -83,12 +83,12 @@ def test_gateway_plan_respects_read_back_normalisation() -> None:
         domain,
         transport,
         nets,
-        [RelayDomain("alpha.test", "other comment")],
-        [GatewayTransport("alpha.test", "MOO.faster.test", 25, "smtp", False)],
+        RelayDomain("alpha.test", "other comment"),
+        GatewayTransport("alpha.test", "MOO.faster.test", 25, "smtp", False),
         have_nets,
     )
     assert plan.summary() == []
-    plan = plan_gateway(domain, transport, nets, [], [GatewayTransport("alpha.test", "old.host", 25)], [])
+    plan = plan_gateway(domain, transport, nets, None, GatewayTransport("alpha.test", "old.host", 25), [])
     assert plan.add_domain == domain and plan.update_transport == transport and len(plan.add_networks) == 2
 
 

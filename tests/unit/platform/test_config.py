@@ -82,3 +82,11 @@ def test_wrong_type_and_inline_secret_refused(tmp_path: Path) -> None:
 def test_secret_equality_without_disclosure() -> None:
     assert Secret("a") == Secret("a") and Secret("a") != Secret("b")
     assert f"{Secret('hunter2')}" == "***"
+
+
+def test_key_pool_size_defaults_to_off_and_refuses_a_negative_size() -> None:
+    from functions._core.platform.config import DkimSettings
+
+    assert DkimSettings().key_pool_size == 0
+    with pytest.raises(ConfigError, match="key_pool_size"):
+        DkimSettings(key_pool_size=-1)

@@ -111,3 +111,24 @@ def test_a_torn_lease_is_held_for_a_lease_from_its_last_write_then_taken_over() 
     with locks.hold("alpha.test"):
         pass
     assert list(store.list("locks/")) == []
+
+
+def test_a_release_within_half_the_lease_deletes_without_reading() -> None:
+    store = MemoryStore()
+    locks = SubjectLocks(store, lease=timedelta(seconds=30), clock=lambda: T0)
+    with locks.hold("alpha.test"):
+        pass
+    assert store.gets == 0 and list(store.list("locks/")) == []
+
+
+def test_a_release_after_half_the_lease_checks_it_is_still_ours() -> None:
+    """Past half its lease a block may have lost it to another worker: that worker's lease is never deleted."""
+    store = MemoryStore()
+    now = [T0]
+    locks = SubjectLocks(store, lease=timedelta(seconds=30), clock=lambda: now[0])
+    with locks.hold("alpha.test"):
+        now[0] = T0 + timedelta(seconds=31)  # expired: another worker takes it over
+        other = SubjectLocks(store, lease=timedelta(seconds=30), clock=lambda: now[0])
+        taken = other.hold("alpha.test")
+        taken.__enter__()
+    assert store.gets >= 1 and list(store.list("locks/")) == [locks.key("alpha.test")]  # the other's, kept

@@ -17,10 +17,12 @@ is simulated; other actions answer an empty 200.
 
 Control plane, no API key, loopback clients only:
   GET  /_sim/state     tables, DKIM selectors and public keys (no private keys, no passwords), auth failures
-  GET  /_sim/requests  [{method, path, write, cookie, status}] of /api/v1 requests
+  GET  /_sim/requests  [{method, path, write, cookie, status, bytes_in, bytes_out}] of /api/v1 requests (bytes_in:
+                       URL + body received, bytes_out: body sent; headers not counted)
   POST /_sim/reset     empty the model, forget sessions, faults and the request log
   POST /_sim/sign      {"domain", "message"} -> {"signed"}: the message as Mailcow's signer (rspamd) sends it,
                        DKIM-signed with the domain's key from Redis (the data plane; the key is never returned)
+  POST /_sim/seed      {"count": N[, "prefix", "pubkey", "selector"]}: N domains at once (tests, benchmarks)
   POST /_sim/faults    {"latency_ms", "error_rate", "hang_ms", "seed",
                         "fail_next": [{"path_prefix", "status", "count", "apply"}]}
                        status 0 = hang ``hang_ms`` then close without an answer; ``apply`` = run the request first
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.common import LOOPBACK, Request, Response, serve
-from sim.mailcow.model import Auth, Fault, MailcowModel, Outcome, PhpFatalError, as_array, php_json
+from sim.mailcow.model import Auth, Fault, MailcowModel, Outcome, PhpFatalError, RequestRecord, as_array, php_json
 
 API = "/api/v1/"
 CONTAINER_CTRL = "/inc/ajax/container_ctrl.php"
@@ -135,10 +137,16 @@ class MailcowApp:
             time.sleep(latency)
         if fault is not None and not fault.apply:
             entry.status = fault.status
-            return self._fault(fault)
+            return self._sized(entry, request, self._fault(fault))
         resp = self._container_ctrl(request) if ctrl else self._api(request)
         entry.status = resp.status if fault is None else fault.status
-        return self._fault(fault) if fault is not None else resp
+        return self._sized(entry, request, self._fault(fault) if fault is not None else resp)
+
+    def _sized(self, entry: RequestRecord, request: Request, resp: Response) -> Response:
+        with self.model.lock:
+            entry.bytes_in = len(_uri(request)) + len(request.body)
+            entry.bytes_out = len(resp.body)
+        return resp
 
     def _fault(self, fault: Fault) -> Response:
         if fault.status == 0:
@@ -303,6 +311,12 @@ class MailcowApp:
                 return _json(200, {"ok": True})
             if route == ("POST", "/_sim/sign"):
                 return self._sign(request)
+            if route == ("POST", "/_sim/seed"):  # test-only: {"count": N[, "prefix", "pubkey", "selector"]}
+                try:
+                    spec = json.loads(request.body or b"{}")
+                    return _json(200, {"added": self.model.seed_domains(**spec)})
+                except (ValueError, TypeError) as exc:
+                    return _json(400, {"error": str(exc)})
             if route == ("POST", "/_sim/faults"):
                 try:
                     self.model.set_faults(json.loads(request.body or b"{}"))

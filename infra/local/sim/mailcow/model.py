@@ -346,6 +346,8 @@ class RequestRecord:
     write: bool
     cookie: bool
     status: int = 0
+    bytes_in: int = 0  # URL + body received
+    bytes_out: int = 0  # body sent (headers not counted)
 
 
 def parse_faults(data: Any) -> tuple[Faults, int | None]:
@@ -736,6 +738,35 @@ class _Domains(_Dkim):
             return out
         out.push("success", log, ["domain_added", domain])
         return out
+
+    def seed_domains(self, count: int, *, prefix: str = "seed", pubkey: str = "", selector: str = "dkim") -> int:
+        """Test-only fast path (``POST /_sim/seed``): ``count`` domains ``<prefix><i>.test`` with the template's
+        defaults, each with the DKIM public key ``pubkey`` (none when empty; no private key), written straight into
+        the tables and Redis hashes: no API calls, no log entries, no SOGo restart. Returns the domains added.
+
+        Raises:
+            ValueError: a negative count or a prefix that is not a DNS label.
+        """
+        if count < 0 or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", prefix):
+            raise ValueError(f"seed: bad count or prefix: {count!r}, {prefix!r}")
+        d = DOMAIN_DEFAULTS
+        for i in range(count):
+            domain = f"{prefix}{i}.test"
+            self.domains[domain] = DomainRow(
+                domain,
+                "seeded",
+                intval(d["aliases"]),
+                intval(d["mailboxes"]),
+                intval(d["defquota"]),
+                intval(d["maxquota"]),
+                intval(d["quota"]),
+                created=self.now(),
+            )
+            self.hset("DOMAIN_MAP", domain, "1")
+            if pubkey:
+                self.hset("DKIM_PUB_KEYS", domain, pubkey)
+                self.hset("DKIM_SELECTORS", domain, selector)
+        return count
 
     def _new_domain_error(self, domain: str, values: dict[str, Any]) -> str | list[Any] | None:
         defquota, maxquota, quota = (intval(values[k]) for k in ("defquota", "maxquota", "quota"))

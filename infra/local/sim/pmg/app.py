@@ -8,8 +8,11 @@ their connection error.
 
 Control plane, no auth, loopback clients only:
   GET  /_sim/state     nodes, views, sync times, each node's parsed config and what its postfix uses ("effective")
-  GET  /_sim/requests  [{seq, method, path, node, write, status[, params]}] (params only for /config paths)
+  GET  /_sim/requests  [{seq, method, path, node, write, status, bytes_in, bytes_out[, params]}] (params only for
+                       /config paths; bytes_in: URL + body received, bytes_out: body sent, headers not counted)
   POST /_sim/reset     back to the initial state
+  POST /_sim/seed      JSON {"count": N[, "prefix", "host", "comment"]}: N relay domains + transports at once (tests,
+                       benchmarks; PmgModel.seed_domains)
   POST /_sim/faults    JSON, see PmgModel.configure (latency_ms, error_rate, fail_next, master_down, down, promote, ...)
 """
 
@@ -54,7 +57,9 @@ class PmgNodeApp:
             call = self._call(request)
         except ValueError:
             return self._render(ApiResult(400, None, "unable to parse request body\n"))
-        return self._render(self.model.call(call))
+        resp = self._render(self.model.call(call))
+        self.model.note_bytes(len(request.path) + len(_query(request)) + len(request.body), len(resp.body))
+        return resp
 
     def _call(self, request: Request) -> ApiCall:
         params: dict[str, Any] = {k: v[0] for k, v in request.query.items() if v}
@@ -109,6 +114,11 @@ class PmgNodeApp:
             if route == ("POST", "/_sim/reset"):
                 self.model.reset()
                 return _json(200, {"ok": True})
+            if route == ("POST", "/_sim/seed"):  # test-only: {"count": N[, "prefix", "host", "comment"]}
+                spec = json.loads(request.body or b"{}")
+                if not isinstance(spec, dict):
+                    raise ValueError("seed must be a JSON object")
+                return _json(200, {"added": self.model.seed_domains(**spec)})
             if route == ("POST", "/_sim/faults"):
                 settings = json.loads(request.body or b"{}")
                 if not isinstance(settings, dict):
@@ -118,6 +128,10 @@ class PmgNodeApp:
         except (ValueError, TypeError, KeyError) as exc:
             return _json(400, {"error": str(exc)})
         return _json(404, {"error": f"no control endpoint {request.method} {request.path}"})
+
+
+def _query(request: Request) -> str:
+    return urllib.parse.urlencode(request.query, doseq=True)
 
 
 def _json(status: int, payload: Any) -> Response:
