@@ -112,10 +112,10 @@ class CountingWire:
         return self._inner.send(update)
 
     def query(
-        self, server: str, port: int, name: str, rtype: str, tcp: bool, recursive: bool = False
+        self, server: str, port: int, name: str, rtype: str, tcp: bool, recursive: bool = False, dnssec: str = ""
     ) -> dns.message.Message:
         self._tally.add("dns", READ)
-        got = self._inner.query(server, port, name, rtype, tcp, recursive)
+        got = self._inner.query(server, port, name, rtype, tcp, recursive, dnssec=dnssec)
         self._tally.add("dns", BYTES, len(got.to_wire()))
         return got
 

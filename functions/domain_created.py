@@ -49,6 +49,8 @@ def handle(event: Envelope, ports: Ports) -> Outcome:
         data["acceptance"] = [c.as_json() for c in done.accepted]
     if done.status == "degraded":
         data["degraded"] = [c.as_json() for c in done.accepted if not c.ok]
+    if done.dnssec is not None:  # the DS to register at the parent, and whether a validating resolver trusts it
+        data["dnssec"] = done.dnssec.as_json()
     out_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}/{event.id}/{NAME}"))
     emitted = build("domain.provisioned", event.subject, data, source=SOURCE, id=out_id)
     frozen = {k: tuple(v) for k, v in done.changes.items()}

@@ -108,9 +108,10 @@ class DnsWire(Protocol):
         ...
 
     def query(
-        self, server: str, port: int, name: str, rtype: str, tcp: bool, recursive: bool = False
+        self, server: str, port: int, name: str, rtype: str, tcp: bool, recursive: bool = False, dnssec: str = ""
     ) -> dns.message.Message:
-        """One query to the IP address ``server``, over TCP or UDP; RD=0 unless ``recursive`` (a resolver)."""
+        """One query to the IP address ``server``, over TCP or UDP; RD=0 unless ``recursive`` (a resolver).
+        ``dnssec``: "" plain; "ad" DO + AD (ask for the validation result); "cd" DO + CD (checking disabled)."""
         ...
 
 
@@ -158,12 +159,14 @@ class TcpWire:
         return int(response.rcode())
 
     def query(
-        self, server: str, port: int, name: str, rtype: str, tcp: bool, recursive: bool = False
+        self, server: str, port: int, name: str, rtype: str, tcp: bool, recursive: bool = False, dnssec: str = ""
     ) -> dns.message.Message:
         """Unsigned, EDNS (1232 bytes), RD=0 unless ``recursive``; a UDP answer may come back truncated (TC set)."""
-        request = dns.message.make_query(name, rtype, use_edns=0, payload=EDNS_PAYLOAD)
+        request = dns.message.make_query(name, rtype, use_edns=0, payload=EDNS_PAYLOAD, want_dnssec=bool(dnssec))
         if not recursive:
             request.flags &= ~dns.flags.RD
+        if dnssec:
+            request.flags |= dns.flags.AD if dnssec == "ad" else dns.flags.CD
         if tcp:
             return dns.query.tcp(request, server, port=port, timeout=self._timeout)
         return dns.query.udp(request, server, port=port, timeout=self._timeout)
@@ -291,6 +294,42 @@ class Rfc2136Dns:
             qname = target
         raise DnsServfail(f"resolve {name}/{rtype}: more than 8 CNAME hops")
 
+    def query_ds(self, server: str, zone: str) -> tuple[str, ...]:
+        """The DS records (SHA-256) of the key-signing keys ``server`` serves for ``zone`` (RD=0), sorted; empty when
+        it serves no DNSKEY (the zone is not signed there).
+
+        Raises:
+            DnsRefused, DnsServfail: as ``query``.
+        """
+        keys = self.query(server, zone, "DNSKEY")
+        return ds_from_dnskeys(zone, keys.values) if keys is not None else ()
+
+    def resolve_validated(self, name: str, rtype: str) -> tuple[str, RecordSet | None]:
+        """(name, rtype) as the validating resolver judges it (``dns.validating_resolver``, default the first of
+        ``dns.resolvers``; DO set, RD=1): ``secure`` (AD), ``insecure`` (an answer or a proven absence without AD),
+        or ``bogus`` (SERVFAIL that checking disabled (CD) turns into an answer: the chain of trust is broken);
+        with the RRset answered (the CD answer for bogus), None for NXDOMAIN/NODATA.
+
+        Raises:
+            DnsServfail: the resolver failed or timed out, also with CD.
+            DnsRefused: the resolver refused the query.
+        """
+        wanted = self._settings.validating_resolver
+        host, port = _split(wanted, 53) if wanted else self._resolver()
+        qname, qtype = _zone(name), rtype.upper()
+        response = self._exchange(host, port, qname, qtype, recursive=True, dnssec="ad")
+        if response.rcode() == dns.rcode.SERVFAIL:
+            response = self._exchange(host, port, qname, qtype, recursive=True, dnssec="cd")
+            if response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                return "bogus", _answer(response, qname, qtype)
+        rcode = response.rcode()
+        what = f"validated query {qname}/{qtype} at {_join(host, port)}"
+        if rcode == dns.rcode.SERVFAIL:
+            raise DnsServfail(f"{what}: SERVFAIL, also with checking disabled")
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            raise _refused(rcode, what)
+        return ("secure" if response.flags & dns.flags.AD else "insecure"), _answer(response, qname, qtype)
+
     def _resolver(self) -> tuple[str, int]:
         if self._settings.resolvers:
             host, port = _split(self._settings.resolvers[0], 53)
@@ -407,6 +446,20 @@ class Rfc2136Dns:
         def attempt() -> dns.zone.Zone:
             with _mapped(f"AXFR {zone}" if server is None else f"AXFR {zone} from {_join(*server)}"):
                 return self._wire.transfer(zone, server)
+
+        return retried(attempt)()
+
+    def _exchange(
+        self, host: str, port: int, name: str, rtype: str, *, recursive: bool, dnssec: str
+    ) -> dns.message.Message:
+        """One question (TCP again on truncation), whatever its rcode; transport failures retried."""
+
+        def attempt() -> dns.message.Message:
+            with _mapped(f"query {name}/{rtype} at {_join(host, port)}"):
+                response = self._wire.query(host, port, name, rtype, False, recursive, dnssec=dnssec)
+                if response.flags & dns.flags.TC:
+                    response = self._wire.query(host, port, name, rtype, True, recursive, dnssec=dnssec)
+                return response
 
         return retried(attempt)()
 

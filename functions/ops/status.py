@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from functions import domain_created
-from functions._core.model import acceptance, state, webmail
+from functions._core.model import acceptance, dnssec, state, webmail
 from functions._core.model.equivalence import covers
 from functions._core.model.mailset import (
     MARKER_NAME,
@@ -131,6 +131,18 @@ def dns_checks(domain: str, hosted: bool, cur: state.KeyRecord, ports: Ports, *,
     return out
 
 
+def dnssec_checks(domain: str, request: dict[str, Any], ports: Ports) -> list[Check]:
+    """The chain of trust of a hosted, signed zone (dns.dnssec, or the request's dns.dnssec): ok while the customer
+    has yet to register the DS (awaiting_ds: mail works, the zone is merely insecure); a DS that matches no served
+    key, a zone the validating resolver finds bogus, servers disagreeing on the keys, or an unsigned zone is drift."""
+    if not dnssec.expected(request, ports.settings.dns.dnssec):
+        return []
+    chain = dnssec.observe(domain, ports)
+    want = "secure (the parent's DS matches a key-signing key every server serves; the validating resolver: AD)"
+    have = f"{chain.status}: " + "; ".join(chain.lines())
+    return [Check("dns", "chain of trust", f"DNSSEC {domain}", want, have, chain.status in ("secure", "awaiting_ds"))]
+
+
 def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:
     """Overall status (provisioned, awaiting_dns, drift, unknown) and every check behind it."""
     st = state.load(ports.state, domain)
@@ -154,6 +166,7 @@ def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:
             policy is not None and policy.body == want_policy,
         ),
         *dns_checks(domain, hosted, cur, ports, deleg=delegated(st.request)),
+        *dnssec_checks(domain, st.request, ports),
     ]
     bad = [c for c in checks if not c.ok]
     if not bad:

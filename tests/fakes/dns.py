@@ -13,10 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import dns.dnssec
+import dns.dnssectypes
+import dns.name
+import dns.rdata
+import dns.rdtypes.ANY.DNSKEY
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from functions._core.model.ports import DnsChange
 from functions._core.model.records import Key, RecordSet
 from functions._core.platform.errors import AutomationError, DnsConflict, DnsRefused, DnsServfail
-from functions.adapters.dns import build_update
+from functions.adapters.dns import build_update, ds_from_dnskeys
 
 PRIMARY = "primary"
 Zone = dict[Key, RecordSet]
@@ -36,6 +43,9 @@ class FakeDns:
         self.secondaries = secondaries
         self.auto_sync = auto_sync
         self.served: dict[str, dict[str, tuple[int, Zone]]] = {s: {} for s in secondaries}
+        # the validating resolver's view: its verdict per zone (default insecure) and the DS the parents serve
+        self.verdicts: dict[str, str] = {}
+        self.parent_ds: dict[str, RecordSet] = {}
 
     # ------------------------------------------------------------ test set-up
 
@@ -61,6 +71,18 @@ class FakeDns:
     def delete_rrset(self, zone: str, key: Key) -> None:
         """An out-of-band delete (another writer)."""
         self._edit(zone, key, None)
+
+    def sign(self, zone: str) -> str:
+        """Serve a fresh key-signing key and zone-signing key at the apex (then ``sync``); returns the KSK's DS
+        (SHA-256) as dnspython computes it. Nothing else is signed: the fake answers no RRSIG."""
+        zone = _norm(zone)
+        ksk = dnskey(257)
+        self.zones[zone][(zone, "DNSKEY")] = RecordSet.of(zone, "DNSKEY", 300, [ksk, dnskey(256)])
+        self.sync()
+        rd = dns.rdata.from_text("IN", "DNSKEY", ksk)
+        assert isinstance(rd, dns.rdtypes.ANY.DNSKEY.DNSKEY)
+        ds = dns.dnssec.make_ds(dns.name.from_text(zone), rd, "SHA256")
+        return f"{ds.key_tag} {ds.algorithm} {ds.digest_type} {ds.digest.hex().upper()}"
 
     def sync(self, server: str | None = None) -> None:
         """Copy the primary's zones to one secondary (or all)."""
@@ -129,6 +151,17 @@ class FakeDns:
                 return found
             key = (_norm(alias.values[0]), key[1])
         return None
+
+    def query_ds(self, server: str, zone: str) -> tuple[str, ...]:
+        keys = self.query(server, zone, "DNSKEY")
+        return ds_from_dnskeys(zone, keys.values) if keys is not None else ()
+
+    def resolve_validated(self, name: str, rtype: str) -> tuple[str, RecordSet | None]:
+        """``verdicts`` for the name's zone (insecure unless set); a DS from ``parent_ds``, anything else resolved."""
+        name = _norm(name)
+        zone = _zone_of(name, self.zones) or name
+        found = self.parent_ds.get(name) if rtype.upper() == "DS" else self.resolve(name, rtype)
+        return self.verdicts.get(zone, "insecure"), found
 
     # ------------------------------------------------------------ internals
 
@@ -215,3 +248,9 @@ def _zone_of(name: str, zones: Iterable[str]) -> str | None:
 
 def _norm(name: str) -> str:
     return name.rstrip(".").lower()
+
+
+def dnskey(flags: int) -> str:
+    """A fresh ECDSA P-256 DNSKEY rdata in presentation form (flags 257 = key-signing key, 256 = zone-signing key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return dns.dnssec.make_dnskey(key.public_key(), dns.dnssectypes.Algorithm.ECDSAP256SHA256, flags=flags).to_text()

@@ -32,11 +32,14 @@ FAKE_ENV = {
 }
 
 
-def make_settings(env: dict[str, str] | None = None, *, sogo_restart_interval: float = 0.0) -> Settings:
+def make_settings(
+    env: dict[str, str] | None = None, *, sogo_restart_interval: float = 0.0, dnssec: bool = False
+) -> Settings:
     """The test platform file; SOGo restarts are not debounced (interval 0) unless asked, because unit tests run on a
     frozen clock that would never let an interval pass (tests/unit/model/test_webmail.py moves its clock); and no
-    in-place propagation wait (a fake DNS serves at once, or never in the tests that expect NotPropagated)."""
+    in-place propagation wait (a fake DNS serves at once, or never in the tests that expect NotPropagated); and no
+    DNSSEC reporting unless asked (the fake DNS signs nothing: tests/unit/model/test_dnssec.py seeds keys)."""
     settings = Settings.load(REPO / "infra" / "local" / "platform.test.toml", {**FAKE_ENV, **(env or {})})
     mailcow = dataclasses.replace(settings.mailcow, sogo_restart_interval=sogo_restart_interval)
-    dns = dataclasses.replace(settings.dns, propagation_wait=0.0)  # fakes propagate at once or never
+    dns = dataclasses.replace(settings.dns, propagation_wait=0.0, dnssec=dnssec)  # fakes propagate at once or never
     return dataclasses.replace(settings, mailcow=mailcow, dns=dns)

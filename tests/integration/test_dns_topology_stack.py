@@ -16,6 +16,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from functions.ops.status import Check, domain_status
+from functions.runtime.main import build_ports
 from tests.integration import stack
 from tests.stackenv import REPO
 
@@ -223,3 +225,44 @@ def test_a_lagging_secondary_holds_the_event_until_it_catches_up(stack_env: dict
     assert outcome["data"]["status"] == "provisioned"
     assert {f"{ns2}:{PORT}", f"{ns3}:{PORT}"} <= set(outcome["data"]["verified_servers"])
     assert _soa_serial(ns3, domain) == _soa_serial(PRIMARY, domain)
+
+
+def test_domain_provisioned_reports_the_ds_and_status_follows_the_chain_of_trust(stack_env: dict[str, str]) -> None:
+    """dns.dnssec (on for the stack): domain.provisioned names the DS to register (= dnssec-dsfromkey of the DNSKEY
+    the primary serves) and awaiting_ds, without holding mail back; once the parent serves it the validating
+    resolver sets AD and `status` says secure; a wrong DS at the parent is drift, as the resolver's SERVFAIL shows."""
+    settings = stack.settings_for(stack_env)
+    assert settings.dns.dnssec and settings.dns.validating_resolver == stack_env["MAILPLANE_RESOLVER"]
+    domain = stack.unique_domain("sec")
+    resolver = stack_env["MAILPLANE_RESOLVER"]
+    _script("zone-add", domain, env=stack_env)
+    try:
+        stack.publish(stack_env, settings, stack.created_event(domain))
+        stack.run_worker(settings)
+        outcomes = [stack.body_json(b) for _, b in stack.take(stack_env, settings, "q.outcomes", domain)]
+        (outcome,) = [o for o in outcomes if o["type"] == "domain.provisioned"]
+        ds = _ds_of(domain)
+        assert outcome["data"]["status"] == "provisioned"
+        assert outcome["data"]["dnssec"] == {"status": "awaiting_ds", "ds": [ds], "parent_ds": []}
+        ports = build_ports(settings, probe=False)
+
+        def chain() -> tuple[str, Check]:
+            overall, checks = domain_status(domain, ports)
+            (found,) = [c for c in checks if c.where == "chain of trust"]
+            return overall, found
+
+        overall, check = chain()
+        assert overall == "provisioned" and check.ok and check.have.startswith("awaiting_ds")
+        _parent_ds(stack_env, domain, ds)
+        _flush(stack_env, domain)
+        assert _ask(resolver, domain, "SOA", port=53).flags & dns.flags.AD  # the resolver itself, not our code
+        overall, check = chain()
+        assert overall == "provisioned" and check.ok and check.have.startswith("secure:"), check.have
+        _parent_ds(stack_env, domain, "12345 13 2 " + "cd" * 32)
+        _flush(stack_env, domain)
+        assert _ask(resolver, domain, "SOA", port=53).rcode() == dns.rcode.SERVFAIL
+        overall, check = chain()
+        assert overall == "drift" and not check.ok and check.have.startswith("wrong_ds:"), check.have
+        assert "12345 13 2 " + "CD" * 32 in check.have and ds in check.have  # what is there, and what belongs there
+    finally:
+        _script("zone-del", domain, env=stack_env)

@@ -9,17 +9,25 @@ validates it, and a DS at the parent that matches none of the served keys is rep
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ChainOfTrust", "chain_of_trust"]
+from functions._core.model.ports import Ports
+from functions._core.platform.errors import AutomationError
+
+__all__ = ["ChainOfTrust", "chain_of_trust", "expected", "observe", "report"]
+log = logging.getLogger("mailplane.dnssec")
 
 
 @dataclass(frozen=True)
 class ChainOfTrust:
     """One zone's chain of trust as observed.
 
-    ``status``: secure | awaiting_ds | wrong_ds | unsigned | inconsistent.
+    ``status``: secure | awaiting_ds (no DS at the parent yet) | wrong_ds (the parent's DS matches no served key) |
+    bogus (the DS matches, yet the validating resolver refuses the data) | inconsistent (the servers serve different
+    key-signing keys) | unsigned | unknown (not observed: a server or the resolver could not be asked).
     """
 
     zone: str
@@ -33,6 +41,11 @@ class ChainOfTrust:
     def awaiting_ds(self) -> bool:
         """True until a validating resolver trusts the zone (the DS is not at the parent yet, or it is wrong)."""
         return self.status != "secure" and self.status != "unsigned"
+
+    def as_json(self) -> dict[str, Any]:
+        """The chain as domain.provisioned reports it (``data.dnssec``)."""
+        out: dict[str, Any] = {"status": self.status, "ds": list(self.ds), "parent_ds": list(self.parent_ds)}
+        return out | ({"problems": list(self.problems)} if self.problems else {})
 
     def lines(self) -> list[str]:
         """The chain for `mailplane status`: DS at the parent? does it match a served key? AD?"""
@@ -82,3 +95,40 @@ def chain_of_trust(
     else:
         status = "awaiting_ds"
     return ChainOfTrust(zone, status, ds, tuple(sorted(" ".join(d) for d in at_parent)), validated, tuple(problems))
+
+
+def expected(request: Mapping[str, Any], hosted_default: bool) -> bool:
+    """Whether the chain of trust of this domain's zone is ours to report: a zone we host, signed per the request's
+    ``dns.dnssec`` (default: the platform's ``dns.dnssec``, passed as ``hosted_default``)."""
+    wanted = request.get("dns", {})
+    return bool(wanted.get("hosted")) and bool(wanted.get("dnssec", hosted_default))
+
+
+def observe(zone: str, ports: Ports) -> ChainOfTrust:
+    """The zone's chain of trust as the authoritative servers (their key-signing keys, RD=0) and the validating
+    resolver (the parent's DS, and the AD bit of the zone's SOA) show it.
+
+    Raises:
+        DnsServfail, DnsRefused: a server or the resolver could not be asked.
+    """
+    dnsp = ports.dns
+    served = {server: dnsp.query_ds(server, zone) for server in dnsp.servers(zone)}
+    _, parent = dnsp.resolve_validated(zone, "DS")
+    verdict, _ = dnsp.resolve_validated(zone, "SOA")
+    chain = chain_of_trust(zone, served, parent.values if parent is not None else (), verdict == "secure")
+    if verdict == "bogus" and chain.status == "awaiting_ds":  # the resolver refuses the zone's data: say so
+        problem = "the validating resolver finds the zone bogus (SERVFAIL; answers only with checking disabled)"
+        chain = ChainOfTrust(zone, "bogus", chain.ds, chain.parent_ds, False, (*chain.problems, problem))
+    return chain
+
+
+def report(zone: str, request: Mapping[str, Any], ports: Ports) -> ChainOfTrust | None:
+    """The chain for domain.provisioned when it is ours to report (``expected``); never blocks provisioning: a
+    server or resolver that cannot be asked gives status ``unknown`` with the reason (``status`` asks again)."""
+    if not expected(request, ports.settings.dns.dnssec):
+        return None
+    try:
+        return observe(zone, ports)
+    except AutomationError as exc:
+        log.warning("dnssec: %s: chain of trust not observed: %s", zone, exc)
+        return ChainOfTrust(zone, "unknown", (), (), False, (f"not observed: {exc}",))

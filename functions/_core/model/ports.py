@@ -203,6 +203,9 @@ class DnsPort(Protocol):
     def read_zone_at(self, zone: str, server: str) -> tuple[int, dict[Key, RecordSet]] | None: ...  # AXFR from server
     def query(self, server: str, name: str, rtype: str) -> RecordSet | None: ...  # RD=0, TXT strings joined
     def resolve(self, name: str, rtype: str) -> RecordSet | None: ...  # public view (external zones)
+    def query_ds(self, server: str, zone: str) -> tuple[str, ...]: ...  # DS of the KSKs server serves (SHA-256)
+    # (name, rtype) as the validating resolver judges it: secure (AD) | insecure | bogus, and the RRset
+    def resolve_validated(self, name: str, rtype: str) -> tuple[str, RecordSet | None]: ...
 
 
 # ---------------------------------------------------------------- the bundle

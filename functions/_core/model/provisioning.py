@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from functions._core.model import acceptance, adoption, keys, state, webmail
+from functions._core.model import acceptance, adoption, dnssec, keys, state, webmail
 from functions._core.model.acceptance import Acceptance
 from functions._core.model.mailset import (
     customer_lines,
@@ -214,6 +214,7 @@ class Provisioned:
     instructions: tuple[str, ...] | None = None  # zone-file lines for the customer (zone hosted elsewhere)
     stale_applied: str | None = None
     accepted: tuple[Acceptance, ...] = ()  # the acceptance gate's checks (empty: not run)
+    dnssec: dnssec.ChainOfTrust | None = None  # the hosted zone's chain of trust (dns.dnssec); never blocks mail
 
 
 def provision(event: Envelope, ports: Ports) -> Provisioned:
@@ -264,7 +265,8 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
         state.save(ports.state, new, current)
         changes["store"].append(f"~ state {status}")
     lines = tuple(customer_lines(plans.want_dns)) if status == "awaiting_dns" or plans.dns is None else None
-    return Provisioned(status, changes, pair.selector, tuple(servers), lines, accepted=tuple(checks))
+    trust = dnssec.report(domain, event.data, ports) if status in ("provisioned", "degraded") else None
+    return Provisioned(status, changes, pair.selector, tuple(servers), lines, accepted=tuple(checks), dnssec=trust)
 
 
 def _waiting(event: Envelope, ports: Ports, st: state.DomainState, checks: list[Acceptance]) -> dict[str, Any]:

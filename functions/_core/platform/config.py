@@ -157,6 +157,12 @@ class DnsSettings:
     # Seconds a verification keeps asking every authoritative server in place (NOTIFY + IXFR take about a second)
     # before it raises NotPropagated to the broker's retry ladder; 0 = one round of questions.
     propagation_wait: float = 5.0
+    # The zones we host are DNSSEC-signed by the DNS servers (BIND dnssec-policy, inline-signing): mailplane reports
+    # each zone's chain of trust (the DS the customer registers at the parent; awaiting_ds until a validating
+    # resolver trusts it; a wrong DS). A domain.created may override it per domain (data.dns.dnssec).
+    dnssec: bool = False
+    # The validating resolver that judges the chain (AD bit; "host" or "host:port"); empty = the first of resolvers.
+    validating_resolver: str = ""
 
 
 @dataclass(frozen=True)

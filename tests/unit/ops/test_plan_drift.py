@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -19,8 +20,8 @@ from functions._core.model.ports import Ports
 from functions._core.model.records import RecordSet
 from functions._core.platform.envelope import parse
 from functions._core.platform.errors import EventInvalid, StoreUnavailable
-from functions.ops import cli_ops, drift, plan
-from functions.ops.status import domain_status
+from functions.ops import cli_ops, drift, drift_bulk, plan
+from functions.ops.status import Check, domain_status
 from functions.runtime import main
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
@@ -270,3 +271,30 @@ def test_status_shows_the_smtp_acceptance_per_node(world: World) -> None:
     bad = {c.where.split()[0]: c.have for c in checks if c.item.startswith("RCPT") and not c.ok}
     assert overall == "drift" and set(bad) == {"pmg1.faster.test", "pmg2.faster.test"}
     assert all(have.startswith("554 5.7.1") for have in bad.values())
+
+
+def test_status_and_drift_show_the_chain_of_trust_without_counting_a_missing_ds_as_drift(world: World) -> None:
+    ports = dataclasses.replace(world.ports, settings=make_settings(dnssec=True))
+    ds = world.fake_dns.sign("alpha.test")
+    out = domain_created.handle(parse(created(), publisher="billing"), ports)
+    assert out.status == "provisioned"  # the DS the customer has yet to register does not hold mail back
+    assert out.emit[0]["data"]["dnssec"] == {"status": "awaiting_ds", "ds": [ds], "parent_ds": []}
+
+    def chain() -> tuple[str, Check]:
+        overall, checks = domain_status("alpha.test", ports)
+        (found,) = [c for c in checks if c.where == "chain of trust"]
+        return overall, found
+
+    overall, check = chain()
+    assert overall == "provisioned" and check.ok and check.have.startswith("awaiting_ds: DS to register: " + ds)
+    world.fake_dns.parent_ds["alpha.test"] = RecordSet.of("alpha.test", "DS", 60, [ds])
+    world.fake_dns.verdicts["alpha.test"] = "secure"
+    overall, check = chain()
+    assert overall == "provisioned" and check.ok and check.have.startswith("secure:")
+    world.fake_dns.parent_ds["alpha.test"] = RecordSet.of("alpha.test", "DS", 60, ["4711 13 2 " + "AB" * 32])
+    world.fake_dns.verdicts["alpha.test"] = "bogus"
+    overall, check = chain()
+    assert overall == "drift" and not check.ok and check.have.startswith("wrong_ds:")
+    for run in (drift.drift_all, drift_bulk.drift_all):  # per domain, and `drift --all` from bulk reads
+        (result,) = run(["alpha.test"], ports)
+        assert result.status == "drift" and [c.where for c in result.failing] == ["chain of trust"]
