@@ -99,7 +99,25 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         ledger=ledger,
         locks=SubjectLocks(state, lease=dt.timedelta(seconds=settings.broker.lease_seconds)),
         smtp=SmtpProbe(settings.smtp_probe),
+        certs=_certs(settings),
+        web_host=_web_host(settings),
     )
+
+
+def _certs(settings: Settings) -> Any:
+    if not settings.acme.directory:
+        return None
+    from functions.adapters.acme import AcmeClient
+
+    return AcmeClient(settings.acme)
+
+
+def _web_host(settings: Settings) -> Any:
+    if not settings.mta_sts.cert_dir:
+        return None
+    from functions.adapters.webhost import DirWebHost
+
+    return DirWebHost(settings.mta_sts)
 
 
 def setup_logging(level: str = "INFO", *, outcomes: bool = True) -> None:
