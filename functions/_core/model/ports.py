@@ -243,6 +243,16 @@ class WebHostPort(Protocol):
     def fetch(self, url: str) -> Fetched: ...  # never raises for what the server (or the network) answers
 
 
+# ---------------------------------------------------------------- the nodes' SMTP certificates (DANE)
+
+
+class NodeTlsPort(Protocol):
+    """The SMTP certificate of each gateway node: PMG's custom certificate API and what STARTTLS presents."""
+
+    def upload(self, node: str, key_pem: str, chain_pem: str) -> None: ...  # POST .../certificates/custom/smtp
+    def presented(self, node: str) -> str | None: ...  # leaf PEM the node presents on STARTTLS; None = no TLS
+
+
 # ---------------------------------------------------------------- the bundle
 
 
@@ -262,3 +272,4 @@ class Ports:
     smtp: SmtpProbePort | None = None  # the acceptance gate's SMTP probe; None = no probe (domain.created refuses)
     certs: CertPort | None = None  # the ACME CA; None = no certificates (MTA-STS is published without serving it)
     web_host: WebHostPort | None = None  # the MTA-STS web host (certificates, the sender's fetch); None = none
+    node_tls: NodeTlsPort | None = None  # the nodes' SMTP certificates (DANE); None = no certificate lifecycle

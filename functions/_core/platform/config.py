@@ -316,6 +316,18 @@ class MtaStsSettings:
 
 
 @dataclass(frozen=True)
+class DaneSettings:
+    """[dane]: TLSA 3 1 1 for the MX hosts and their SMTP certificate lifecycle (cert.renew, _core/model/dane.py)."""
+
+    enabled: bool = False  # renew-due publishes cert.renew; status --provider shows DANE
+    tlsa_ttl: int = 3600  # TTL of _25._tcp.<mx host> TLSA; a rollover waits 2 x this twice
+    renew_before_days: int = 30  # renew (same key) this long before the presented certificate expires
+    rollover_days: int = 365  # roll to a new key when the current one is this old (renew-due)
+    alarm_before_days: int = 14  # the expiry alarm (health metric mailplane_smtp_cert_expiry_days)
+    smtp_timeout: float = 5.0  # STARTTLS handshake that reads the presented certificate
+
+
+@dataclass(frozen=True)
 class DeletionSettings:
     """[deletion]: domain.deleted suspends a domain first and removes it once the grace period has passed."""
 
@@ -338,6 +350,7 @@ class Settings:
     smtp_probe: SmtpProbeSettings = field(default_factory=SmtpProbeSettings)
     acme: AcmeSettings = field(default_factory=AcmeSettings)
     mta_sts: MtaStsSettings = field(default_factory=MtaStsSettings)
+    dane: DaneSettings = field(default_factory=DaneSettings)
 
     def __post_init__(self) -> None:
         ladder = sum(self.broker.retry_delays)
