@@ -336,9 +336,7 @@ def _step(  # noqa: PLR0911, PLR0912 -- one branch per phase reads best
             return replace(st, current_spki=seen), "", None
         if st.event == req.event:  # this event's run is complete (a replay writes nothing)
             return None, "complete", None
-        want = req.reason
-        if want == "nudge":
-            want = due(st, ports) or "nudge"
+        want = req.reason  # a nudge only continues a run (and adopts); renew-due starts them
         if want in ("rollover", "compromised") or (want == "scheduled" and not st.current_key):
             key = new_key()
             spki = key_spki_sha256(key)
@@ -353,7 +351,7 @@ def _step(  # noqa: PLR0911, PLR0912 -- one branch per phase reads best
                 "",
                 None,
             )
-        return None, "not due", None
+        return None, "nothing running", None
     if st.phase == "NEXT_KEY":
         _set_tlsa(ports, host, _tlsa_hashes(ports, host) | {st.current_spki, st.next_spki})
         return replace(st, phase="PUBLISHED"), "", None
