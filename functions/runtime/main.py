@@ -89,9 +89,12 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         lease=dt.timedelta(seconds=settings.broker.lease_seconds),
         keep=dt.timedelta(days=2),
     )
+    from functions.adapters.nodetls import NodeTls
+
+    gateway = PmgClient(settings.pmg, settings.provider.mx_hosts)
     return Ports(
         mail=MailcowClient(settings.mailcow),
-        gateway=PmgClient(settings.pmg, settings.provider.mx_hosts),
+        gateway=gateway,
         dns=Rfc2136Dns(settings.dns),
         state=state,
         web=build_store(settings.store, settings.store.web_bucket, probe=False),
@@ -101,6 +104,7 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         smtp=SmtpProbe(settings.smtp_probe),
         certs=_certs(settings),
         web_host=_web_host(settings),
+        node_tls=NodeTls(gateway, settings.provider.mx_hosts, timeout=settings.dane.smtp_timeout),
     )
 
 
