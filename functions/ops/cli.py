@@ -156,12 +156,13 @@ def demo(config: ConfigOpt = None) -> None:
 
 
 def _register_subcommands() -> None:
-    from functions.ops import cli_adopt, cli_dlq, cli_health, cli_nodes, cli_ops, cli_pmg, cli_rotate
+    from functions.ops import cli_adopt, cli_dane, cli_dlq, cli_health, cli_nodes, cli_ops, cli_pmg, cli_rotate
 
     for module in (
         cli_ops,
         cli_nodes,
         cli_rotate,
+        cli_dane,
         cli_dlq,
         cli_health,
         cli_adopt,

@@ -38,7 +38,7 @@ from functions._core.model import keys, mtasts
 from functions._core.model.nodes import find_host, short
 from functions._core.model.ports import DnsChange, Ports
 from functions._core.model.records import RecordSet
-from functions._core.platform.config import MxHost, Secret
+from functions._core.platform.config import MxHost, Secret, Settings
 from functions._core.platform.errors import (
     ConfigError,
     DnsConflict,
@@ -47,7 +47,7 @@ from functions._core.platform.errors import (
     PreconditionFailed,
     TransientError,
 )
-from functions._core.platform.store import put_over
+from functions._core.platform.store import ObjectStore, put_over
 
 PHASES = ("IDLE", "NEXT_KEY", "PUBLISHED", "ISSUED", "DEPLOYED", "VERIFIED")
 REASONS = ("scheduled", "rollover", "compromised", "nudge")
@@ -148,7 +148,12 @@ def state_key(node: str) -> str:
 
 
 def load(ports: Ports, node: str) -> tuple[CertState, str | None]:
-    obj = ports.state.get(state_key(node))
+    return read(ports.state, node)
+
+
+def read(store: ObjectStore, node: str) -> tuple[CertState, str | None]:
+    """The node's persisted state and its ETag (a fresh IDLE state and None when there is none)."""
+    obj = store.get(state_key(node))
     if obj is None:
         return CertState(node), None
     return CertState.from_json(obj.body), obj.etag
@@ -203,7 +208,8 @@ def presented_spki(ports: Ports, host: MxHost) -> str | None:
 
 
 def valid_nodes(ports: Ports, exclude: str) -> list[str]:
-    """Other nodes that present an unexpired certificate whose 3 1 1 hash the primary's TLSA RRset holds."""
+    """Other nodes that present an unexpired certificate that a DANE client accepts (the TLSA RRset on the primary
+    holds its 3 1 1 hash, or the node has no TLSA yet)."""
     assert ports.node_tls is not None
     out = []
     for host in ports.settings.provider.mx_hosts:
@@ -213,8 +219,8 @@ def valid_nodes(ports: Ports, exclude: str) -> list[str]:
         pem = ports.node_tls.presented(node)
         if not pem or not_after(pem) <= ports.clock():
             continue
-        rs = ports.dns.read_rrset(tlsa_name(host), "TLSA")
-        if spki_sha256(pem) in {spki_of_value(v) for v in (rs.values if rs else ())}:
+        rs = ports.dns.read_rrset(tlsa_name(host), "TLSA")  # none: DANE does not apply, any valid TLS is fine
+        if rs is None or spki_sha256(pem) in {spki_of_value(v) for v in rs.values}:
             out.append(node)
     return out
 
@@ -271,16 +277,26 @@ def _unseal(ports: Ports, node: str, sealed: str) -> str:
 # ---------------------------------------------------------------- the state machine
 
 
-def due(st: CertState, ports: Ports) -> str | None:
-    """Why a node needs cert.renew now ("scheduled" renewal / "rollover"), None when not due."""
+def key_since(st: CertState) -> dt.datetime | None:
+    """When the current key became the one presented (the last completed rollover), None if never."""
+    for h in reversed(st.history):
+        if h.get("transition") == "VERIFIED->IDLE":
+            return _parse(h["at"])
+    return None
+
+
+def due(st: CertState, settings: Settings, now: dt.datetime) -> str | None:
+    """What a node needs now: "nudge" (a run in progress), "rollover" (a key we do not hold, or an old key),
+    "scheduled" (renew with the same key before expiry); None when nothing is due."""
+    d = settings.dane
     if st.phase != "IDLE":
         return "nudge"
     if not st.current_key:
-        return "rollover"  # PMG's own certificate: roll to a key mailplane holds
-    if not st.current_chain:
-        return "scheduled"
-    left = not_after(st.current_chain) - ports.clock()
-    if left < dt.timedelta(days=ports.settings.dane.renew_before_days):
+        return "rollover"  # PMG's own certificate (or never seen): roll to a key mailplane holds
+    since = key_since(st)
+    if since is not None and now - since >= dt.timedelta(days=d.rollover_days):
+        return "rollover"
+    if not st.current_chain or not_after(st.current_chain) - now < dt.timedelta(days=d.renew_before_days):
         return "scheduled"
     return None
 
@@ -426,7 +442,7 @@ def preview(ports: Ports, node_name: str) -> dict[str, str | None]:
     """The node's phase and what a cert.renew would start now (nothing is written)."""
     host = find_host(ports.settings, node_name)
     st, _ = load(ports, short(host.name))
-    return {"phase": st.phase, "spki": st.current_spki, "due": due(st, ports) if st.current_spki else "adopt"}
+    return {"phase": st.phase, "spki": st.current_spki, "due": due(st, ports.settings, ports.clock())}
 
 
 # ---------------------------------------------------------------- status

@@ -167,7 +167,7 @@ def test_renewal_reuses_the_key_and_leaves_the_tlsa_alone(world: World) -> None:
     spki, before = dane.spki_sha256(world.tls.presented("pmg1") or ""), world.tls.presented("pmg1")
     updates = world.dns.updates
     world.clock.now += dt.timedelta(days=70)  # within renew_before_days of the 90-day certificate
-    assert dane.due(dane.load(world.ports, "pmg1")[0], world.ports) == "scheduled"
+    assert dane.due(dane.load(world.ports, "pmg1")[0], world.ports.settings, world.clock.now) == "scheduled"
     res = world.run("pmg1", "renew-1", "scheduled")
     assert res.steps == ("IDLE->PUBLISHED", "PUBLISHED->ISSUED", "ISSUED->DEPLOYED", "DEPLOYED->IDLE")
     assert world.tls.presented("pmg1") != before
@@ -178,7 +178,7 @@ def test_renewal_reuses_the_key_and_leaves_the_tlsa_alone(world: World) -> None:
 
 def test_a_node_with_pmgs_own_certificate_is_rolled_to_a_key_we_hold(world: World) -> None:
     st, _ = dane.load(world.ports, "pmg2")
-    assert dane.due(st, world.ports) == "rollover"
+    assert dane.due(st, world.ports.settings, world.clock.now) == "rollover"
     res = world.run("pmg2", "sched-1", "scheduled")
     assert res.state.phase == "PUBLISHED" and res.state.next_spki != res.state.current_spki
 
