@@ -1,0 +1,141 @@
+"""cert.renew on the real stack: BIND (TLSA by CAS UPDATE), Pebble (ACME DNS-01 through our RFC 2136 channel), the
+PMG simulator (custom/smtp upload, STARTTLS), LocalStack S3 (state, sealed keys), with a controllable clock.
+
+Before, during and after a key rollover every node passes independent DANE verifiers fed with what the resolver
+serves: ``openssl s_client -starttls smtp -dane_tlsa_rrdata`` and ``ldns-dane -c <cert from openssl>``; a wrong TLSA
+makes both fail. Until the stack's zones are signed (wip/dns), the TLSA comes from the (non-validating) resolver and
+ldns-dane runs with ``-d``; with DNSSEC they must switch to an AD-checked answer and ``-S -k`` (see the report).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from functions._core.model import dane
+from functions._core.model.ports import Ports
+from functions._core.platform.config import AcmeSettings, Settings
+from functions.runtime.main import build_ports
+from tests.integration import stack
+
+pytestmark = pytest.mark.stack
+NODES = ("pmg1", "pmg2", "pmg3")
+
+
+class Clock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def settings(stack_env: dict[str, str]) -> Settings:
+    base = stack.settings_for(stack_env)
+    acme = AcmeSettings(
+        directory=stack_env["MAILPLANE_ACME_DIRECTORY"],
+        ca_file=stack_env["MAILPLANE_ACME_CA"],
+        root_file=stack_env["MAILPLANE_ACME_ROOT"],
+        timeout_seconds=60,
+    )
+    return replace(base, acme=acme, dane=replace(base.dane, enabled=True, tlsa_ttl=1))
+
+
+@pytest.fixture(scope="module")
+def ports(settings: Settings) -> Ports:
+    return replace(build_ports(settings, probe=False), clock=Clock(dt.datetime.now(dt.UTC)), ledger=None)
+
+
+def smtp_target(settings: Settings, node: str) -> str:
+    return next(h.smtp for h in settings.provider.mx_hosts if h.name.startswith(node + "."))
+
+
+def tlsa_via_resolver(env: dict[str, str], name: str) -> list[str]:
+    q = dns.message.make_query(name, dns.rdatatype.TLSA, want_dnssec=True)
+    ans = dns.query.udp(q, env["MAILPLANE_RESOLVER"], timeout=5)
+    return [rd.to_text() for rrset in ans.answer if rrset.rdtype == dns.rdatatype.TLSA for rd in rrset]
+
+
+def openssl_dane(target: str, host: str, rrdata: list[str]) -> bool:
+    args = ["openssl", "s_client", "-connect", target, "-starttls", "smtp", "-brief", "-verify_return_error"]
+    args += ["-dane_tlsa_domain", host, "-dane_ee_no_namechecks"]
+    for rd in rrdata:
+        args += ["-dane_tlsa_rrdata", rd]
+    out = subprocess.run(args, input=b"QUIT\r\n", capture_output=True, timeout=20, check=False)
+    text = out.stdout.decode() + out.stderr.decode()
+    return "Verification: OK" in text and "matched EE certificate" in text
+
+
+def ldns_dane(env: dict[str, str], target: str, host: str, tmp: Path) -> bool:
+    fetched = subprocess.run(
+        ["openssl", "s_client", "-connect", target, "-starttls", "smtp", "-showcerts"],
+        input=b"QUIT\r\n",
+        capture_output=True,
+        timeout=20,
+        check=False,
+    ).stdout.decode()
+    pem = fetched[fetched.index("-----BEGIN CERTIFICATE-----") : fetched.index("-----END CERTIFICATE-----") + 25]
+    cert = tmp / f"{host}.pem"
+    cert.write_text(pem + "\n")
+    out = subprocess.run(
+        ["ldns-dane", "-d", "-n", "-r", env["MAILPLANE_RESOLVER"], "-c", str(cert), "verify", host, "25"],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    text = out.stdout.decode() + out.stderr.decode()
+    return out.returncode == 0 and "dane-validated successfully" in text
+
+
+def all_pass(env: dict[str, str], settings: Settings, tmp: Path) -> dict[str, tuple[bool, bool]]:
+    out = {}
+    for node in NODES:
+        host = f"{node}.{settings.provider.zone}"
+        target = smtp_target(settings, node)
+        rr = tlsa_via_resolver(env, f"_25._tcp.{host}")
+        out[node] = (bool(rr) and openssl_dane(target, host, rr), ldns_dane(env, target, host, tmp))
+    return out
+
+
+@pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("ldns-dane")), reason="verifiers missing")
+def test_rollover_keeps_every_node_dane_valid(
+    stack_env: dict[str, str], settings: Settings, ports: Ports, tmp_path: Path
+) -> None:
+    clock = ports.clock
+    assert isinstance(clock, Clock)
+    for node in NODES:  # adopt (publish the TLSA of what each node presents), then roll pmg2 and pmg3 first
+        dane.advance(ports, node, dane.Request(f"adopt-{node}-{clock.now:%s}", "nudge"))
+    ok = {n: (True, True) for n in NODES}
+    assert all_pass(stack_env, settings, tmp_path) == ok
+
+    # a wrong TLSA fails both verifiers
+    host = f"pmg1.{settings.provider.zone}"
+    assert not openssl_dane(smtp_target(settings, "pmg1"), host, ["3 1 1 " + "00" * 32])
+
+    run = f"roll-pmg1-{clock.now:%s}"
+    res = dane.advance(ports, "pmg1", dane.Request(run, "rollover"))
+    assert res.state.phase == "PUBLISHED"
+    assert all_pass(stack_env, settings, tmp_path) == ok  # current + next served
+    seen = []
+    for i in range(10):
+        if res.state.phase == "IDLE":
+            break
+        clock.now = max(clock.now, res.until or clock.now) + dt.timedelta(seconds=3)
+        res = dane.advance(ports, "pmg1", dane.Request(f"{run}-n{i}", "nudge"))
+        seen += res.steps
+        assert all_pass(stack_env, settings, tmp_path) == ok, seen
+    assert seen == ["PUBLISHED->ISSUED", "ISSUED->DEPLOYED", "DEPLOYED->VERIFIED", "VERIFIED->IDLE"]
+    views = {v.node: v for v in dane.view(ports)}
+    assert views["pmg1"].spki == res.state.current_spki and all(v.dane_ok for v in views.values())
+    assert "Pebble" in views["pmg1"].subject or views["pmg1"].subject == f"CN={host}"
+    rr = tlsa_via_resolver(stack_env, f"_25._tcp.{host}")
+    assert [dane.spki_of_value(v) for v in rr] == [res.state.current_spki]  # the old TLSA withdrawn
