@@ -10,7 +10,7 @@ The rule for handlers (every one, present and future; tests/test_layout.py check
 
     domain.created -> provisioning    domain.deleted -> deletion    domain.adopt -> adoption
     key.rotate -> rotation
-    node.down, node.up -> failover
+    node.down, node.up -> failover    cert.renew -> dane
 
 Where things go: a new event = a schema in schemas/, a sample in events/, a handler here, its logic module in
 ``_core/model/`` and a line in ROUTES; a new external system = a port in ``_core/model/ports.py`` (or
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from functions import domain_adopt, domain_created, domain_deleted, key_rotate, node_down, node_up
+from functions import cert_renew, domain_adopt, domain_created, domain_deleted, key_rotate, node_down, node_up
 
 if TYPE_CHECKING:
     from functions._core.model.ports import Ports
@@ -48,4 +48,5 @@ ROUTES: dict[str, Route] = {
     "key.rotate": Route(key_rotate.NAME, key_rotate.handle),
     "node.down": Route(node_down.NAME, node_down.handle),
     "node.up": Route(node_up.NAME, node_up.handle),
+    "cert.renew": Route(cert_renew.NAME, cert_renew.handle),
 }

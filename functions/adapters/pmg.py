@@ -349,6 +349,19 @@ class PmgClient:
 
     # ------------------------------------------------------------ cluster
 
+    def upload_smtp_certificate(self, node: str, key_pem: str, chain_pem: str) -> None:
+        """``POST /nodes/{node}/certificates/custom/smtp`` (force: replace a custom one, restart: postfix reloads).
+
+        Raises:
+            PmgUnavailable / PmgRejected: as every call (the key never appears in the message).
+        """
+        self._call(
+            f"upload the smtp certificate of {node}",
+            lambda api: api.nodes(node).certificates.custom.smtp.post(
+                certificates=chain_pem, key=key_pem, force=1, restart=1
+            ),
+        )
+
     def cluster_nodes(self) -> list[GatewayNode]:
         """The cluster's nodes sorted by cid, from /config/cluster/status (else /config/cluster/nodes + probes)."""
         return self._retry(self._cluster_nodes)()

@@ -158,6 +158,7 @@ def demo(config: ConfigOpt = None) -> None:
 def _register_subcommands() -> None:
     from functions.ops import (
         cli_adopt,
+        cli_dane,
         cli_dlq,
         cli_health,
         cli_keypool,
@@ -172,6 +173,7 @@ def _register_subcommands() -> None:
         cli_ops,
         cli_nodes,
         cli_rotate,
+        cli_dane,
         cli_dlq,
         cli_health,
         cli_adopt,

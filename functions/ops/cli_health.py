@@ -39,6 +39,7 @@ def sources(ports: Ports, user: str, password: Secret, stuck_after: dt.timedelta
         "store": lambda s: health.store_objects(s, ports),
         "broker": lambda s: health_probe.broker(s, settings, user, password, now()),
         "certificates": lambda s: health_probe.certificates(s, settings, now()),
+        **({"dane": lambda s: health.dane_nodes(s, ports)} if settings.dane.enabled else {}),
     }
 
 

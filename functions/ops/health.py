@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from functions._core.model import nodes, rotation, state
+from functions._core.model import dane, nodes, rotation, state
 from functions._core.model.ports import Ports
 from functions._core.platform.errors import AutomationError
 from functions._core.platform.idempotency import PREFIX as LEDGER_PREFIX
@@ -61,6 +61,17 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "mailplane_certificate_expiry_timestamp_seconds": ("gauge", "notAfter of the served certificate", ("kind", "host")),
     "mailplane_certificate_days_to_expiry": ("gauge", "days until the served certificate expires", ("kind", "host")),
+    "mailplane_dane_tlsa_match": (
+        "gauge",
+        "1 when every authoritative server serves a TLSA 3 1 1 matching the certificate the node presents on STARTTLS",
+        ("node",),
+    ),
+    "mailplane_dane_days_to_expiry": ("gauge", "days until the node's presented SMTP certificate expires", ("node",)),
+    "mailplane_dane_phase": (
+        "gauge",
+        "1 for the node's certificate lifecycle phase (IDLE when no run)",
+        ("node", "phase"),
+    ),
     "mailplane_drift_findings": ("gauge", "failing checks in the last drift report, by system", ("system",)),
     "mailplane_drift_domains": ("gauge", "domains in the last drift report, by status", ("status",)),
     "mailplane_drift_report_timestamp_seconds": ("gauge", "when the last drift report was written", ()),
@@ -206,6 +217,16 @@ def mx_nodes(sink: Sink, ports: Ports) -> None:
     sink.set("mailplane_mx_nodes_min_in_rotation", provider.min_mx_in_rotation)
     for host in provider.mx_hosts:
         sink.set("mailplane_mx_node_in_rotation", 1 if host.name in serving else 0, host.name)
+
+
+def dane_nodes(sink: Sink, ports: Ports) -> None:
+    """Per node: DANE acceptance (TLSA on every authoritative server vs the STARTTLS certificate), expiry, phase."""
+    now = ports.clock()
+    for v in dane.view(ports):
+        sink.set("mailplane_dane_tlsa_match", 1 if v.dane_ok else 0, v.node)
+        if v.not_after is not None:
+            sink.set("mailplane_dane_days_to_expiry", (v.not_after - now).total_seconds() / 86400, v.node)
+        sink.set("mailplane_dane_phase", 1, v.node, v.phase)
 
 
 def drift_report(sink: Sink, ports: Ports) -> None:

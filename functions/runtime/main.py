@@ -91,9 +91,12 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         lease=dt.timedelta(seconds=settings.broker.lease_seconds),
         keep=dt.timedelta(days=settings.retention.ledger_days),
     )
+    from functions.adapters.nodetls import NodeTls
+
+    gateway = PmgClient(settings.pmg, settings.provider.mx_hosts)
     return Ports(
         mail=MailcowClient(settings.mailcow),
-        gateway=PmgClient(settings.pmg, settings.provider.mx_hosts),
+        gateway=gateway,
         dns=Rfc2136Dns(settings.dns),
         state=IndexedStore(state, settings.dkim),  # keeps the due index of `rotate-due` on every state write
         web=build_store(settings.store, settings.store.web_bucket, probe=False),
@@ -102,6 +105,9 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         locks=SubjectLocks(state, lease=dt.timedelta(seconds=settings.broker.lease_seconds)),
         smtp=SmtpProbe(settings.smtp_probe),
         keypool=build_keypool(settings, state),
+        certs=_certs(settings),
+        web_host=_web_host(settings),
+        node_tls=NodeTls(gateway, settings.provider.mx_hosts, timeout=settings.dane.smtp_timeout),
     )
 
 
@@ -109,6 +115,22 @@ def build_keypool(settings: Settings, state: ObjectStore) -> KeyPool | None:
     """The sealed key pool in the raw state bucket, or None when ``dkim.key_pool_size`` is 0."""
     d = settings.dkim
     return KeyPool(state, d.key_encryption_key, size=d.key_pool_size, bits=d.key_size) if d.key_pool_size else None
+
+
+def _certs(settings: Settings) -> Any:
+    if not settings.acme.directory:
+        return None
+    from functions.adapters.acme import AcmeClient
+
+    return AcmeClient(settings.acme)
+
+
+def _web_host(settings: Settings) -> Any:
+    if not settings.mta_sts.cert_dir:
+        return None
+    from functions.adapters.webhost import DirWebHost
+
+    return DirWebHost(settings.mta_sts)
 
 
 def setup_logging(level: str = "INFO", *, outcomes: bool = True) -> None:

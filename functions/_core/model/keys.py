@@ -139,3 +139,22 @@ def _dkim_signature(msg: bytes, selector: str, domain: str, private_pem: Secret)
         raise PermanentError("DKIM probe: the private key is not RSA")
     b = key.sign(hashed + b"dkim-signature:" + tags, padding.PKCS1v15(), hashes.SHA256())
     return b"DKIM-Signature: " + tags + base64.b64encode(b) + b"\r\n"
+
+
+def seal_blob(secret_pem: str, kek: Secret, aad: str) -> bytes:
+    """Encrypt any private key (a certificate's) like ``seal``; ``aad`` binds it to its owner (e.g. "cert/NAME")."""
+    nonce = os.urandom(12)
+    return nonce + kek_cipher(kek).encrypt(nonce, secret_pem.encode("ascii"), aad.encode())
+
+
+def unseal_blob(blob: bytes, kek: Secret, aad: str) -> Secret:
+    """Decrypt a key sealed by ``seal_blob``.
+
+    Raises:
+        PermanentError: wrong key-encryption key, or the blob belongs to another owner.
+    """
+    try:
+        pem = kek_cipher(kek).decrypt(blob[:12], blob[12:], aad.encode())
+    except InvalidTag:
+        raise PermanentError(f"stored key {aad} cannot be decrypted") from None
+    return Secret(pem.decode("ascii"))

@@ -7,7 +7,7 @@ over the same behavioural models the simulators use.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -208,6 +208,60 @@ class DnsPort(Protocol):
     def resolve_validated(self, name: str, rtype: str) -> tuple[str, RecordSet | None]: ...
 
 
+# ---------------------------------------------------------------- certificates (ACME) and the MTA-STS web host
+
+
+class Challenge(Protocol):
+    """How an ACME challenge is answered (functions/adapters/acme.py calls it).
+
+    ``kind`` "dns-01": ``present`` publishes TXT ``value`` at ``_acme-challenge.<name>``; "http-01": it serves
+    ``value`` at ``http://<name>/.well-known/acme-challenge/<token>``. ``cleanup`` removes it again.
+    """
+
+    kind: str
+
+    def present(self, name: str, token: str, value: str) -> None: ...
+    def cleanup(self, name: str, token: str, value: str) -> None: ...
+
+
+class CertPort(Protocol):
+    """An ACME CA. Raises CaUnavailable (transient) for every failure of the CA or of a challenge."""
+
+    def issue(self, names: Sequence[str], key_pem: str, challenge: Challenge) -> str: ...  # full chain PEM
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """An HTTPS GET as a sender makes it: resolved through the public DNS, certificate verified for the name."""
+
+    url: str
+    status: int = 0  # 0 = no HTTP answer (see error)
+    content_type: str = ""
+    body: bytes = b""
+    not_after: dt.datetime | None = None  # the served certificate's expiry
+    error: str = ""  # resolution, connection, TLS or certificate failure: the reason
+
+
+class WebHostPort(Protocol):
+    """The MTA-STS web host: certificates per name (delivered where its web server reads them) and the sender's
+    view of what it serves."""
+
+    def install(self, name: str, chain_pem: str, key_pem: str) -> None: ...  # atomic, no reload needed
+    def remove(self, name: str) -> None: ...  # success if absent
+    def installed(self, name: str) -> str | None: ...  # the chain PEM delivered for name, None if none
+    def fetch(self, url: str) -> Fetched: ...  # never raises for what the server (or the network) answers
+
+
+# ---------------------------------------------------------------- the nodes' SMTP certificates (DANE)
+
+
+class NodeTlsPort(Protocol):
+    """The SMTP certificate of each gateway node: PMG's custom certificate API and what STARTTLS presents."""
+
+    def upload(self, node: str, key_pem: str, chain_pem: str) -> None: ...  # POST .../certificates/custom/smtp
+    def presented(self, node: str) -> str | None: ...  # leaf PEM the node presents on STARTTLS; None = no TLS
+
+
 # ---------------------------------------------------------------- the bundle
 
 
@@ -226,3 +280,6 @@ class Ports:
     locks: SubjectLocks | None = None  # per-subject leases across workers; None = no cross-process guard
     smtp: SmtpProbePort | None = None  # the acceptance gate's SMTP probe; None = no probe (domain.created refuses)
     keypool: KeyPool | None = None  # pre-generated sealed DKIM keys (dkim.key_pool_size); None = generate inline
+    certs: CertPort | None = None  # the ACME CA; None = no certificates (MTA-STS is published without serving it)
+    web_host: WebHostPort | None = None  # the MTA-STS web host (certificates, the sender's fetch); None = none
+    node_tls: NodeTlsPort | None = None  # the nodes' SMTP certificates (DANE); None = no certificate lifecycle

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from functions._core.model import acceptance, adoption, dnssec, keys, state, webmail
+from functions._core.model import acceptance, adoption, dnssec, keys, mtasts, state, webmail
 from functions._core.model.acceptance import Acceptance
 from functions._core.model.mailset import (
     customer_lines,
@@ -50,6 +50,8 @@ class Plans:
     key_dns: DnsPlan | None  # delegated DKIM: the key's TXT in the delegation zone (None: not delegated)
     want_dns: dict[Key, RecordSet]
     policy: bytes | None  # new MTA-STS policy body, None when unchanged
+    body: bytes = b""  # the desired MTA-STS policy body
+    serve: bool = False  # MTA-STS served by us (mtasts.enabled): _mta-sts TXT only after the policy is fetchable
 
 
 def desired_mail(domain: str, data: dict[str, Any]) -> MailDomain:
@@ -136,12 +138,14 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
             have = ports.dns.read_zone(domain)
         except DnsRefused:
             raise EventInvalid(f"zone {domain} is not served by our DNS (dns.hosted is true)") from None
-        dns = plan_dns(domain, have, want)
+        first = mtasts.held(want, have, domain) if mtasts.enabled(ports) else want  # RFC 8461 order: TXT last
+        dns = plan_dns(domain, have, first)
     elif deleg:
         key_dns = plan_delegated_key(domain, ports, pair)
     body = mta_sts_policy(s).encode()
     have_policy = ports.web.get(policy_key(domain))
-    return Plans(mail, gateway, dns, key_dns, want, None if have_policy and have_policy.body == body else body)
+    new_body = None if have_policy and have_policy.body == body else body
+    return Plans(mail, gateway, dns, key_dns, want, new_body, body, mtasts.enabled(ports))
 
 
 def plan_delegated_key(domain: str, ports: Ports, pair: keys.KeyPair) -> DnsPlan:
@@ -249,6 +253,8 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     changes["store"] += ["+ mta-sts policy"] if plans.policy is not None else []
     replayed = not any(changes.values()) and serial is None and before.status == "provisioned"
     status, servers = _gate(ports, domain, plans, serial, pair, replay=replayed)
+    if plans.serve:
+        status = _serve_policy(ports, domain, plans, pair, changes, status)
     web = webmail.settle(ports, domain, current)  # SOGo knows the domain only after a restart requested after its add
     current = web.state
     changes["mailcow"] += ["~ sogo restart"] if web.restarted else []
@@ -267,6 +273,36 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     lines = tuple(customer_lines(plans.want_dns)) if status == "awaiting_dns" or plans.dns is None else None
     trust = dnssec.report(domain, event.data, ports) if status in ("provisioned", "degraded") else None
     return Provisioned(status, changes, pair.selector, tuple(servers), lines, accepted=tuple(checks), dnssec=trust)
+
+
+def _serve_policy(
+    ports: Ports, domain: str, plans: Plans, pair: keys.KeyPair, changes: dict[str, list[str]], status: str
+) -> str:
+    """RFC 8461 order: the certificate, the policy fetched as a sender fetches it, and only then ``_mta-sts``.
+
+    A zone we host gets the TXT (a changed id) in a second compare-and-set UPDATE, verified on every server. A zone
+    hosted elsewhere needs the customer's ``mta-sts`` CNAME first (HTTP-01 reaches the web host through it); until
+    the policy is served its status stays ``awaiting_dns`` (the ``_mta-sts`` line is among the lines to publish).
+    """
+    hosted = plans.dns is not None
+    if not hosted:
+        target = plans.want_dns[(f"mta-sts.{domain}", "CNAME")]
+        have = ports.dns.resolve(target.name, "CNAME")
+        if have is None or [v.lower() for v in have.values] != [v.lower() for v in target.values]:
+            return "awaiting_dns"
+    changes["store"] += mtasts.ensure_cert(ports, domain, hosted=hosted)
+    mtasts.wait_served(ports, domain, plans.body)
+    if not hosted:
+        return status
+    key = mtasts.txt_key(domain)
+    want = plans.want_dns[key]
+    have = ports.dns.read_rrset(*key)
+    plan = plan_dns(domain, {key: have} if have else {}, {key: want})
+    if plan.changes:
+        serial = ports.dns.apply(domain, list(plan.changes))
+        verify_zone(ports, domain, plan.expected, serial, pair)
+        changes["dns"] += plan.summary()
+    return status
 
 
 def _waiting(event: Envelope, ports: Ports, st: state.DomainState, checks: list[Acceptance]) -> dict[str, Any]:

@@ -304,6 +304,49 @@ class NodeSettings:
 
 
 @dataclass(frozen=True)
+class AcmeSettings:
+    """[acme]: the ACME CA mailplane orders certificates from (functions/adapters/acme.py). "" directory = none."""
+
+    directory: str = ""  # e.g. https://acme-v02.api.letsencrypt.org/directory; locally Pebble
+    ca_file: str = ""  # CA bundle for the directory's own TLS certificate; "" = the system trust store
+    contact: str = ""  # account e-mail address (optional)
+    account_key: Secret | None = None  # PEM (EC P-256 or RSA); unset = a key generated per process
+    timeout_seconds: int = 60  # an order not valid by then fails (transient, retried)
+    root_file: str = ""  # the CA's issuing root, when it is not in the system trust store (Pebble's)
+
+
+@dataclass(frozen=True)
+class MtaStsSettings:
+    """[mta_sts]: serving each domain's policy over HTTPS (certificate per mta-sts.<domain>, RFC 8461 order)."""
+
+    serve: bool = False  # issue certificates and publish _mta-sts only once the policy is fetchable
+    renew_before_days: int = 30  # renew a certificate this long before it expires (rotate-due's pass)
+    # the web host: where certificates are delivered ("dir": a directory the web server reads per SNI name)
+    cert_dir: str = ""
+    # how a sender reaches the web host: resolvers for the fetch ("" = /etc/resolv.conf) and the trust store
+    # ("" = the system's; locally the ACME root)
+    resolver: str = ""
+    trust_file: str = ""
+    fetch_timeout: float = 5.0
+    fetch_wait_seconds: int = 20  # how long one attempt waits for the policy to become fetchable (then retried)
+    # new domains: "testing" or "enforce" (per domain: domain.created mta_sts.mode); policy.mta_sts_mode = default
+    enforce_after_days: int = 14  # `mailplane mta-sts enforce --all-clean`: days of clean TLS reports needed
+    tlsrpt_max_bytes: int = 1048576  # a TLS report (decompressed) larger than this is refused
+
+
+@dataclass(frozen=True)
+class DaneSettings:
+    """[dane]: TLSA 3 1 1 for the MX hosts and their SMTP certificate lifecycle (cert.renew, _core/model/dane.py)."""
+
+    enabled: bool = False  # renew-due publishes cert.renew; status --provider shows DANE
+    tlsa_ttl: int = 3600  # TTL of _25._tcp.<mx host> TLSA; a rollover waits 2 x this twice
+    renew_before_days: int = 30  # renew (same key) this long before the presented certificate expires
+    rollover_days: int = 365  # roll to a new key when the current one is this old (renew-due)
+    alarm_before_days: int = 14  # the expiry alarm (health metric mailplane_smtp_cert_expiry_days)
+    smtp_timeout: float = 5.0  # STARTTLS handshake that reads the presented certificate
+
+
+@dataclass(frozen=True)
 class DeletionSettings:
     """[deletion]: domain.deleted suspends a domain first and removes it once the grace period has passed."""
 
@@ -343,6 +386,9 @@ class Settings:
     nodes: NodeSettings = field(default_factory=NodeSettings)
     smtp_probe: SmtpProbeSettings = field(default_factory=SmtpProbeSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    acme: AcmeSettings = field(default_factory=AcmeSettings)
+    mta_sts: MtaStsSettings = field(default_factory=MtaStsSettings)
+    dane: DaneSettings = field(default_factory=DaneSettings)
 
     def __post_init__(self) -> None:
         ladder = sum(self.broker.retry_delays)

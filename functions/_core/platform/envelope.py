@@ -51,7 +51,15 @@ __all__ = [
     "schemas_dir",
 ]
 
-INBOUND_TYPES: Final = ("domain.created", "domain.deleted", "domain.adopt", "key.rotate", "node.down", "node.up")
+INBOUND_TYPES: Final = (
+    "domain.created",
+    "domain.deleted",
+    "domain.adopt",
+    "key.rotate",
+    "node.down",
+    "node.up",
+    "cert.renew",
+)
 OUTBOUND_TYPES: Final = ("domain.provisioned", "domain.failed", "key.rotated", "node.drained", "node.restored")
 MAX_BODY: Final = 256 * 1024
 CONTENT_TYPE: Final = "application/cloudevents+json"
@@ -67,6 +75,7 @@ _SUBJECT_FIELD: Final[Mapping[str, str]] = {
     "key.rotated": "domain",
     "node.down": "node",
     "node.up": "node",
+    "cert.renew": "node",
     "node.drained": "node",
     "node.restored": "node",
 }

@@ -7,8 +7,9 @@ AutomationError
 │   ├── DnsServfail           SERVFAIL, timeouts
 │   ├── DnsConflict           NXRRSET/YXRRSET/YXDOMAIN/NXDOMAIN: state changed; re-read and re-plan
 │   ├── NotPropagated         an authoritative server does not serve the planned data yet
-│   └── StoreUnavailable      object store 5xx, throttling, timeouts
-│       └── StoreUnreadable   an object that exists (ETag known) but whose body cannot be read back
+│   ├── StoreUnavailable      object store 5xx, throttling, timeouts
+│   │   └── StoreUnreadable   an object that exists (ETag known) but whose body cannot be read back
+│   └── CaUnavailable         the ACME CA failed, refused or timed out (a CA failure is never a silent skip)
 └── PermanentError            parked with the reason, never retried
     ├── ConfigError           missing or unknown setting, bad secret reference
     ├── EventInvalid          schema-invalid event, bad or hostile domain name, refused zone
@@ -114,6 +115,11 @@ class StoreUnreadable(StoreUnavailable):
         super().__init__(message)
         self.etag = etag
         self.modified = modified  # POSIX time of the object's last write, when the store says
+
+
+class CaUnavailable(TransientError):
+    """The ACME CA did not issue (unreachable, 5xx, an order or challenge it marked invalid, a timeout): retried,
+    since a CA outage or a challenge record not yet visible to the CA goes away; the reason names the step."""
 
 
 class StoreRejected(PermanentError):

@@ -41,7 +41,7 @@ def provisioned_data(**changes: Any) -> dict[str, Any]:
 
 
 def test_type_lists() -> None:
-    assert (len(INBOUND_TYPES), len(OUTBOUND_TYPES)) == (6, 5)
+    assert (len(INBOUND_TYPES), len(OUTBOUND_TYPES)) == (7, 5)
     assert not set(INBOUND_TYPES) & set(OUTBOUND_TYPES)
 
 

@@ -41,6 +41,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sim.pmg import certs
+from sim.pmg.certs import NodeCert
 from sim.pmg.postfix import MAPS, NodePostfix, SmtpPolicy
 
 TICKET_LIFETIME = 7200  # s, PMG::Ticket
@@ -282,6 +284,22 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/nodes", "nodes", {}, CLUSTER, None),
     Route("GET", "/nodes/{node}/status", "node_status", {"node": Prop(fmt=_fmt_node)}, CLUSTER, "node"),
     Route("GET", "/config/cluster/nodes", "cluster_nodes", {}, CLUSTER, None),
+    Route("GET", "/nodes/{node}/certificates/info", "cert_info", {"node": Prop(fmt=_fmt_node)}, READ, "node"),
+    Route(
+        "POST",
+        "/nodes/{node}/certificates/custom/{type}",
+        "cert_upload",
+        {
+            "node": Prop(fmt=_fmt_node),
+            "type": Prop(enum=("api", "smtp")),
+            "certificates": Prop(),
+            "key": Prop(optional=True),
+            "force": Prop("boolean", optional=True),
+            "restart": Prop("boolean", optional=True),
+        },
+        WRITE,
+        "node",
+    ),
     Route("GET", "/config/cluster/status", "cluster_status", {"list_single_node": _USE_MX}, CLUSTER, None),
     Route("GET", "/config/domains", "domains_list"),
     Route("POST", "/config/domains", "domain_create", {"domain": _DOMAIN, "comment": _COMMENT}, WRITE),
@@ -444,6 +462,7 @@ class Node:
     booted: float = 0.0
     postfix: NodePostfix = field(default_factory=NodePostfix)  # what this node's postfix uses (postfix.py)
     sync_interval: float | None = None  # this node's pmgmirror interval; None = the cluster's
+    smtp_cert: NodeCert | None = None  # /etc/pmg/pmg-tls.pem (certs.py); None = the stock one, made on first use
 
 
 @dataclass
@@ -1011,6 +1030,32 @@ class PmgModel:
             "pmgversion": "pmg-api/8.2.0/sim",
             "level": "",
         }
+
+    def smtp_certificate(self, node: str) -> NodeCert:
+        """What ``node``'s postfix presents on STARTTLS (the stock self-signed one until a custom upload)."""
+        with self._lock:
+            n = self.nodes[node]
+            if n.smtp_cert is None:
+                n.smtp_cert = certs.stock(n.name)
+            return n.smtp_cert
+
+    def _h_cert_info(self, target: Node, origin: Node, p: dict[str, Any]) -> list[dict[str, Any]]:
+        return certs.info(self.smtp_certificate(target.name))
+
+    def _h_cert_upload(self, target: Node, origin: Node, p: dict[str, Any]) -> list[dict[str, Any]]:
+        if p["type"] != "smtp":
+            raise _die("simulator: only the smtp certificate is modelled")
+        if not p.get("key"):
+            raise _die("no key specified")  # a key is required unless one already exists next to the certificate
+        have = self.smtp_certificate(target.name)
+        if have.custom and not p.get("force"):
+            raise _die("Custom certificate exists but 'force' is not set.")
+        try:
+            new = certs.checked(p["certificates"], p["key"])
+        except certs.CertError as exc:
+            raise _die(str(exc)) from None
+        target.smtp_cert = new
+        return certs.info(new)
 
     def _h_node_status(self, target: Node, origin: Node, p: dict[str, Any]) -> dict[str, Any]:
         return self._node_status(target)
