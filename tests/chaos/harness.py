@@ -502,6 +502,10 @@ def settings_toml(vhost: str, dns_port: int, provider: str) -> str:
     doc["store"]["state_bucket"], doc["store"]["web_bucket"] = f"{vhost}-state", f"{vhost}-web"
     doc["dns"]["port"] = dns_port
     doc["dns"]["primary"] = "127.0.0.1"
+    # the gate asks the proxy only: the zones' NS (the secondaries ns2/ns3) listen on 5399, not on the proxy's port,
+    # and what this run proves is delivery under kills and SERVFAIL bursts (the secondaries have their own stack
+    # tests: tests/integration/test_dns_topology_stack.py)
+    doc["dns"]["servers"] = [f"127.0.0.1:{dns_port}"]
     p = doc["provider"]
     old = p["zone"]
     p["zone"] = provider
