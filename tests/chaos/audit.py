@@ -29,7 +29,7 @@ from functions.runtime.main import build_ports
 from tests.chaos.harness import Slice
 from tests.chaos.mix import REFUSED_ALIASES, Message, Mix
 
-ZONE_BASICS = ("SOA", "NS")
+ZONE_BASICS = ("SOA", "NS", "DNSKEY", "CDS", "CDNSKEY")  # the zone's own, and its signer's (inline signing)
 
 
 @dataclass
