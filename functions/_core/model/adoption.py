@@ -35,7 +35,7 @@ from functions._core.model.ports import (
     TrustedNetwork,
 )
 from functions._core.model.records import Key, RecordSet
-from functions._core.model.verify import server_mismatches
+from functions._core.model.verify import server_mismatches, until_propagated
 from functions._core.platform.errors import EventInvalid, NotPropagated, OwnershipConflict
 
 MARK = "managed-by mailplane"  # what the adapters write into Mailcow descriptions and PMG comments
@@ -468,10 +468,14 @@ def _gate(p: Plan, ports: Ports, serial: int | None) -> list[str]:
         return []
     expected = {c.key: c.after for c in p.writes.dns if c.after is not None}
     servers = ports.dns.servers(p.domain)
-    problems = [m for s in servers for m in server_mismatches(ports.dns, p.domain, s, expected, serial)]
-    if problems:
-        raise NotPropagated("; ".join(problems[:6]))
-    return servers
+
+    def check() -> list[str]:  # every server asked again in place for up to dns.propagation_wait (secondaries lag)
+        problems = [m for s in servers for m in server_mismatches(ports.dns, p.domain, s, expected, serial)]
+        if problems:
+            raise NotPropagated("; ".join(problems[:6]))
+        return servers
+
+    return until_propagated(ports.settings.dns.propagation_wait, check)
 
 
 def _record(p: Plan, ports: Ports, customer_id: str, event_id: str) -> None:
