@@ -77,7 +77,7 @@ def show(name: str, values: list[float], unit: str = "ms") -> None:
 class Bench:
     """The sandbox's settings with DANE on, the in-process worker and its results per event id."""
 
-    def __init__(self, sb: Sandbox, tlsa_ttl: int) -> None:
+    def __init__(self, sb: Sandbox, tlsa_ttl: int, *, primary_only: bool = False) -> None:
         self.sb = sb
         env = sb.env
         base = sb.settings
@@ -88,6 +88,9 @@ class Bench:
             timeout_seconds=60,
         )
         self.settings: Settings = replace(base, acme=acme, dane=replace(base.dane, enabled=True, tlsa_ttl=tlsa_ttl))
+        if primary_only:  # the comparison: a gate that asks only the hidden primary (what issue 14 replaced)
+            d = self.settings.dns
+            self.settings = replace(self.settings, dns=replace(d, servers=(f"{d.primary}:{d.port}",)))
         self.ports: Ports = build_ports(self.settings, probe=False)
         self.servers = self.ports.dns.servers(self.settings.provider.zone)
         self.results: dict[str, list[tuple[float, dispatch.Result]]] = {}
@@ -300,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adopts", type=int, default=12, help="TLSA adoptions (event -> TLSA everywhere)")
     parser.add_argument("--rollovers", type=int, default=3, help="key rollovers, one node at a time")
     parser.add_argument("--tlsa-ttl", type=int, default=3, help="[dane] tlsa_ttl for the run (seconds)")
+    parser.add_argument(
+        "--primary-only",
+        action="store_true",
+        help="comparison run: the gates ask only the hidden primary ([dns] servers = the primary)",
+    )
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--json", help="also write the figures as JSON to this file")
     args = parser.parse_args(argv)
@@ -309,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         f"nproc {os.cpu_count()}"
     )
     out: dict[str, Any] = {"load_before": os.getloadavg()}
-    with Sandbox() as sb, Bench(sb, args.tlsa_ttl) as b:
+    with Sandbox() as sb, Bench(sb, args.tlsa_ttl, primary_only=args.primary_only) as b:
         print(f"sandbox {sb.run}: provider zone {sb.provider_zone}, servers {', '.join(b.servers)}\n")
         if "gate" in chosen:
             out["gate"] = bench_gate(b, args.domains, args.latency_ms)
