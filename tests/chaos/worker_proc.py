@@ -14,8 +14,9 @@ Hooks (all optional; they live here, never in the runtime):
   random: ``received`` (nothing done yet), ``before`` (ledger claim and subject lease taken, nothing applied),
   ``after`` (the handler applied its effects; ledger not completed; nothing acked) or ``settled`` (ledger completed,
   outcome published with confirms, delivery not acked). Each kill is noted in ``CHAOS_KILL_LOG`` first.
-* ``CHAOS_KILL_SCHEDULE=1`` (with ``CHAOS_RESPAWN``): the first four lives of the worker die for sure, one at each
-  point in turn, at a random pass (3rd to 12th) through it, so that every run hits every point.
+* ``CHAOS_KILL_SCHEDULE=1`` (with ``CHAOS_RESPAWN``): the worker's lives die for sure at each point in turn, at a
+  random pass (3rd to 12th) through it, so that every run hits every point; a life the harness kills from outside
+  before its point is reached leaves that point to the next life.
 * ``CHAOS_CRASH_SUBJECT``: die every time an event whose body contains this text is received (a crash loop).
 * ``CHAOS_SLOW_SUBJECT`` / ``CHAOS_SLOW_SECONDS``: handlers for such subjects sleep that long first (in-flight work).
 * ``CHAOS_SPANS``: append ``subject pid start end`` (wall clock) per handler run, to prove that one subject never
@@ -154,12 +155,12 @@ def supervise() -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     plan = random.Random(os.environ.get("CHAOS_SEED", "0"))
-    lives = 0
+    scheduled = 0  # the next point of the schedule; a life killed from outside first leaves it to the next life
     while True:
         os.environ.pop("CHAOS_KILL_AT", None)
-        if os.environ.get("CHAOS_KILL_SCHEDULE") == "1" and lives < len(POINTS):
-            os.environ["CHAOS_KILL_AT"] = f"{POINTS[lives]}:{plan.randint(3, 12)}"
-        lives += 1
+        point = POINTS[scheduled] if os.environ.get("CHAOS_KILL_SCHEDULE") == "1" and scheduled < len(POINTS) else ""
+        if point:
+            os.environ["CHAOS_KILL_AT"] = f"{point}:{plan.randint(3, 12)}"
         child = os.fork()
         if child == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -180,8 +181,22 @@ def supervise() -> int:
         status = _wait(child)
         if os.WIFSIGNALED(status) and not stopping:
             _note("CHAOS_DEATHS", f"{child} {os.WTERMSIG(status)}\n")
+            if point and _died_at(child, point):
+                scheduled += 1
             continue
         return os.waitstatus_to_exitcode(status) if not os.WIFSIGNALED(status) else 128 + os.WTERMSIG(status)
+
+
+def _died_at(pid: int, point: str) -> bool:
+    """Whether ``pid`` noted its own scheduled kill at ``point`` (True when there is no kill log to tell)."""
+    path = os.environ.get("CHAOS_KILL_LOG")
+    if not path:
+        return True
+    try:
+        with open(path, encoding="utf-8") as f:
+            return any(line.startswith(f"{pid} {point} ") for line in f)
+    except FileNotFoundError:
+        return False
 
 
 def _wait(pid: int) -> int:
