@@ -38,8 +38,11 @@ def test_every_event_type_is_handled_at_both_sizes(figures: dict[str, Any]) -> N
 def test_calls_per_event_do_not_grow_with_the_fleet(figures: dict[str, Any], event: str) -> None:
     small, large = (figures["per_size"][s][event]["figures"] for s in (SMALL, LARGE))
     for system in bench_fleet_calls.SYSTEMS:
-        assert large[system]["calls"] == small[system]["calls"], (event, system, small[system], large[system])
-        assert large[system]["listings"] == small[system]["listings"], (event, system)
+        # dns: an UPDATE's read-back polls the primary until it serves it (inline signing lags the UPDATE by
+        # milliseconds), so one transfer round more or less is timing; growing with the fleet would be many more
+        slack = 1 if system == "dns" else 0
+        assert abs(large[system]["calls"] - small[system]["calls"]) <= slack, (event, system, small[system], large)
+        assert abs(large[system]["listings"] - small[system]["listings"]) <= slack, (event, system)
         if system != "dns":  # dns: AXFRs of the event's own zone, counted apart
             assert large[system]["listings"] == 0, (event, system)
     assert sum(large[s]["calls"] for s in bench_fleet_calls.SYSTEMS) > 0
