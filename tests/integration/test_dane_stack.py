@@ -11,7 +11,6 @@ and ldns-dane runs with ``-d``.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import subprocess
 import time
 from dataclasses import replace
@@ -125,7 +124,6 @@ def advance(ports: Ports, node: str, event: str, reason: str) -> dane.Result:
     raise AssertionError(f"{node}: {event} still transient after 20 s")
 
 
-@pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("ldns-dane")), reason="verifiers missing")
 def test_rollover_keeps_every_node_dane_valid(
     stack_env: dict[str, str], settings: Settings, ports: Ports, tmp_path: Path
 ) -> None:
