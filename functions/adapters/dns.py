@@ -449,27 +449,27 @@ class Rfc2136Dns:
 
         return retried(attempt)()
 
+    def _question(
+        self, host: str, port: int, name: str, rtype: str, recursive: bool, dnssec: str
+    ) -> dns.message.Message:
+        """One question, TCP again when the UDP answer is truncated (not retried; failures mapped)."""
+        extra = {"dnssec": dnssec} if dnssec else {}  # plain questions keep the wire's original signature
+        with _mapped(f"query {name}/{rtype} at {_join(host, port)}"):
+            response = self._wire.query(host, port, name, rtype, False, recursive, **extra)
+            if response.flags & dns.flags.TC:
+                response = self._wire.query(host, port, name, rtype, True, recursive, **extra)
+            return response
+
     def _exchange(
         self, host: str, port: int, name: str, rtype: str, *, recursive: bool, dnssec: str
     ) -> dns.message.Message:
-        """One question (TCP again on truncation), whatever its rcode; transport failures retried."""
-
-        def attempt() -> dns.message.Message:
-            with _mapped(f"query {name}/{rtype} at {_join(host, port)}"):
-                response = self._wire.query(host, port, name, rtype, False, recursive, dnssec=dnssec)
-                if response.flags & dns.flags.TC:
-                    response = self._wire.query(host, port, name, rtype, True, recursive, dnssec=dnssec)
-                return response
-
-        return retried(attempt)()
+        """One question whatever its rcode (the validator's SERVFAIL is a verdict); transport failures retried."""
+        return retried(lambda: self._question(host, port, name, rtype, recursive, dnssec))()
 
     def _ask(self, host: str, port: int, name: str, rtype: str, *, recursive: bool = False) -> dns.message.Message:
         def attempt() -> dns.message.Message:
             what = f"query {name}/{rtype} at {_join(host, port)}"
-            with _mapped(what):
-                response = self._wire.query(host, port, name, rtype, False, recursive)
-                if response.flags & dns.flags.TC:
-                    response = self._wire.query(host, port, name, rtype, True, recursive)
+            response = self._question(host, port, name, rtype, recursive, "")
             rcode = response.rcode()
             if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
                 return response
