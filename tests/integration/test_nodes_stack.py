@@ -30,7 +30,7 @@ from tests.integration import stack
 pytestmark = pytest.mark.stack
 
 ZONE = "faster.test"
-SMTP = {"pmg1": 2525, "pmg2": 2526, "pmg3": 2527}
+NODES = ("pmg1", "pmg2", "pmg3")
 
 
 class SimNode:
@@ -108,7 +108,7 @@ def baseline(ports: Ports) -> Iterator[dict[Key, RecordSet]]:
 @pytest.fixture
 def listeners(stack_env: dict[str, str]) -> Iterator[dict[str, SimNode]]:
     """The simulator's SMTP listeners (MAILPLANE_PMGn_SMTP), every node up before and after the test."""
-    found = {name: SimNode(stack_env, name) for name in SMTP}
+    found = {name: SimNode(stack_env, name) for name in NODES}
     stack.pmg_control(stack_env, "POST", "faults", {"down": []})
     yield found
     stack.pmg_control(stack_env, "POST", "faults", {"down": []})

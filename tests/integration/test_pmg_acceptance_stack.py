@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -131,7 +132,8 @@ def test_a_lagging_node_keeps_the_domain_out_of_provisioned_until_it_syncs(
     stack.pmg_control(stack_env, "POST", "faults", {"node_sync_interval_s": {"pmg3": 3600}})
     ports = build_ports(settings)
     event = event_for(stack.unique_domain("lag"))
-    with pytest.raises(NotPropagated, match=r"pmg3\.faster\.test: smtp rcpt 127\.0\.0\.1:2527 from 127\.0\.0\.2: 554"):
+    target = re.escape(stack_env["MAILPLANE_PMG3_SMTP"])
+    with pytest.raises(NotPropagated, match=rf"pmg3\.faster\.test: smtp rcpt {target} from 127\.0\.0\.2: 554"):
         domain_created.handle(event, ports)
     stack.pmg_control(stack_env, "POST", "faults", {"sync_now": True})  # pmg3 catches up
     out = domain_created.handle(event, ports)
