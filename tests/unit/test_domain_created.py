@@ -366,3 +366,30 @@ def test_mailcow_api_log_keeps_the_imported_key_but_mailplane_logs_never_do(capl
     assert len(imports) == 1 and json.loads(imports[0]["data"][len("attr='") : -1])["private_key_file"] == pem
     body = "".join(pem.splitlines()[1:-1])
     assert caplog.records and "PRIVATE KEY" not in caplog.text and body[:64] not in caplog.text
+
+
+def test_pmg_maps_settle_while_the_dns_gate_runs_and_before_the_smtp_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PMG's 1-s postmap rule is waited out after the DNS gate (the second boundary passes meanwhile), before the
+    first RCPT; a DNS gate that raises still leaves every map write effective (the retry may run elsewhere)."""
+    ports, gw, _ = gate_world()
+    order: list[str] = []
+    settle, read, rcpt = gw.client.settle, ports.dns.read_zone_at, gw.smtp.rcpt
+    monkeypatch.setattr(gw.client, "settle", lambda: (order.append("settle"), settle())[1])
+    monkeypatch.setattr(ports.dns, "read_zone_at", lambda *a: (order.append("dns gate"), read(*a))[1])
+    monkeypatch.setattr(gw.smtp, "rcpt", lambda *a: (order.append("smtp"), rcpt(*a))[1])
+    assert domain_created.handle(event(), ports).status == "provisioned"
+    assert order.index("settle") > max(i for i, o in enumerate(order) if o == "dns gate")
+    assert order.index("settle") < order.index("smtp") and order.count("settle") == 1
+
+    order.clear()
+    lagging = FakeDns(secondaries=("ns2",), auto_sync=False)  # a secondary that never transfers: the DNS gate raises
+    lagging.add_zone("beta.test")
+    s = ports.settings
+    dns = dataclasses.replace(s.dns, propagation_wait=0)
+    ports = dataclasses.replace(ports, dns=lagging, settings=dataclasses.replace(s, dns=dns))
+    raw = load_event("domain.created")
+    raw["id"], raw["subject"], raw["data"]["domain"] = "4b1f7a52-6a0e-4f8e-9c1d-0d6a2b3c4e5f", "beta.test", "beta.test"
+    with pytest.raises(NotPropagated):
+        domain_created.handle(parse(json.dumps(raw).encode(), publisher="billing"), ports)
+    assert order == ["settle"]  # after the DNS gate raised, before the retry; no RCPT yet
+    assert gw.model.rcpt("pmg1", "127.0.0.2", "postmaster@beta.test")[0] == 450  # the relay domain is in effect

@@ -168,7 +168,10 @@ def plan_delegated_key(domain: str, ports: Ports, pair: keys.KeyPair) -> DnsPlan
 
 
 def apply_before_gate(plans: Plans, domain: str, ports: Ports) -> int | None:
-    """Mailcow domain, PMG, MTA-STS policy, then the ONE DNS update; returns the new serial (None: no update)."""
+    """Mailcow domain, PMG, MTA-STS policy, then the ONE DNS update; returns the new serial (None: no update).
+
+    PMG's map writes take effect only after ``ports.gateway.settle()`` (the 1-s postmap rule), which the caller runs
+    as late as it can: after the DNS gate and SOGo, before the SMTP acceptance gate, and also when they raise."""
     if plans.mail.add:
         ports.mail.add_domain(plans.mail.add)
     elif plans.mail.edit:
@@ -189,9 +192,12 @@ def apply_before_gate(plans: Plans, domain: str, ports: Ports) -> int | None:
         if plan and plan.changes:
             serial = ports.dns.apply(plan.zone, list(plan.changes))
             break
-    if g.add_domain or g.add_transport or g.update_transport:
-        ports.gateway.settle()  # after the DNS update: PMG's 1-s postmap rule costs less waiting here
     return serial
+
+
+def _wrote_gateway_maps(plans: Plans) -> bool:
+    g = plans.gateway
+    return bool(g.add_domain or g.add_transport or g.update_transport)
 
 
 def _claim_key(
@@ -252,10 +258,14 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     changes["dns"] = [*(plans.dns.summary() if plans.dns else []), *(plans.key_dns.summary() if plans.key_dns else [])]
     changes["store"] += ["+ mta-sts policy"] if plans.policy is not None else []
     replayed = not any(changes.values()) and serial is None and before.status == "provisioned"
-    status, servers = _gate(ports, domain, plans, serial, pair, replay=replayed)
-    if plans.serve:
-        status = _serve_policy(ports, domain, plans, pair, changes, status)
-    web = webmail.settle(ports, domain, current)  # SOGo knows the domain only after a restart requested after its add
+    try:  # the DNS gate and SOGo run while PMG's maps settle (their second boundary passes meanwhile)
+        status, servers = _gate(ports, domain, plans, serial, pair, replay=replayed)
+        if plans.serve:
+            status = _serve_policy(ports, domain, plans, pair, changes, status)
+        web = webmail.settle(ports, domain, current)  # SOGo knows the domain only after a restart after its add
+    finally:
+        if _wrote_gateway_maps(plans):
+            ports.gateway.settle()  # every map write effective on the master, also when a gate step raised
     current = web.state
     changes["mailcow"] += ["~ sogo restart"] if web.restarted else []
     checks: list[Acceptance] = []
