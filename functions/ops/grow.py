@@ -128,9 +128,9 @@ def plan_dane(ports: Ports, host: MxHost) -> tuple[str, str | None, tuple[str, .
     gate still checks it); one that presents no certificate may not be added (nothing could match it)."""
     if not ports.settings.dane.enabled:
         return "", None, ()
+    if dane.owned(ports, host):
+        return "owned", None, ()
     try:
-        if dane.owned(ports, host):
-            return "owned", None, ()
         spki = dane.presented_spki(ports, host)
     except AutomationError as exc:
         return "adopt", None, (f"{host.name}: its STARTTLS certificate cannot be read: {exc.reason}",)
@@ -325,6 +325,16 @@ def apply_provider(ports: Ports, plan: fleet.ProviderPlan, report: AddReport) ->
     return True
 
 
+def _tlsa_served(ports: Ports, host: MxHost) -> None:
+    """Every authoritative server serves a TLSA matching what ``host`` presents now, asked again for up to
+    ``dns.propagation_wait``.
+
+    Raises:
+        NotPropagated, DaneWait: it does not (the servers that lack it), or the node presents no certificate.
+    """
+    until_propagated(ports.settings.dns.propagation_wait, lambda: dane.require_served(ports, host))
+
+
 def adopt_tlsa(ports: Ports, plan: AddPlan, report: AddReport) -> bool:
     """DANE, after the provider UPDATE: the certificate lifecycle adopts the node (its TLSA exactly as the node
     presents it now, compare-and-set), verified on every authoritative server."""
@@ -333,7 +343,7 @@ def adopt_tlsa(ports: Ports, plan: AddPlan, report: AddReport) -> bool:
     host = nodes.find_host(ports.settings, plan.node)
     try:
         dane.adopt(ports, host, f"node.add:{plan.digest}", keep=False)
-        until_propagated(ports.settings.dns.propagation_wait, lambda: dane.require_served(ports, host))
+        _tlsa_served(ports, host)
     except AutomationError as exc:
         report.failed.append(f"{dane.tlsa_name(host)}: {exc.reason}")
         report.halted = f"provider zone: DANE: {exc.reason}"
@@ -343,12 +353,12 @@ def adopt_tlsa(ports: Ports, plan: AddPlan, report: AddReport) -> bool:
 
 def dane_gate(ports: Ports, plan: AddPlan, report: AddReport) -> bool:
     """Before the first MX: with DANE, every authoritative server must serve a TLSA matching the certificate the
-    node presents now (asked again for up to ``dns.propagation_wait``); else the run halts with no MX written."""
+    node presents now (``_tlsa_served``); else the run halts with no MX written."""
     if not (plan.dane and plan.mx):
         return True
     host = nodes.find_host(ports.settings, plan.node)
     try:
-        until_propagated(ports.settings.dns.propagation_wait, lambda: dane.require_served(ports, host))
+        _tlsa_served(ports, host)
     except AutomationError as exc:
         report.halted = f"mx: DANE clients would refuse {host.name}: {exc.reason}; no MX written"
         log.error("ALERT node membership change halted: %s", report.halted)
