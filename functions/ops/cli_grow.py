@@ -41,8 +41,13 @@ def render(plan: AddPlan, ports: Ports) -> None:
         out.print(Text("    " + line, style="yellow"))
     for line in plan.provider.adopted:
         out.print(Text("    = " + line, style="dim"))
+    if plan.dane == "adopt":
+        out.print(Text(f"    + DANE: cert.renew adopts {plan.node} (its TLSA as it presents it; dane/<node>.json)"))
+    elif plan.dane == "owned":
+        out.print(Text(f"    = DANE: cert.renew already owns the TLSA of {plan.node}", style="dim"))
     out.print(f"  2. MTA-STS policies with mx: {plan.node} and a new id: {len(plan.policies)} domain(s)")
-    out.print(f"  3. MX +{plan.node}: {len(plan.mx)} zone(s)")
+    gate = " (once every server serves a TLSA matching what the node presents)" if plan.dane else ""
+    out.print(f"  3. MX +{plan.node}: {len(plan.mx)} zone(s){gate}")
     for c in plan.mx[:20]:
         out.print(Text(f"    ~ MX {c.zone} +{c.after.values[-1]}", style="yellow"))
     if len(plan.mx) > 20:

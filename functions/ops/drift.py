@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -24,7 +25,7 @@ from functions._core.model import state
 from functions._core.model.ports import GatewayPort, GatewayTransport, Ports, RelayDomain, TrustedNetwork
 from functions._core.platform.errors import AutomationError
 from functions._core.platform.store import ObjectStore
-from functions.ops.status import Check, domain_status
+from functions.ops.status import Check, chain_status, domain_status
 
 DRIFTED = frozenset({"drift", "unknown"})
 PROGRESS_MIN = 10  # progress lines from this many domains on
@@ -211,10 +212,23 @@ def findings(results: list[DomainDrift]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def chains(results: list[DomainDrift]) -> dict[str, int]:
+    """Hosted, signed zones by the chain-of-trust status their checks observed (a zone that could not be checked
+    is an ``error`` domain, not counted here)."""
+    found = (chain_status(r.checks) for r in results)
+    return dict(sorted(Counter(s for s in found if s is not None).items()))
+
+
 def save_report(store: ObjectStore, results: list[DomainDrift], now: dt.datetime) -> None:
-    """Write the summary of a full run to ``REPORT_KEY`` (overwrites the previous one; no domain detail)."""
+    """Write the summary of a full run to ``REPORT_KEY`` (overwrites the previous one; no domain detail): domains by
+    status, failing checks by system, and zones by DNSSEC chain-of-trust status."""
     summary = as_json(results, all_checks=False)["summary"]
-    body = {"time": now.isoformat(timespec="seconds"), "summary": summary, "findings": findings(results)}
+    body = {
+        "time": now.isoformat(timespec="seconds"),
+        "summary": summary,
+        "findings": findings(results),
+        "dnssec": chains(results),
+    }
     store.put(REPORT_KEY, json.dumps(body, sort_keys=True).encode())
 
 

@@ -2,13 +2,17 @@
 
 node.add, in this order, each step verified on every authoritative server before the next one starts:
 
-1. **provider**: ONE compare-and-set UPDATE of the provider zone: the node's A/AAAA (its configured addresses) and
-   the managed ``_pmg`` SPF with them (functions/_core/model/fleet.py: a hand-written ``_pmg`` equal to what we
-   compute is adopted, a different one refused unless ``force``);
+1. **provider**: ONE compare-and-set UPDATE of the provider zone: the node's A/AAAA (its configured addresses), with
+   DANE (``dane.enabled``) its ``_25._tcp`` TLSA 3 1 1 of the certificate it presents over STARTTLS, and the
+   managed ``_pmg`` SPF with them (functions/_core/model/fleet.py: a hand-written ``_pmg`` equal to what we compute
+   is adopted, a different one refused unless ``force``); then the certificate lifecycle adopts the node
+   (``dane.adopt``: cert.renew owns its TLSA from now on; a node it already owns gets no TLSA change here);
 2. **policies**: every managed domain's MTA-STS policy object with the new ``mx:`` line (conditional write on the
    object's ETag), then its ``_mta-sts`` TXT with the new id (compare-and-set), in waves;
 3. **mx**: the node's MX value added zone by zone (compare-and-set on the MX RRset read; only zones with
-   mailplane's ownership marker whose policy already lists the node; customer-added MX stay), in waves.
+   mailplane's ownership marker whose policy already lists the node; customer-added MX stay), in waves. With DANE
+   the phase starts only when every authoritative server serves a TLSA 3 1 1 matching the certificate the node
+   presents at that moment (a fresh STARTTLS handshake; ``dane.require_served``), else the run halts before any MX.
 
 Before any write the node must be healthy: its SMTP greeting and API answer as the prober checks them
 (functions/ops/probe.py ``check_node``) and the PMG cluster lists it as reachable and in sync. Waves, error budget
@@ -19,21 +23,25 @@ order without its wait (``undo_add``).
 
 node.retire's tail (``retire_tail``): once no managed zone's MX names the node, and
 ``nodes.retire_policy_after_seconds`` (default: ``policy.mta_sts_max_age``, the old policy's lifetime in senders'
-caches) after that was first seen, every policy drops the node; then the ``_pmg`` SPF and the node's A/AAAA go, last.
+caches) after that was first seen, every policy drops the node; then the ``_pmg`` SPF and the node's A/AAAA and
+TLSA go, last (refused while a cert.renew run is in progress for the node), and the certificate lifecycle forgets
+the node (``dane.release``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from functions._core.model import fleet, nodes
+from functions._core.model import dane, fleet, nodes
 from functions._core.model.mailset import MARKER_NAME, MARKER_VALUE, policy_key
 from functions._core.model.ports import DnsChange, Ports
 from functions._core.model.records import RecordSet
+from functions._core.model.verify import until_propagated
 from functions._core.platform.config import MxHost, Settings
 from functions._core.platform.errors import AutomationError, DnsRefused, PermanentError, PreconditionFailed
 from functions._core.platform.store import put_over
@@ -65,9 +73,10 @@ class AddPlan:
     mx: tuple[retire.ZoneChange, ...] = ()
     skipped: tuple[str, ...] = ()
     health: tuple[str, ...] = ()  # problems: nothing may be written while any is listed
+    dane: str = ""  # "" (DANE off) | "adopt" (the lifecycle adopts the node after phase 1) | "owned" (it already has)
 
     def as_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "node": self.node,
             "provider": self.provider.lines(),
             "refused": list(self.provider.refused),
@@ -75,6 +84,7 @@ class AddPlan:
             "mx": [{"zone": c.zone, "before": list(c.before.values), "after": list(c.after.values)} for c in self.mx],
             "skipped": list(self.skipped),
         }
+        return out | ({"dane": self.dane} if self.dane else {})
 
     @property
     def digest(self) -> str:
@@ -82,7 +92,7 @@ class AddPlan:
 
     @property
     def empty(self) -> bool:
-        return not (self.provider.changes or self.policies or self.mx)
+        return not (self.provider.changes or self.policies or self.mx or self.dane == "adopt")
 
 
 @dataclass
@@ -110,6 +120,23 @@ def health(ports: Ports, host: MxHost, check: Health = check_node) -> tuple[str,
     elif not (member.reachable and member.insync):
         problems.append(f"{host.name} is in the PMG cluster but not reachable and in sync")
     return tuple(problems)
+
+
+def plan_dane(ports: Ports, host: MxHost) -> tuple[str, str | None, tuple[str, ...]]:
+    """DANE for the joining node: ("" when off | "adopt" | "owned", the SPKI hash of the certificate it presents when
+    phase 1 is to publish its TLSA, problems). A node cert.renew already owns gets no TLSA from node.add (the MX
+    gate still checks it); one that presents no certificate may not be added (nothing could match it)."""
+    if not ports.settings.dane.enabled:
+        return "", None, ()
+    if dane.owned(ports, host):
+        return "owned", None, ()
+    try:
+        spki = dane.presented_spki(ports, host)
+    except AutomationError as exc:
+        return "adopt", None, (f"{host.name}: its STARTTLS certificate cannot be read: {exc.reason}",)
+    if spki is None:
+        return "adopt", None, (f"{host.name} presents no certificate over STARTTLS: DANE needs its TLSA before MX",)
+    return "adopt", spki, ()
 
 
 def _policy_change(
@@ -175,11 +202,13 @@ def plan_add(
     """
     host = nodes.find_host(ports.settings, node)
     s = ports.settings
-    provider = fleet.plan_provider_add(s, ports.dns.read_zone(s.provider.zone), host, force=force)
+    mode, spki, tls_problems = plan_dane(ports, host)
+    provider = fleet.plan_provider_add(s, ports.dns.read_zone(s.provider.zone), host, force=force, spki=spki)
     grown = fleet.with_host(s, host)
     todo = retire.managed_zones(ports) if zones is None else zones
     policies, mx, skipped = plan_zones(ports, todo, grown, fleet.mx_value(s, host))
-    return AddPlan(host.name, provider, tuple(policies), tuple(mx), tuple(skipped), health(ports, host, check))
+    problems = (*health(ports, host, check), *tls_problems)
+    return AddPlan(host.name, provider, tuple(policies), tuple(mx), tuple(skipped), problems, mode)
 
 
 # ---------------------------------------------------------------- applying
@@ -296,6 +325,47 @@ def apply_provider(ports: Ports, plan: fleet.ProviderPlan, report: AddReport) ->
     return True
 
 
+def _tlsa_served(ports: Ports, host: MxHost) -> None:
+    """Every authoritative server serves a TLSA matching what ``host`` presents now, asked again for up to
+    ``dns.propagation_wait``.
+
+    Raises:
+        NotPropagated, DaneWait: it does not (the servers that lack it), or the node presents no certificate.
+    """
+    until_propagated(ports.settings.dns.propagation_wait, lambda: dane.require_served(ports, host))
+
+
+def adopt_tlsa(ports: Ports, plan: AddPlan, report: AddReport) -> bool:
+    """DANE, after the provider UPDATE: the certificate lifecycle adopts the node (its TLSA exactly as the node
+    presents it now, compare-and-set), verified on every authoritative server."""
+    if plan.dane != "adopt":
+        return True
+    host = nodes.find_host(ports.settings, plan.node)
+    try:
+        dane.adopt(ports, host, f"node.add:{plan.digest}", keep=False)
+        _tlsa_served(ports, host)
+    except AutomationError as exc:
+        report.failed.append(f"{dane.tlsa_name(host)}: {exc.reason}")
+        report.halted = f"provider zone: DANE: {exc.reason}"
+        return False
+    return True
+
+
+def dane_gate(ports: Ports, plan: AddPlan, report: AddReport) -> bool:
+    """Before the first MX: with DANE, every authoritative server must serve a TLSA matching the certificate the
+    node presents now (``_tlsa_served``); else the run halts with no MX written."""
+    if not (plan.dane and plan.mx):
+        return True
+    host = nodes.find_host(ports.settings, plan.node)
+    try:
+        _tlsa_served(ports, host)
+    except AutomationError as exc:
+        report.halted = f"mx: DANE clients would refuse {host.name}: {exc.reason}; no MX written"
+        log.error("ALERT node membership change halted: %s", report.halted)
+        return False
+    return True
+
+
 def apply_add(
     ports: Ports,
     plan: AddPlan,
@@ -303,7 +373,8 @@ def apply_add(
     approved: str | None = None,
     progress: Callable[[str, AddReport], None] | None = None,
 ) -> AddReport:
-    """Apply ``plan``: provider zone, then policies, then MX (see the module docstring).
+    """Apply ``plan``: provider zone (and the DANE adoption), then policies, then MX behind the DANE gate (see the
+    module docstring).
 
     Raises:
         PlanChanged: ``approved`` differs from the plan's hash.
@@ -317,9 +388,9 @@ def apply_add(
     record = _Progress(ports, progress_key(plan.node), {"node": plan.node, "digest": plan.digest})
     record.save(phase="provider", started_at=nodes.iso(ports.clock()))
     steps: list[tuple[str, Callable[[], bool]]] = [
-        ("provider", lambda: apply_provider(ports, plan.provider, report)),
+        ("provider", lambda: apply_provider(ports, plan.provider, report) and adopt_tlsa(ports, plan, report)),
         ("policies", lambda: run_waves(ports, plan.policies, _policy_wave, report, "policies")),  # type: ignore[arg-type]
-        ("mx", lambda: run_waves(ports, plan.mx, _mx_wave, report, "mx")),  # type: ignore[arg-type]
+        ("mx", lambda: dane_gate(ports, plan, report) and run_waves(ports, plan.mx, _mx_wave, report, "mx")),  # type: ignore[arg-type]
     ]
     for phase, step in steps:
         record.save(phase=phase)
@@ -359,7 +430,8 @@ def retire_tail(
     ports: Ports, node: str, *, force: bool = False, wait: bool = True, zones: Sequence[str] | None = None
 ) -> TailReport:
     """After node.retire's MX phase: the policies without the node (once the wait has passed), then the `_pmg`
-    SPF and the node's A/AAAA. ``wait=False`` (undoing a node.add) skips the wait.
+    SPF and the node's A/AAAA and TLSA (the certificate lifecycle then forgets the node). ``wait=False`` (undoing a
+    node.add) skips the wait.
 
     Raises:
         EventInvalid: an unknown node.
@@ -388,11 +460,20 @@ def retire_tail(
         return report
     record.save(policies_done_at=nodes.iso(ports.clock()))
     plan = fleet.plan_provider_remove(s, ports.dns.read_zone(s.provider.zone), host, force=force)
+    running = dane.read(ports.state, nodes.short(host))[0].phase
+    if running != "IDLE":
+        plan = dataclasses.replace(plan, refused=(*plan.refused, f"{host}: a cert.renew run is in {running}; wait"))
     if plan.refused:
         report.report.halted = "; ".join(plan.refused)
         return report
-    if apply_provider(ports, plan, report.report):
-        record.save(provider_done_at=nodes.iso(ports.clock()))
+    if not apply_provider(ports, plan, report.report):
+        return report
+    try:
+        dane.release(ports, host, f"node.retire:{host}")
+    except AutomationError as exc:
+        report.report.halted = f"{host}: the certificate lifecycle's state: {exc.reason}"
+        return report
+    record.save(provider_done_at=nodes.iso(ports.clock()))
     return report
 
 

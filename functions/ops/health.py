@@ -3,9 +3,10 @@
 One run reads, once each: every domain's state object (the same pass `mailplane rotate-due` makes every hour:
 statuses, DKIM key ages, rotations in progress or stuck), the node state objects and ONE transfer of the provider
 zone (MX nodes in rotation), the drift report the last `mailplane drift --all --report` wrote (never a per-domain
-probe), the broker's queue counters and the head of the parked queue, the ledger and lease object counts, and
-the certificate of each MX host (STARTTLS, see ``certs``). So a run costs about one GET per domain plus a few
-dozen requests, whatever is scraped: the figures are computed per run (timer, CronJob-like loop), never per scrape.
+probe: the DNSSEC chain-of-trust counts per status come from it too), the broker's queue counters and the head of
+the parked queue, the ledger and lease object counts, and the certificate of each MX host (STARTTLS, see
+``certs``). So a run costs about one GET per domain plus a few dozen requests, whatever is scraped: the figures are
+computed per run (timer, CronJob-like loop), never per scrape.
 
 Each source is read on its own: one that fails sets ``mailplane_health_source_up{source}`` to 0 and leaves its
 series out, the others are still exported. The metric names, types and labels are all in ``SPECS``.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from functions._core.model import dane, nodes, rotation, state
+from functions._core.model import dane, dnssec, nodes, rotation, state
 from functions._core.model.ports import Ports
 from functions._core.platform.errors import AutomationError
 from functions._core.platform.idempotency import PREFIX as LEDGER_PREFIX
@@ -75,6 +76,11 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "mailplane_drift_findings": ("gauge", "failing checks in the last drift report, by system", ("system",)),
     "mailplane_drift_domains": ("gauge", "domains in the last drift report, by status", ("status",)),
     "mailplane_drift_report_timestamp_seconds": ("gauge", "when the last drift report was written", ()),
+    "mailplane_dnssec_zones": (
+        "gauge",
+        "hosted signed zones in the last drift report, by DNSSEC chain-of-trust status",
+        ("status",),
+    ),
     "mailplane_queue_messages": ("gauge", "messages ready in the queue (passive queue.declare)", ("queue",)),
     "mailplane_queue_consumers": ("gauge", "consumers of the queue", ("queue",)),
     "mailplane_parked_oldest_age_seconds": ("gauge", "age of the oldest parked event (head of q.parked)", ()),
@@ -230,7 +236,8 @@ def dane_nodes(sink: Sink, ports: Ports) -> None:
 
 
 def drift_report(sink: Sink, ports: Ports) -> None:
-    """The figures of the last `mailplane drift --all --report` (one GET; absent until the first report).
+    """The figures of the last `mailplane drift --all --report` (one GET; absent until the first report): findings
+    by system, domains by status, and the hosted signed zones by chain-of-trust status (every status, 0 included).
 
     Raises:
         StoreUnavailable: the state bucket cannot be read.
@@ -245,6 +252,10 @@ def drift_report(sink: Sink, ports: Ports) -> None:
     for status, n in sorted(report["summary"].items()):
         sink.set("mailplane_drift_domains", n, status)
     sink.set("mailplane_drift_report_timestamp_seconds", dt.datetime.fromisoformat(report["time"]).timestamp())
+    if "dnssec" in report:  # reports from before the chain-of-trust counts have none: no series, not zeros
+        chains = report["dnssec"]
+        for status in sorted({*dnssec.STATUSES, *chains}):
+            sink.set("mailplane_dnssec_zones", chains.get(status, 0), status)
 
 
 def store_objects(sink: Sink, ports: Ports) -> None:

@@ -4,6 +4,7 @@ acceptance of every PMG node (the RCPT answer and the source address it was aske
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +28,9 @@ API_LOG_NOTE = (
     "(Redis API_LOG, trimmed to mailcow.conf LOG_LINES), readable by every holder of an API key, read-only keys "
     "too (GET /api/v1/get/logs/api); see docs/dkim.md"
 )
+
+
+CHAIN_WHERE = "chain of trust"  # the ``where`` of the DNSSEC check (its ``have`` starts with "<status>:")
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,17 @@ def dnssec_checks(domain: str, request: dict[str, Any], ports: Ports) -> list[Ch
     chain = dnssec.observe(domain, ports)
     want = "secure (the parent's DS matches a key-signing key every server serves; the validating resolver: AD)"
     have = f"{chain.status}: " + "; ".join(chain.lines())
-    return [Check("dns", "chain of trust", f"DNSSEC {domain}", want, have, chain.status in ("secure", "awaiting_ds"))]
+    return [Check("dns", CHAIN_WHERE, f"DNSSEC {domain}", want, have, chain.status in ("secure", "awaiting_ds"))]
+
+
+def chain_status(checks: Iterable[Check]) -> str | None:
+    """The chain-of-trust status (functions/_core/model/dnssec.py ``STATUSES``) that ``dnssec_checks`` recorded among
+    ``checks``; None when the domain's zone is not one whose chain we report."""
+    for c in checks:
+        if c.system == "dns" and c.where == CHAIN_WHERE:
+            status = c.have.split(":", 1)[0]
+            return status if status in dnssec.STATUSES else "unknown"
+    return None
 
 
 def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:

@@ -93,6 +93,19 @@ def tlsa_name(host: MxHost) -> str:
     return f"_25._tcp.{host.name.rstrip('.').lower()}"
 
 
+def tlsa_rrset(name: str, have: RecordSet | None, want: Iterable[str], ttl: int) -> RecordSet | None:
+    """Our TLSA RRset at ``name``: ``have``'s values of other kinds kept, its 3 1 1 values replaced by the hashes
+    ``want`` (None: nothing left)."""
+    keep = [v for v in (have.values if have else ()) if spki_of_value(v) is None]
+    values = keep + [tlsa_value(h) for h in sorted(set(want))]
+    return RecordSet.of(name, "TLSA", ttl, values) if values else None
+
+
+def tlsa_hashes(rs: RecordSet | None) -> set[str]:
+    """The 3 1 1 hashes of a TLSA RRset (other kinds ignored)."""
+    return {h for h in (spki_of_value(v) for v in (rs.values if rs else ())) if h}
+
+
 def not_after(cert_pem: str) -> dt.datetime:
     return x509.load_pem_x509_certificate(cert_pem.encode("ascii")).not_valid_after_utc
 
@@ -241,9 +254,7 @@ def _set_tlsa(ports: Ports, host: MxHost, want: set[str]) -> None:
     zone, name = ports.settings.provider.zone, tlsa_name(host)
     for _ in range(5):
         have = ports.dns.read_rrset(name, "TLSA")
-        keep = [v for v in (have.values if have else ()) if spki_of_value(v) is None]
-        values = keep + [tlsa_value(h) for h in sorted(want)]
-        after = RecordSet.of(name, "TLSA", _ttl(ports), values) if values else None
+        after = tlsa_rrset(name, have, want, _ttl(ports))
         if have is not None and after is not None and set(have.values) == set(after.values):
             return
         if have is None and after is None:
@@ -257,8 +268,7 @@ def _set_tlsa(ports: Ports, host: MxHost, want: set[str]) -> None:
 
 
 def _tlsa_hashes(ports: Ports, host: MxHost) -> set[str]:
-    rs = ports.dns.read_rrset(tlsa_name(host), "TLSA")
-    return {h for h in (spki_of_value(v) for v in (rs.values if rs else ())) if h}
+    return tlsa_hashes(ports.dns.read_rrset(tlsa_name(host), "TLSA"))
 
 
 def _kek(ports: Ports) -> Secret:
@@ -320,21 +330,95 @@ def advance(ports: Ports, node_name: str, req: Request, *, max_steps: int = 12) 
         if nxt is None:
             status = "pending" if st.phase != "IDLE" else ("done" if steps else "idle")
             return Result(st, status, why, until, tuple(steps), tlsa_name(host))
-        nxt = replace(
-            nxt,
-            since=iso(ports.clock()),
-            history=(
-                *st.history,
-                {"at": iso(ports.clock()), "event": req.event, "transition": f"{st.phase}->{nxt.phase}"},
-            ),
-        )
-        try:
-            etag = put_over(ports.state, state_key(node), nxt.to_json(), etag)
-        except PreconditionFailed:
-            raise DaneWait(f"{node}: the certificate state changed under us; retried") from None
         steps.append(f"{st.phase}->{nxt.phase}")
-        st = nxt
+        st, etag = _save(ports, st, nxt, etag, req.event)
     return Result(st, "pending", "step limit", None, tuple(steps), tlsa_name(host))
+
+
+def _save(ports: Ports, st: CertState, nxt: CertState, etag: str | None, event: str) -> tuple[CertState, str]:
+    """Persist the step ``st`` -> ``nxt`` (compare-and-set on ``etag``), with its history entry.
+
+    Raises:
+        DaneWait: the state changed since it was read (retried).
+    """
+    at = iso(ports.clock())
+    nxt = replace(
+        nxt, since=at, history=(*st.history, {"at": at, "event": event, "transition": f"{st.phase}->{nxt.phase}"})
+    )
+    try:
+        return nxt, put_over(ports.state, state_key(st.node), nxt.to_json(), etag)
+    except PreconditionFailed:
+        raise DaneWait(f"{st.node}: the certificate state changed under us; retried") from None
+
+
+def _first_sight(ports: Ports, host: MxHost, st: CertState, *, keep: bool = True) -> CertState:
+    """Adopt what the node presents: its TLSA published (CAS; the RRset's other hashes kept unless ``keep`` is
+    False) and recorded as the current key.
+
+    Raises:
+        DaneWait: the node presents no certificate over STARTTLS.
+    """
+    seen = presented_spki(ports, host)
+    if seen is None:
+        raise DaneWait(f"{st.node} presents no certificate over STARTTLS")
+    _set_tlsa(ports, host, (_tlsa_hashes(ports, host) if keep else set()) | {seen})
+    return replace(st, current_spki=seen)
+
+
+def owned(ports: Ports, host: MxHost) -> bool:
+    """Whether the lifecycle already owns the node's TLSA (it has adopted the node, or a run is under way)."""
+    st, _ = load(ports, short(host.name))
+    return bool(st.current_spki) or st.phase != "IDLE"
+
+
+def adopt(ports: Ports, host: MxHost, event: str, *, keep: bool = True) -> CertState:
+    """First sight of a node outside a cert.renew run (node.add's provider phase): the lifecycle's own first step
+    (``_first_sight``), persisted, so cert.renew owns the node's TLSA from now on. A node already adopted is left
+    alone (a replay writes nothing).
+
+    Raises:
+        DaneWait: the node presents no certificate, or its state changed under us.
+        DnsConflict, NotPropagated: the TLSA could not be written.
+    """
+    st, etag = load(ports, short(host.name))
+    if st.current_spki or st.phase != "IDLE":
+        return st
+    return _save(ports, st, _first_sight(ports, host, st, keep=keep), etag, event)[0]
+
+
+def release(ports: Ports, name: str, event: str) -> None:
+    """Node ``name`` left the provider zone (node.retire's last UPDATE withdrew its TLSA with its A/AAAA): its state
+    goes back to "never seen" (history kept), so a node added again under the name is adopted afresh. Idempotent.
+
+    Raises:
+        DaneRefused: a certificate run is in progress for the node.
+        DaneWait: the state changed under us.
+    """
+    st, etag = load(ports, short(name))
+    if st.phase != "IDLE":
+        raise DaneRefused(f"{st.node}: a certificate run is in progress ({st.phase}); retire it after the run")
+    if etag is not None and (st.current_spki or st.current_key or st.current_chain):
+        _save(ports, st, CertState(st.node, event=st.event), etag, event)
+
+
+def require_served(ports: Ports, host: MxHost) -> str:
+    """What a DANE client needs before any MX names the node: the SPKI hash it presents now (a STARTTLS handshake),
+    served in a TLSA 3 1 1 by every authoritative server of the provider zone. Returns the hash.
+
+    Raises:
+        DaneWait: the node presents no certificate over STARTTLS.
+        NotPropagated: servers that serve no TLSA matching it (listed).
+    """
+    seen = presented_spki(ports, host)
+    if seen is None:
+        raise DaneWait(f"{host.name} presents no certificate over STARTTLS")
+    missing = served_everywhere(ports, host, [seen])
+    if missing:
+        raise NotPropagated(
+            f"{tlsa_name(host)}: no TLSA 3 1 1 matching the certificate {host.name} presents ({seen}) on "
+            + ", ".join(missing)
+        )
+    return seen
 
 
 def _step(  # noqa: PLR0911, PLR0912 -- one branch per phase reads best
@@ -345,11 +429,7 @@ def _step(  # noqa: PLR0911, PLR0912 -- one branch per phase reads best
     since = _parse(st.since) if st.since else now
     if st.phase == "IDLE":
         if not st.current_spki:  # first sight of the node: publish the TLSA of what it presents, adopt it
-            seen = presented_spki(ports, host)
-            if seen is None:
-                raise DaneWait(f"{node} presents no certificate over STARTTLS")
-            _set_tlsa(ports, host, _tlsa_hashes(ports, host) | {seen})
-            return replace(st, current_spki=seen), "", None
+            return _first_sight(ports, host, st), "", None
         if st.event == req.event:  # this event's run is complete (a replay writes nothing)
             return None, "complete", None
         want = req.reason  # a nudge only continues a run (and adopts); renew-due starts them

@@ -17,8 +17,11 @@ from typing import Any
 from functions._core.model.ports import Ports
 from functions._core.platform.errors import AutomationError
 
-__all__ = ["ChainOfTrust", "chain_of_trust", "expected", "observe", "report"]
+__all__ = ["BROKEN", "STATUSES", "ChainOfTrust", "chain_of_trust", "expected", "observe", "report"]
 log = logging.getLogger("mailplane.dnssec")
+
+STATUSES = ("secure", "awaiting_ds", "wrong_ds", "bogus", "inconsistent", "unsigned", "unknown")
+BROKEN = ("wrong_ds", "bogus", "inconsistent")  # validating resolvers refuse the zone, or may (some servers)
 
 
 @dataclass(frozen=True)

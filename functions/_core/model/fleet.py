@@ -5,6 +5,8 @@ list in the settings (every configured node, a joining one included: authorising
 flows through it is safe). A hand-written record is adopted when it means the same (the same ip4/ip6 mechanisms and
 ``all`` qualifier, in any order); a different one is refused unless forced. The node's own A/AAAA are the
 addresses configured for it; an A/AAAA there with other values is someone else's and is refused unless forced.
+With DANE, node.add also publishes the node's ``_25._tcp`` TLSA 3 1 1 in the same UPDATE (a TLSA there with other
+hashes is refused unless forced) and node.retire deletes it with the A/AAAA.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from functions._core.model import dane
 from functions._core.model.mailset import fqdn, mta_sts_policy, policy_id
 from functions._core.model.ports import DnsChange
 from functions._core.model.records import Key, RecordSet
@@ -104,10 +107,27 @@ def _spf_change(
     return [], [reason], []
 
 
+def _tlsa_change(
+    settings: Settings, zone: Mapping[Key, RecordSet], host: MxHost, spki: str, force: bool
+) -> tuple[list[DnsChange], list[str]]:
+    """The node's ``_25._tcp`` TLSA 3 1 1 for the certificate it presents (hash ``spki``); one holding other 3 1 1
+    hashes is someone else's (a former node's key?) and refused unless forced (then replaced)."""
+    name = dane.tlsa_name(host)
+    have = zone.get((name, "TLSA"))
+    hashes = dane.tlsa_hashes(have)
+    if hashes == {spki}:
+        return [], []
+    if hashes and not force:
+        return [], [f"TLSA {name} holds 3 1 1 {' '.join(sorted(hashes))}, not the certificate {host.name} presents"]
+    after = dane.tlsa_rrset(name, have, [spki], settings.dane.tlsa_ttl)
+    return [DnsChange(have, after)], []
+
+
 def plan_provider_add(
-    settings: Settings, zone: Mapping[Key, RecordSet], host: MxHost, *, force: bool = False
+    settings: Settings, zone: Mapping[Key, RecordSet], host: MxHost, *, force: bool = False, spki: str | None = None
 ) -> ProviderPlan:
-    """A/AAAA of ``host`` (its configured addresses) and the `_pmg` SPF with them; compare-and-set on what is read."""
+    """A/AAAA of ``host`` (its configured addresses), with ``spki`` (DANE: the hash of the certificate it presents)
+    its TLSA 3 1 1, and the `_pmg` SPF with its addresses; compare-and-set on what is read."""
     changes: list[DnsChange] = []
     refused: list[str] = []
     for rtype, addr in (("A", host.ipv4), ("AAAA", host.ipv6)):
@@ -122,6 +142,10 @@ def plan_provider_add(
                 changes.append(DnsChange(have, want))
             else:
                 refused.append(f"{rtype} {host.name} is {' '.join(have.values)}, not the configured {addr}")
+    if spki is not None:
+        tlsa, bad = _tlsa_change(settings, zone, host, spki, force)
+        changes += tlsa
+        refused += bad
     others = [h for h in settings.provider.mx_hosts if h.name != host.name]
     name = settings.policy.spf_include.rstrip(".").lower()
     spf, bad, adopted = _spf_change(zone, name, pmg_spf(others), pmg_spf([*others, host]), force)
@@ -132,7 +156,7 @@ def plan_provider_remove(
     settings: Settings, zone: Mapping[Key, RecordSet], name: str, *, force: bool = False
 ) -> ProviderPlan:
     """The `_pmg` SPF without node ``name`` (its addresses as configured or as its A/AAAA hold them), then its
-    A/AAAA deleted: the last step of node.retire."""
+    A/AAAA and its ``_25._tcp`` TLSA deleted: the last step of node.retire."""
     known = next((h for h in settings.provider.mx_hosts if h.name == name), None)
     found = {t: zone[(name, t)] for t in ADDRESS_TYPES if (name, t) in zone}
     if known is None:
@@ -141,7 +165,8 @@ def plan_provider_remove(
     others = [h for h in settings.provider.mx_hosts if h.name != name]
     spf_name = settings.policy.spf_include.rstrip(".").lower()
     spf, bad, adopted = _spf_change(zone, spf_name, pmg_spf([*others, known]), pmg_spf(others), force)
-    dels = [DnsChange(rs, None) for rs in found.values()]
+    tlsa = zone.get((dane.tlsa_name(known), "TLSA"))
+    dels = [DnsChange(rs, None) for rs in [*found.values(), *([tlsa] if tlsa else [])]]
     return ProviderPlan(tuple(spf + dels), tuple(bad), tuple(adopted))
 
 

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 from sim.pmg.model import DEFAULT_NODES
 
-from functions._core.model import fleet, state
+from functions._core.model import dane, fleet, state
 from functions._core.model.mailset import MARKER_NAME, desired_records, mta_sts_policy, policy_key
+from functions._core.model.ports import DnsChange
 from functions._core.model.records import RecordSet
 from functions._core.platform.config import MxHost, Settings
 from functions._core.platform.errors import DnsConflict, EventInvalid
@@ -16,7 +17,8 @@ from functions.ops import grow, retire
 from functions.ops.probe import Check
 from tests.fakes.pmg import fake_pmg, quick_model
 from tests.fakes.settings import make_settings
-from tests.unit.test_node_down import World, build_world
+from tests.fakes.tls import FakeNodeTls, self_signed
+from tests.unit.test_node_down import T0, World, build_world
 
 PMG4 = MxHost("pmg4.faster.test", "127.0.1.4", "2001:db8:10:1450::6c", joining=True)
 SPF3 = (
@@ -224,3 +226,178 @@ def test_a_policy_changed_since_planning_fails_alone_and_mx_waits(world: World) 
     assert [c.zone for c in rerun.policies] == ["d05.test"]  # converges on the next run
     assert not grow.apply_add(world.ports, rerun).halted
     assert all(MX4 in mx(world, f"d{i:02d}.test") for i in range(14))
+
+
+# ---------------------------------------------------------------- DANE: the new node's TLSA before any MX
+
+TLSA4 = "_25._tcp.pmg4.faster.test"
+
+
+@pytest.fixture
+def dworld(world: World) -> tuple[World, FakeNodeTls]:
+    """The same fleet with DANE on, a primary and two secondaries, and the nodes' STARTTLS certificates."""
+    s = world.ports.settings
+    tls = FakeNodeTls([f"pmg{i}" for i in range(1, 5)], T0)
+    on = dataclasses.replace(s, dane=dataclasses.replace(s.dane, enabled=True))
+    world.ports = dataclasses.replace(world.ports, settings=on, node_tls=tls)
+    world.dns.secondaries = ("ns2", "ns3")
+    world.dns.sync()
+    return world, tls
+
+
+def presented(tls: FakeNodeTls) -> str:
+    pem = tls.presented("pmg4")
+    assert pem is not None
+    return dane.spki_sha256(pem)
+
+
+def served_tlsa(world: World) -> dict[str, tuple[str, ...]]:
+    out = {}
+    for server in world.dns.servers("faster.test"):
+        rs = world.dns.query(server, TLSA4, "TLSA")
+        out[server] = rs.values if rs else ()
+    return out
+
+
+def new_certificate(tls: FakeNodeTls) -> None:
+    """PMG's own ACME replaced the node's certificate, with a new key (what breaks DANE)."""
+    cert, key = self_signed("pmg4", T0)
+    tls.upload("pmg4", key, cert)
+
+
+def test_dane_the_tlsa_is_served_everywhere_before_the_first_mx_wave_and_a_replay_writes_nothing(
+    dworld: tuple[World, FakeNodeTls], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world, tls = dworld
+    want = dane.tlsa_value(presented(tls))
+    p = plan(world)
+    assert p.dane == "adopt" and p.health == () and p.provider.refused == ()
+    tlsa = [c for c in p.provider.changes if c.key == (TLSA4, "TLSA")]
+    assert len(tlsa) == 1 and tlsa[0].before is None and tlsa[0].after is not None
+    assert tlsa[0].after.values == (want,)
+    seen_at_first_mx: list[dict[str, tuple[str, ...]]] = []
+    real_apply = world.dns.apply
+
+    def apply(zone: str, changes: list[DnsChange]) -> int:
+        if not seen_at_first_mx and any(c.key[1] == "MX" for c in changes):
+            seen_at_first_mx.append(served_tlsa(world))
+        return real_apply(zone, changes)
+
+    monkeypatch.setattr(world.dns, "apply", apply)
+    report = grow.apply_add(world.ports, p)
+    assert not report.halted and report.phases == {"provider": 4, "policies": 14, "mx": 14}
+    assert seen_at_first_mx == [{"primary": (want,), "ns2": (want,), "ns3": (want,)}]
+    assert [k for z, c in world.dns.log if z == "faster.test" for k in [c.key]].count((TLSA4, "TLSA")) == 1
+    st, etag = dane.read(world.state, "pmg4")
+    assert st.current_spki == presented(tls) and st.phase == "IDLE"  # cert.renew owns the TLSA from now on
+    again = plan(world)
+    assert again.empty and again.dane == "owned" and again.provider.changes == ()
+    updates = world.dns.updates
+    assert grow.apply_add(world.ports, again).phases == {"policies": 0, "mx": 0}
+    assert world.dns.updates == updates and dane.read(world.state, "pmg4")[1] == etag
+
+
+def test_dane_a_tlsa_not_matching_what_the_node_presents_blocks_the_mx_phase(
+    dworld: tuple[World, FakeNodeTls],
+) -> None:
+    world, tls = dworld
+
+    def renewed_behind_our_back(phase: str, report: grow.AddReport) -> None:
+        if phase == "policies":
+            new_certificate(tls)
+
+    report = grow.apply_add(world.ports, plan(world), progress=renewed_behind_our_back)
+    assert report.halted.startswith("mx: DANE clients would refuse pmg4.faster.test")
+    assert presented(tls) in report.halted and "mx" not in report.phases
+    assert all(MX4 not in mx(world, f"d{i:02d}.test") for i in range(14))
+    rerun = plan(world)  # cert.renew owns the TLSA now: node.add does not rewrite it, and still writes no MX
+    assert rerun.dane == "owned" and rerun.provider.changes == () and len(rerun.mx) == 14
+    assert grow.apply_add(world.ports, rerun).halted.startswith("mx: DANE")
+    assert all(MX4 not in mx(world, f"d{i:02d}.test") for i in range(14))
+
+
+def test_dane_the_mx_gate_asks_every_authoritative_server(dworld: tuple[World, FakeNodeTls]) -> None:
+    world, tls = dworld
+    stale = RecordSet.of(TLSA4, "TLSA", 3600, ["3 1 1 " + "cd" * 32])
+
+    def ns3_lags(phase: str, report: grow.AddReport) -> None:
+        if phase == "policies":  # ns3 stops transferring and still serves an old TLSA
+            world.dns.auto_sync = False
+            world.dns.served["ns3"]["faster.test"][1][(TLSA4, "TLSA")] = stale
+
+    report = grow.apply_add(world.ports, plan(world), progress=ns3_lags)
+    assert report.halted.startswith("mx: DANE") and "ns3" in report.halted and "primary" not in report.halted
+    assert all(MX4 not in mx(world, f"d{i:02d}.test") for i in range(14))
+    world.dns.auto_sync = True
+    world.dns.sync()  # ns3 catches up: the same command continues
+    assert grow.apply_add(world.ports, plan(world)).phases["mx"] == 14
+
+
+def test_dane_a_node_without_starttls_or_with_a_foreign_tlsa_is_refused_before_any_write(
+    dworld: tuple[World, FakeNodeTls],
+) -> None:
+    world, tls = dworld
+    updates = world.dns.updates
+    tls.down.add("pmg4")
+    p = plan(world)
+    assert any("presents no certificate over STARTTLS" in h for h in p.health)
+    with pytest.raises(grow.NodeNotReady):
+        grow.apply_add(world.ports, p)
+    tls.down.clear()
+    foreign = RecordSet.of(TLSA4, "TLSA", 3600, ["3 1 1 " + "ef" * 32])
+    world.dns.set_rrset("faster.test", foreign)
+    p = plan(world)
+    assert any(r.startswith(f"TLSA {TLSA4} holds 3 1 1 {'ef' * 32}") for r in p.provider.refused)
+    with pytest.raises(grow.NodeNotReady):
+        grow.apply_add(world.ports, p)
+    assert world.dns.updates == updates and dane.read(world.state, "pmg4")[1] is None
+    forced = plan(world, force=True)
+    (change,) = [c for c in forced.provider.changes if c.key == (TLSA4, "TLSA")]
+    assert change.before == foreign and change.after is not None
+    assert change.after.values == (dane.tlsa_value(presented(tls)),)
+
+
+def test_dane_retire_withdraws_the_tlsa_last_with_the_addresses(dworld: tuple[World, FakeNodeTls]) -> None:
+    world, tls = dworld
+    assert not grow.apply_add(world.ports, plan(world)).halted
+    assert not retire.apply_retire(world.ports, retire.plan_retire(world.ports, "pmg4")).failed
+    assert "max_age" in grow.retire_tail(world.ports, "pmg4").waiting
+    assert all(v for v in served_tlsa(world).values())  # MX gone, TLSA kept while policies may still name the node
+    world.advance(world.ports.settings.policy.mta_sts_max_age + 1)
+    st, etag = dane.read(world.state, "pmg4")
+    world.state.put(dane.state_key("pmg4"), dataclasses.replace(st, phase="NEXT_KEY").to_json(), if_match=etag)
+    world.dns.log.clear()
+    busy = grow.retire_tail(world.ports, "pmg4")
+    assert "cert.renew run is in NEXT_KEY" in busy.report.halted and busy.report.phases["policies"] == 14
+    assert all(v for v in served_tlsa(world).values())  # not withdrawn while a run is in progress
+    _, etag = dane.read(world.state, "pmg4")
+    world.state.put(dane.state_key("pmg4"), st.to_json(), if_match=etag)
+    done = grow.retire_tail(world.ports, "pmg4")
+    assert not done.waiting and not done.report.halted
+    order = [(z, c.key, c.after is None) for z, c in world.dns.log]
+    last = [k for z, k, _ in order if z == "faster.test"]
+    assert set(last) == {
+        ("_pmg.faster.test", "TXT"),
+        ("pmg4.faster.test", "A"),
+        ("pmg4.faster.test", "AAAA"),
+        (TLSA4, "TLSA"),
+    }
+    assert order[-len(last) :] == [o for o in order if o[0] == "faster.test"]  # one UPDATE, after every policy
+    assert served_tlsa(world) == {"primary": (), "ns2": (), "ns3": ()}
+    assert dane.read(world.state, "pmg4")[0].current_spki == ""  # the lifecycle forgot the node
+    updates = world.dns.updates
+    grow.retire_tail(world.ports, "pmg4")
+    assert world.dns.updates == updates
+
+
+def test_dane_undo_add_withdraws_the_tlsa_and_a_new_add_adopts_afresh(dworld: tuple[World, FakeNodeTls]) -> None:
+    world, tls = dworld
+    assert not grow.apply_add(world.ports, plan(world)).halted
+    mxr, tail = grow.undo_add(world.ports, "pmg4")
+    assert len(mxr.applied) == 14 and not tail.waiting and not tail.report.halted
+    assert served_tlsa(world) == {"primary": (), "ns2": (), "ns3": ()}
+    new_certificate(tls)
+    again = plan(world)
+    assert again.dane == "adopt"
+    (change,) = [c for c in again.provider.changes if c.key == (TLSA4, "TLSA")]
+    assert change.after is not None and change.after.values == (dane.tlsa_value(presented(tls)),)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import socket
 import ssl
 import threading
@@ -22,11 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from functions import domain_created, node_down
-from functions._core.model import rotation, state
+from functions._core.model import dnssec, rotation, state
 from functions._core.model.state import KeyRecord
 from functions._core.platform.config import MxHost
 from functions._core.platform.envelope import parse
 from functions.ops import cli_health, drift, health, health_probe
+from functions.ops.status import CHAIN_WHERE, Check
 from functions.runtime import main
 from tests.unit.ops.test_plan_drift import created
 from tests.unit.test_node_down import T0, World, build_world, down
@@ -140,6 +142,27 @@ def test_drift_findings_come_from_the_stored_report_not_from_probing(world: Worl
     assert got[("mailplane_drift_domains", (("status", "drift"),))] == 1
     assert got[("mailplane_drift_report_timestamp_seconds", ())] == T0.timestamp()
     assert world.recorders["dns"].calls == [] and world.recorders["mail"].calls == []
+
+
+def test_dnssec_chain_counts_come_from_the_stored_report_with_every_status(world: World) -> None:
+    def chain(domain: str, status: str) -> drift.DomainDrift:
+        check = Check("dns", CHAIN_WHERE, f"DNSSEC {domain}", "secure", f"{status}: DS to register: ...", False)
+        return drift.DomainDrift(domain, "drift", (check,))
+
+    results = [chain("a.test", "wrong_ds"), chain("b.test", "wrong_ds"), chain("c.test", "awaiting_ds")]
+    results.append(drift.DomainDrift("d.test", "provisioned"))  # not signed: no chain to count
+    drift.save_report(world.ports.state, results, T0)
+    world.reset()
+    sink = health.Sink()
+    health.drift_report(sink, world.ports)
+    got = {labels[0][1]: v for (n, labels), v in samples(sink).items() if n == "mailplane_dnssec_zones"}
+    assert got == {s: {"wrong_ds": 2, "awaiting_ds": 1}.get(s, 0) for s in dnssec.STATUSES}
+    assert world.recorders["dns"].calls == []  # from the report: no zone is asked
+    old = {"time": T0.isoformat(), "summary": {}, "findings": {}}  # a report written before the counts existed
+    world.ports.state.put(drift.REPORT_KEY, json.dumps(old).encode())
+    sink = health.Sink()
+    health.drift_report(sink, world.ports)
+    assert "mailplane_dnssec_zones" not in sink.samples and "mailplane_drift_report_timestamp_seconds" in sink.samples
 
 
 def test_a_failing_source_is_marked_down_and_leaves_no_partial_series(world: World) -> None:

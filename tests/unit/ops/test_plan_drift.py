@@ -238,6 +238,7 @@ def test_drift_report_is_stored_for_the_health_collector(cli: typer.Typer, world
         "time": NOW.isoformat(timespec="seconds"),
         "summary": {"drift": 1, "provisioned": 1},
         "findings": {"dns": 1},
+        "dnssec": {},  # no hosted zone is signed here
     }
 
 
@@ -298,3 +299,17 @@ def test_status_and_drift_show_the_chain_of_trust_without_counting_a_missing_ds_
     for run in (drift.drift_all, drift_bulk.drift_all):  # per domain, and `drift --all` from bulk reads
         (result,) = run(["alpha.test"], ports)
         assert result.status == "drift" and [c.where for c in result.failing] == ["chain of trust"]
+
+
+def test_the_drift_report_counts_hosted_signed_zones_by_chain_of_trust(world: World) -> None:
+    ports = dataclasses.replace(world.ports, settings=make_settings(dnssec=True))
+    for d in DOMAINS:
+        world.fake_dns.sign(d)
+        assert domain_created.handle(parse(created(d), publisher="billing"), ports).status == "provisioned"
+    world.fake_dns.parent_ds["beta.test"] = RecordSet.of("beta.test", "DS", 60, ["4711 13 2 " + "AB" * 32])
+    world.fake_dns.verdicts["beta.test"] = "bogus"
+    for run in (drift.drift_all, drift_bulk.drift_all):  # per domain, and `drift --all` from bulk reads
+        drift.save_report(world.state, run(list(DOMAINS), ports), NOW)
+        stored = json.loads(world.state.get(drift.REPORT_KEY).body)  # type: ignore[union-attr]
+        assert stored["dnssec"] == {"awaiting_ds": 1, "wrong_ds": 1}
+        assert stored["summary"] == {"drift": 1, "provisioned": 1}
