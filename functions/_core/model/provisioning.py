@@ -131,7 +131,8 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
     want_key = DkimKey(pair.selector, pair.public_b64)
     mail = plan_mail(desired_mail(domain, data), ports.mail.get_domain(domain), want_key, ports.mail.get_dkim(domain))
     deleg = delegated(data)
-    want = desired_records(domain, s, pair.selector, pair.public_b64, delegated=deleg)
+    mode = state.load(ports.state, domain).mta_sts_mode(s)  # the domain's own (promoted) or the platform's
+    want = desired_records(domain, s, pair.selector, pair.public_b64, delegated=deleg, mode=mode)
     dns = key_dns = None
     if data["dns"]["hosted"]:
         try:  # one AXFR: refused when our DNS does not serve the zone or our key may not transfer it
@@ -142,7 +143,7 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
         dns = plan_dns(domain, have, first)
     elif deleg:
         key_dns = plan_delegated_key(domain, ports, pair)
-    body = mta_sts_policy(s).encode()
+    body = mta_sts_policy(s, mode).encode()
     have_policy = ports.web.get(policy_key(domain))
     new_body = None if have_policy and have_policy.body == body else body
     return Plans(mail, gateway, dns, key_dns, want, new_body, body, mtasts.enabled(ports))
