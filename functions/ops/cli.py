@@ -173,6 +173,7 @@ def _register_subcommands() -> None:
         cli_pmg,
         cli_rotate,
         cli_sweep,
+        cli_tlsrpt,
     )
 
     for module in (
@@ -186,6 +187,7 @@ def _register_subcommands() -> None:
         cli_pmg,
         cli_sweep,
         cli_keypool,
+        cli_tlsrpt,
     ):  # cli_nodes extends cli_ops
         module.register(app)
 

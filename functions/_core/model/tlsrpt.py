@@ -97,7 +97,7 @@ def payload(raw: bytes, limit: int) -> bytes:
         raise ReportRefused(f"input of {len(raw)} bytes is larger than {2 * limit + 65536} bytes")
     if raw[:2] == b"\x1f\x8b":
         return gunzip(raw, limit)
-    if raw.lstrip()[:1] == b"{":
+    if raw.lstrip()[:1] in (b"{", b"["):
         if len(raw) > limit:
             raise ReportRefused(f"JSON report of {len(raw)} bytes is larger than {limit} bytes")
         return raw
@@ -160,7 +160,7 @@ def _walk(msg: Message, depth: int = 0) -> Iterator[Message]:
 
 def header_domain(raw: bytes) -> str | None:
     """The ``TLS-Report-Domain`` header of a mail message (RFC 8460 §5.3), None when absent or not a message."""
-    if raw[:2] == b"\x1f\x8b" or raw.lstrip()[:1] == b"{":
+    if raw[:2] == b"\x1f\x8b" or raw.lstrip()[:1] in (b"{", b"["):
         return None
     value = (
         email.parser.BytesParser(policy=email.policy.compat32)
