@@ -19,6 +19,10 @@ DaysOpt = Annotated[int | None, typer.Option("--days", min=1, max=366, help="day
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 def _fail(exc: AutomationError) -> None:
     typer.echo(f"error: {exc.reason}", err=True)
     raise typer.Exit(2)
@@ -39,7 +43,7 @@ def ingest_cmd(
         store = main.build_store(settings.store, settings.store.state_bucket, probe=False)
     except AutomationError as exc:
         _fail(exc)
-    results = tlsrpt.ingest(paths, store, settings, dt.datetime.now(dt.UTC))
+    results = tlsrpt.ingest(paths, store, settings, _now())
     for r in results:
         typer.echo(r.line(), err=r.verdict == "refused")
     count = {v: sum(1 for r in results if r.verdict == v) for v in ("accepted", "duplicate", "refused")}
@@ -59,7 +63,7 @@ def summary_cmd(
         settings = main.load_settings(config)
         store = main.build_store(settings.store, settings.store.state_bucket, probe=False)
         n = settings.mta_sts.tlsrpt_summary_days if days is None else days
-        found = tlsrpt.summaries(store, _domains(domains or []), dt.datetime.now(dt.UTC).date(), n)
+        found = tlsrpt.summaries(store, _domains(domains or []), _now().date(), n)
     except AutomationError as exc:
         _fail(exc)
     if json_out:
