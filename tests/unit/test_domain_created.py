@@ -366,3 +366,21 @@ def test_mailcow_api_log_keeps_the_imported_key_but_mailplane_logs_never_do(capl
     assert len(imports) == 1 and json.loads(imports[0]["data"][len("attr='") : -1])["private_key_file"] == pem
     body = "".join(pem.splitlines()[1:-1])
     assert caplog.records and "PRIVATE KEY" not in caplog.text and body[:64] not in caplog.text
+
+
+def test_a_promoted_domain_keeps_enforce_when_domain_created_is_replayed(world: World) -> None:
+    from functions.ops import enforce
+
+    s = world.ports.settings
+    world.ports = dataclasses.replace(
+        world.ports, settings=dataclasses.replace(s, policy=dataclasses.replace(s.policy, mta_sts_mode="testing"))
+    )
+    domain_created.handle(event(), world.ports)
+    policy = world.ports.web.get(policy_key("alpha.test"))
+    assert policy is not None and b"mode: testing" in policy.body
+    enforce.apply(world.ports, enforce.plan(world.ports, "alpha.test"), "test")
+    world.reset()
+    out = domain_created.handle(event(), world.ports)
+    assert out.status == "provisioned" and world.writes()["web"] == [] and world.writes()["dns"] == []
+    policy = world.ports.web.get(policy_key("alpha.test"))
+    assert policy is not None and b"mode: enforce" in policy.body
