@@ -13,7 +13,8 @@ from functions._core.platform.errors import AutomationError, ConfigError
 from functions._core.platform.names import normalize_domain
 from functions.ops.event_file import load as load_event_file
 from functions.ops.render import render_checks
-from functions.ops.status import API_LOG_NOTE, as_json, domain_status
+from functions.ops.status import API_LOG_NOTE, as_json, domain_status, tls_reports
+from functions.ops.tlsrpt import summary_lines
 from functions.runtime import main
 
 app = typer.Typer(help="mailplane: event-driven automation for Mailcow, PMG and DNS.", no_args_is_help=True)
@@ -131,13 +132,18 @@ def status(
     main.setup_logging("WARNING")
     try:
         name = normalize_domain(domain)
-        overall, checks = domain_status(name, main.build_ports(main.load_settings(config), probe=False))
+        ports = main.build_ports(main.load_settings(config), probe=False)
+        overall, checks = domain_status(name, ports)
+        reports = tls_reports(name, ports)
     except AutomationError as exc:
         _fail(exc)
     if json_out:
-        out.print_json(data=as_json(name, overall, checks))
+        out.print_json(data=as_json(name, overall, checks, reports))
     else:
         out.print(render_checks(name, overall, checks))
+        out.print("TLS reports (RFC 8460, senders' view; not a check):", highlight=False)
+        for line in summary_lines(reports):
+            out.print(line, markup=False, highlight=False)
         out.print(API_LOG_NOTE, style="dim")
     raise typer.Exit(0 if overall == "provisioned" else 1)
 
@@ -167,6 +173,7 @@ def _register_subcommands() -> None:
         cli_pmg,
         cli_rotate,
         cli_sweep,
+        cli_tlsrpt,
     )
 
     for module in (
@@ -180,6 +187,7 @@ def _register_subcommands() -> None:
         cli_pmg,
         cli_sweep,
         cli_keypool,
+        cli_tlsrpt,
     ):  # cli_nodes extends cli_ops
         module.register(app)
 

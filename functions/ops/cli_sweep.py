@@ -1,5 +1,6 @@
 """`mailplane sweep`: delete what is past its retention (functions/_core/model/retention.py) on a store without S3
-lifecycle rules: expired ledger records, old audit records, retired DKIM keys' sealed private keys."""
+lifecycle rules: expired ledger records, old audit records, retired DKIM keys' sealed private keys, old TLS report
+day objects."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def register(app: typer.Typer) -> None:
     def sweep_cmd(
         config: ConfigOpt = None,
         apply: Annotated[bool, typer.Option("--apply", help="delete them (default: count only)")] = False,
-        only: Annotated[str, typer.Option("--only", help="one class: ledger, audit or keys")] = "",
+        only: Annotated[str, typer.Option("--only", help="one class: ledger, audit, keys or tlsrpt")] = "",
     ) -> None:
         """Objects past their retention ([retention] and dkim.keep_days; infra/terraform's lifecycle rules do the
         ledger and audit classes on S3): counted per class, or deleted with --apply. Domain states, policies, the

@@ -37,7 +37,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from functions._core.model import dane, fleet, nodes
+from functions._core.model import dane, fleet, nodes, state
 from functions._core.model.mailset import MARKER_NAME, MARKER_VALUE, policy_key
 from functions._core.model.ports import DnsChange, Ports
 from functions._core.model.records import RecordSet
@@ -142,10 +142,10 @@ def plan_dane(ports: Ports, host: MxHost) -> tuple[str, str | None, tuple[str, .
 def _policy_change(
     ports: Ports, zone: str, have: dict[tuple[str, str], RecordSet], grown: Settings
 ) -> PolicyChange | None:
-    body, txt = fleet.policy_body_and_txt(grown)
     cur = have.get((f"_mta-sts.{zone}", "TXT"))
     if cur is None:
         return None  # no MTA-STS for this domain
+    body, txt = fleet.policy_body_and_txt(grown, state.load(ports.state, zone).mta_sts_mode(grown))  # its own mode
     obj = ports.web.get(policy_key(zone))
     change = None if cur.values == (txt,) else DnsChange(cur, RecordSet.of(cur.name, "TXT", cur.ttl, [txt]))
     if obj is not None and obj.body == body and change is None:

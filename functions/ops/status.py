@@ -1,5 +1,6 @@
 """`mailplane status`: desired vs actual for one domain, per system and per authoritative server, and the SMTP
-acceptance of every PMG node (the RCPT answer and the source address it was asked from)."""
+acceptance of every PMG node (the RCPT answer and the source address it was asked from); beside the checks, what
+the senders' TLS reports (RFC 8460) say about the last period (``tls_reports``: information, never a check)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from functions._core.model.mailset import (
 )
 from functions._core.model.ports import DkimKey, Ports
 from functions._core.model.records import RecordSet
+from functions._core.model.tlsrpt_store import Summary
+from functions.ops import tlsrpt
 
 # Stated wherever operators read (docs/dkim.md, README): mailcow cannot import a key any other way.
 API_LOG_NOTE = (
@@ -113,11 +116,13 @@ def smtp_checks(domain: str, ports: Ports) -> list[Check]:
     ]
 
 
-def dns_checks(domain: str, hosted: bool, cur: state.KeyRecord, ports: Ports, *, deleg: bool = False) -> list[Check]:
+def dns_checks(
+    domain: str, hosted: bool, cur: state.KeyRecord, ports: Ports, *, deleg: bool = False, mode: str | None = None
+) -> list[Check]:
     """Every managed RRset on every authoritative server (our zone) or in the public view (a zone hosted elsewhere);
     a delegated domain's key TXT on every authoritative server of the delegation zone."""
     s = ports.settings
-    want = desired_records(domain, s, cur.selector, cur.public_b64, delegated=deleg, dkim_text=cur.txt)
+    want = desired_records(domain, s, cur.selector, cur.public_b64, delegated=deleg, dkim_text=cur.txt, mode=mode)
     out: list[Check] = []
     if deleg:
         key = dkim_record(domain, s, cur.selector, cur.text, delegated=True)
@@ -165,7 +170,8 @@ def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:
         return "unknown", [Check("store", "state", "domain state", "present", "absent", False)]
     hosted = bool(st.request["dns"]["hosted"])
     policy = ports.web.get(policy_key(domain))
-    want_policy = mta_sts_policy(ports.settings).encode()
+    mode = st.mta_sts_mode(ports.settings)
+    want_policy = mta_sts_policy(ports.settings, mode).encode()
     checks = [
         *mail_checks(domain, st.request, cur, ports),
         webmail_check(st, ports),
@@ -175,11 +181,11 @@ def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:
             "store",
             "web",
             "mta-sts policy",
-            "current",
+            f"current (mode {mode})",
             "current" if policy and policy.body == want_policy else "stale" if policy else "absent",
             policy is not None and policy.body == want_policy,
         ),
-        *dns_checks(domain, hosted, cur, ports, deleg=delegated(st.request)),
+        *dns_checks(domain, hosted, cur, ports, deleg=delegated(st.request), mode=mode),
         *dnssec_checks(domain, st.request, ports),
     ]
     bad = [c for c in checks if not c.ok]
@@ -190,5 +196,14 @@ def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:
     return "drift", checks
 
 
-def as_json(domain: str, overall: str, checks: list[Check]) -> dict[str, Any]:
-    return {"domain": domain, "status": overall, "checks": [asdict(c) for c in checks], "notes": [API_LOG_NOTE]}
+def tls_reports(domain: str, ports: Ports, days: int | None = None) -> Summary:
+    """The senders' TLS reports for ``domain`` over the last ``days`` (default ``mta_sts.tlsrpt_summary_days``)."""
+    n = ports.settings.mta_sts.tlsrpt_summary_days if days is None else days
+    return tlsrpt.summaries(ports.state, [domain], ports.clock().date(), n)[0]
+
+
+def as_json(domain: str, overall: str, checks: list[Check], reports: Summary | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"domain": domain, "status": overall, "checks": [asdict(c) for c in checks]}
+    if reports is not None:
+        out["tls_reports"] = reports.as_json()
+    return {**out, "notes": [API_LOG_NOTE]}

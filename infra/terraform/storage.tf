@@ -114,6 +114,22 @@ resource "aws_s3_bucket_lifecycle_configuration" "state" {
     }
   }
 
+  # TLS report day objects (tlsrpt/<domain>/<day>.json, one per domain per day): [retention] tlsrpt_days.
+  # S3 counts from the object's last write, `mailplane sweep` from the day in its key: at most one day apart.
+  rule {
+    id     = "expire-tls-reports"
+    status = "Enabled"
+    filter {
+      prefix = "tlsrpt/"
+    }
+    expiration {
+      days = var.tlsrpt_retention_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 1
+    }
+  }
+
   rule {
     id     = "noncurrent-versions"
     status = "Enabled"

@@ -66,6 +66,16 @@ variable "audit_retention_days" {
   }
 }
 
+variable "tlsrpt_retention_days" {
+  description = "Days after which TLS report day objects (tlsrpt/) expire: the settings' [retention] tlsrpt_days."
+  type        = number
+  default     = 90
+  validation {
+    condition     = var.tlsrpt_retention_days >= 1
+    error_message = "tlsrpt_retention_days must be at least 1."
+  }
+}
+
 variable "noncurrent_version_days" {
   description = "Days a replaced or deleted version of a state object is kept (the state bucket is versioned)."
   type        = number

@@ -20,7 +20,7 @@ from functions._core.platform.config import Settings
 from functions._core.platform.envelope import parse
 from functions.runtime.main import build_ports
 from tests.integration import stack
-from tests.integration.test_nodes_stack import SMTP, node_event, restore_all
+from tests.integration.test_nodes_stack import NODES, node_event, restore_all
 from tests.stackenv import REPO
 
 pytestmark = pytest.mark.stack
@@ -101,7 +101,7 @@ def test_parked_event_withdrawn_node_and_degraded_domain_appear_in_the_metrics(
     assert after[("mailplane_mx_nodes_in_rotation", ())] == after[("mailplane_mx_nodes_configured", ())] - 1
     assert count("mailplane_domains", ("status", "degraded")) == 1
     assert count("mailplane_store_objects", ("kind", "ledger")) == 2  # the worker completed two; parked: none
-    for name in SMTP:  # the simulated nodes present their SMTP certificate over STARTTLS, as PMG does
+    for name in NODES:  # the simulated nodes present their SMTP certificate over STARTTLS, as PMG does
         labels = (("host", f"{name}.faster.test"), ("kind", "smtp"))
         assert after[("mailplane_certificate_check", (*labels, ("result", "ok")))] == 1
         assert after[("mailplane_certificate_days_to_expiry", labels)] > 0

@@ -393,3 +393,21 @@ def test_pmg_maps_settle_while_the_dns_gate_runs_and_before_the_smtp_gate(monkey
         domain_created.handle(parse(json.dumps(raw).encode(), publisher="billing"), ports)
     assert order == ["settle"]  # after the DNS gate raised, before the retry; no RCPT yet
     assert gw.model.rcpt("pmg1", "127.0.0.2", "postmaster@beta.test")[0] == 450  # the relay domain is in effect
+
+
+def test_a_promoted_domain_keeps_enforce_when_domain_created_is_replayed(world: World) -> None:
+    from functions.ops import enforce
+
+    s = world.ports.settings
+    world.ports = dataclasses.replace(
+        world.ports, settings=dataclasses.replace(s, policy=dataclasses.replace(s.policy, mta_sts_mode="testing"))
+    )
+    domain_created.handle(event(), world.ports)
+    policy = world.ports.web.get(policy_key("alpha.test"))
+    assert policy is not None and b"mode: testing" in policy.body
+    enforce.apply(world.ports, enforce.plan(world.ports, "alpha.test"), "test")
+    world.reset()
+    out = domain_created.handle(event(), world.ports)
+    assert out.status == "provisioned" and world.writes()["web"] == [] and world.writes()["dns"] == []
+    policy = world.ports.web.get(policy_key("alpha.test"))
+    assert policy is not None and b"mode: enforce" in policy.body

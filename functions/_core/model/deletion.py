@@ -89,11 +89,11 @@ class Removal:
 
 
 def managed_records(
-    domain: str, settings: Settings, keys: Iterable[KeyRecord], *, delegated: bool = False
+    domain: str, settings: Settings, keys: Iterable[KeyRecord], *, delegated: bool = False, mode: str | None = None
 ) -> dict[Key, RecordSet]:
     """Every RRset mailplane may have published for ``domain``: the record set plus the DKIM TXT of every key (a
     delegated domain: the slot CNAMEs in the customer's zone, the TXTs in the delegation zone)."""
-    base = desired_records(domain, settings, "-", "", delegated=delegated)
+    base = desired_records(domain, settings, "-", "", delegated=delegated, mode=mode)
     out = {k: rs for k, rs in base.items() if not (k[0].endswith(f"._domainkey.{domain}") and k[1] == "TXT")}
     for key in keys:
         rs = dkim_record(domain, settings, key.selector, key.text, delegated=delegated)
@@ -223,7 +223,8 @@ def plan_removal(event: Envelope, st: state.DomainState, ports: Ports) -> Remova
     mail, kept_mail = plan_mail_removal(domain, have, ports.mail.get_dkim(domain), st.keys, boxes, force=force)
     gw = ports.gateway
     gateway, kept_gw = plan_gateway_removal(domain, gw.get_relay_domain(domain), gw.get_transport(domain))
-    managed = managed_records(domain, ports.settings, st.keys, delegated=delegated(st.request))
+    mode = st.mta_sts_mode(ports.settings)
+    managed = managed_records(domain, ports.settings, st.keys, delegated=delegated(st.request), mode=mode)
     dns, instructions, kept_dns = _dns(domain, st, ports, managed)
     kept = (*(("mailcow", k) for k in kept_mail), *(("pmg", k) for k in kept_gw), *kept_dns)
     policy = ports.web.get(policy_key(domain)) is not None

@@ -61,9 +61,9 @@ def without_host(settings: Settings, name: str) -> Settings:
     return dataclasses.replace(settings, provider=dataclasses.replace(settings.provider, mx_hosts=hosts))
 
 
-def policy_body_and_txt(settings: Settings) -> tuple[bytes, str]:
+def policy_body_and_txt(settings: Settings, mode: str | None = None) -> tuple[bytes, str]:
     """The MTA-STS policy body the settings give, and the ``_mta-sts`` TXT value with its id."""
-    text = mta_sts_policy(settings)
+    text = mta_sts_policy(settings, mode)
     return text.encode(), f"v=STSv1; id={policy_id(text)};"
 
 

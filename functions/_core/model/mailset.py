@@ -25,11 +25,12 @@ def mx_members(settings: Settings) -> tuple[MxHost, ...]:
     return tuple(h for h in settings.provider.mx_hosts if not h.joining)
 
 
-def mta_sts_policy(settings: Settings) -> str:
-    """The RFC 8461 policy text served at https://mta-sts.<domain>/.well-known/mta-sts.txt."""
+def mta_sts_policy(settings: Settings, mode: str | None = None) -> str:
+    """The RFC 8461 policy text served at https://mta-sts.<domain>/.well-known/mta-sts.txt; ``mode`` is the
+    domain's own (``DomainState.mta_sts_mode``), None = the platform's ``policy.mta_sts_mode``."""
     mx = "".join(f"mx: {h.name}\n" for h in mx_members(settings))
     p = settings.policy
-    return f"version: STSv1\nmode: {p.mta_sts_mode}\n{mx}max_age: {p.mta_sts_max_age}\n"
+    return f"version: STSv1\nmode: {p.mta_sts_mode if mode is None else mode}\n{mx}max_age: {p.mta_sts_max_age}\n"
 
 
 def policy_id(policy: str) -> str:
@@ -91,13 +92,15 @@ def desired_records(
     *,
     delegated: bool = False,
     dkim_text: str | None = None,
+    mode: str | None = None,
 ) -> dict[Key, RecordSet]:
     """Every RRset mailplane manages in a customer zone (apex TXT holds only the SPF value here). A delegated
     domain gets one CNAME per slot into the delegation zone instead of the DKIM TXT (see ``dkim_record``).
-    ``dkim_text``: the DKIM TXT as published (an adopted key typed by an operator), default Mailcow's format."""
+    ``dkim_text``: the DKIM TXT as published (an adopted key typed by an operator), default Mailcow's format.
+    ``mode``: the domain's MTA-STS mode (the ``_mta-sts`` id follows the policy), None = the platform's."""
     t, mc = settings.ttl, settings.mailcow.host
     pref = settings.provider.mx_preference
-    pid = policy_id(mta_sts_policy(settings))
+    pid = policy_id(mta_sts_policy(settings, mode))
     sets = [
         RecordSet.of(domain, "MX", t.mx, [f"{pref} {fqdn(h.name)}" for h in mx_members(settings)]),
         RecordSet.of(domain, "TXT", t.txt, [spf_value(settings)]),

@@ -101,8 +101,8 @@ def _key(
 
 def dry_run(event: Envelope, ports: Ports) -> dict[str, list[str]]:
     """The changes ``handle`` would make on each system; nothing is written."""
-    _, cur, pair = _key(event, ports, take=False)
-    plans = plan_all(event, ports, pair)
+    before, cur, pair = _key(event, ports, take=False)
+    plans = plan_all(event, ports, pair, before)
     return {
         "mailcow": plans.mail.summary(),
         "pmg": plans.gateway.summary(),
@@ -114,8 +114,9 @@ def dry_run(event: Envelope, ports: Ports) -> dict[str, list[str]]:
     }
 
 
-def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
-    """Read every system and plan it; raises before anything is written."""
+def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair, st: state.DomainState) -> Plans:
+    """Read every system and plan it (``st``: the domain's state as read for this event); raises before anything is
+    written."""
     s, domain, data = ports.settings, event.subject, dict(event.data)
     gw = ports.gateway
     mc = s.mailcow
@@ -131,7 +132,8 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
     want_key = DkimKey(pair.selector, pair.public_b64)
     mail = plan_mail(desired_mail(domain, data), ports.mail.get_domain(domain), want_key, ports.mail.get_dkim(domain))
     deleg = delegated(data)
-    want = desired_records(domain, s, pair.selector, pair.public_b64, delegated=deleg)
+    mode = st.mta_sts_mode(s)  # the domain's own (promoted) or the platform's
+    want = desired_records(domain, s, pair.selector, pair.public_b64, delegated=deleg, mode=mode)
     dns = key_dns = None
     if data["dns"]["hosted"]:
         try:  # one AXFR: refused when our DNS does not serve the zone or our key may not transfer it
@@ -142,7 +144,7 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair) -> Plans:
         dns = plan_dns(domain, have, first)
     elif deleg:
         key_dns = plan_delegated_key(domain, ports, pair)
-    body = mta_sts_policy(s).encode()
+    body = mta_sts_policy(s, mode).encode()
     have_policy = ports.web.get(policy_key(domain))
     new_body = None if have_policy and have_policy.body == body else body
     return Plans(mail, gateway, dns, key_dns, want, new_body, body, mtasts.enabled(ports))
@@ -207,7 +209,7 @@ def _claim_key(
     a crash reuses it; if a concurrent worker stored another key first, re-plan with that one."""
     stored = state.persist_key(ports.state, event.subject, pair, ports.settings)
     if stored.public_b64 != pair.public_b64:
-        pair, plans = stored, plan_all(event, ports, stored)
+        pair, plans = stored, plan_all(event, ports, stored, before)
     created = ports.clock().isoformat(timespec="seconds")
     record = state.KeyRecord(pair.selector, pair.public_b64, "GENERATED", created)
     return state.save(ports.state, state.with_new_key(before, record), before), pair, plans
@@ -246,7 +248,7 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
         log.info("stale: domain_created %s is older than the applied %s; ignored", event.id, applied)
         return Provisioned("stale", {}, stale_applied=applied)
     acceptance.require_probe(ports)  # a refusal, like every other, before the first write
-    plans = plan_all(event, ports, pair)  # raises, with nothing written, when the event must be refused
+    plans = plan_all(event, ports, pair, before)  # raises, with nothing written, when the event must be refused
     changes: dict[str, list[str]] = {"mailcow": [], "pmg": plans.gateway.summary(), "dns": [], "store": []}
     current = before
     if cur is None:

@@ -9,6 +9,8 @@
   slot's new key, stored just before its state names it, is never taken for the old one. Never touched: the key
   Mailcow signs with, a key on its way (GENERATED .. READY), the previous key within its retire window (RETIRING,
   REVOKED, WITHDRAWN for less than ``keep_days``), and a blob no key record names (a domain.created in progress).
+- ``tlsrpt`` (``tlsrpt/<domain>/<day>.json``): TLS report day objects whose day is ``retention.tlsrpt_days`` or
+  more before today (functions/_core/model/tlsrpt_store.py); a key that names no day is left alone.
 
 The public part of every key stays in the domain's state (status DESTROYED, with its history) as the audit trail of
 what was published. Domain states, policies and the due index are not retention classes: they live as long as the
@@ -21,7 +23,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 
-from functions._core.model import state
+from functions._core.model import state, tlsrpt_store
 from functions._core.model.state import DomainState, KeyRecord
 from functions._core.platform import idempotency
 from functions._core.platform.config import Settings
@@ -29,7 +31,7 @@ from functions._core.platform.errors import AutomationError
 from functions._core.platform.idempotency import Sweep
 from functions._core.platform.store import ObjectStore
 
-CLASSES = ("ledger", "audit", "keys")
+CLASSES = ("ledger", "audit", "keys", "tlsrpt")
 AUDIT_PREFIX = "audit/"
 KEYS_PREFIX = "keys/"
 GONE = ("DESTROYED",)
@@ -51,7 +53,28 @@ def sweep(store: ObjectStore, settings: Settings, now: dt.datetime, *, apply: bo
         out["audit"] = sweep_audit(store, settings.retention.audit_days, now, apply=apply)
     if only in ("", "keys"):
         out["keys"] = sweep_keys(store, settings, now, apply=apply)
+    if only in ("", "tlsrpt"):
+        out["tlsrpt"] = sweep_tlsrpt(store, settings.retention.tlsrpt_days, now, apply=apply)
     return out
+
+
+def sweep_tlsrpt(store: ObjectStore, days: int, now: dt.datetime, *, apply: bool) -> Sweep:
+    """TLS report day objects ``days`` or more days old (by the day in their key); other keys are left alone."""
+    kept = expired = unreadable = 0
+    cutoff = now.astimezone(dt.UTC).date() - dt.timedelta(days=days)
+    for key in store.list(tlsrpt_store.PREFIX):
+        try:
+            day = dt.date.fromisoformat(key.rsplit("/", 1)[-1].removesuffix(".json"))
+        except ValueError:
+            unreadable += 1
+            continue
+        if day <= cutoff:
+            expired += 1
+            if apply:
+                store.delete(key)
+        else:
+            kept += 1
+    return Sweep(kept, expired, unreadable)
 
 
 def sweep_audit(store: ObjectStore, days: int, now: dt.datetime, *, apply: bool) -> Sweep:

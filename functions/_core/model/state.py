@@ -60,6 +60,14 @@ class DomainState:
     # the acceptance gate while it waits or after it gave up: {"event", "since", "failed": [checks]}; {} = passed
     acceptance: dict[str, Any] = field(default_factory=dict)
     webmail: dict[str, Any] = field(default_factory=dict)  # SOGo readiness (functions/_core/model/webmail.py)
+    # this domain's MTA-STS mode when it differs from the platform's policy.mta_sts_mode, e.g. promoted by
+    # `mailplane mta-sts enforce` (functions/ops/enforce.py): {"mode", "since", "reason"}; {} = the platform's
+    mta_sts: dict[str, Any] = field(default_factory=dict)
+
+    def mta_sts_mode(self, settings: Settings) -> str:
+        """The MTA-STS mode this domain's policy has: its own (``mta_sts``), else the platform's."""
+        mode = self.mta_sts.get("mode")
+        return mode if isinstance(mode, str) and mode else settings.policy.mta_sts_mode
 
     @property
     def current(self) -> KeyRecord | None:
@@ -86,6 +94,8 @@ class DomainState:
             data["acceptance"] = self.acceptance
         if self.webmail:
             data["webmail"] = self.webmail
+        if self.mta_sts:
+            data["mta_sts"] = self.mta_sts
         return json.dumps(data, sort_keys=True, indent=1, default=dict).encode()
 
 
@@ -118,6 +128,7 @@ def parse(domain: str, body: bytes, etag: str | None) -> DomainState:
         history=tuple(raw.get("history", ())),
         acceptance=raw.get("acceptance", {}),
         webmail=raw.get("webmail", {}),
+        mta_sts=raw.get("mta_sts", {}),
     )
 
 

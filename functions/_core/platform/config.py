@@ -332,6 +332,14 @@ class MtaStsSettings:
     # new domains: "testing" or "enforce" (per domain: domain.created mta_sts.mode); policy.mta_sts_mode = default
     enforce_after_days: int = 14  # `mailplane mta-sts enforce --all-clean`: days of clean TLS reports needed
     tlsrpt_max_bytes: int = 1048576  # a TLS report (decompressed) larger than this is refused
+    tlsrpt_summary_days: int = 7  # the period `mailplane status` and `tls-rpt summary` show (days ending today)
+
+    def __post_init__(self) -> None:
+        if self.enforce_after_days < 1 or self.tlsrpt_summary_days < 1 or self.tlsrpt_max_bytes < 1024:
+            raise ConfigError(
+                "mta_sts.enforce_after_days and mta_sts.tlsrpt_summary_days must be at least 1, "
+                "mta_sts.tlsrpt_max_bytes at least 1024"
+            )
 
 
 @dataclass(frozen=True)
@@ -365,10 +373,13 @@ class RetentionSettings:
 
     ledger_days: int = 14  # an idempotency-ledger record is kept this long after the event completed
     audit_days: int = 730  # audit records (audit/: each step on a compromised key); 0 = kept for good
+    tlsrpt_days: int = 90  # TLS report day objects (tlsrpt/<domain>/<day>.json) older than this many days
 
     def __post_init__(self) -> None:
-        if self.ledger_days < 1 or self.audit_days < 0:
-            raise ConfigError("retention.ledger_days must be at least 1 and retention.audit_days at least 0")
+        if self.ledger_days < 1 or self.audit_days < 0 or self.tlsrpt_days < 1:
+            raise ConfigError(
+                "retention.ledger_days and retention.tlsrpt_days must be at least 1, retention.audit_days at least 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -391,6 +402,11 @@ class Settings:
     dane: DaneSettings = field(default_factory=DaneSettings)
 
     def __post_init__(self) -> None:
+        if self.mta_sts.enforce_after_days > self.retention.tlsrpt_days:
+            raise ConfigError(
+                f"setting mta_sts.enforce_after_days ({self.mta_sts.enforce_after_days}) must not exceed "
+                f"retention.tlsrpt_days ({self.retention.tlsrpt_days}): the reports it judges would be swept"
+            )
         ladder = sum(self.broker.retry_delays)
         if self.smtp_probe.max_wait_seconds >= ladder:
             raise ConfigError(

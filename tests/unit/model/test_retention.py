@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from functions._core.model import keys, retention, state
+from functions._core.model import keys, retention, state, tlsrpt_store
 from functions._core.model.state import DomainState, KeyRecord
 from functions._core.platform.envelope import parse
 from functions._core.platform.idempotency import Ledger
@@ -69,6 +69,9 @@ def store() -> MemoryStore:
         body = {"domain": "a.test", "selector": "s", "action": name, "at": ago(days)}
         s.put(f"audit/a.test/s/{name}.json", json.dumps(body).encode())
     s.put("audit/a.test/s/broken.json", b"not json")
+    for days in (90, 89):  # TLS report day objects: retention.tlsrpt_days (90) by the day in the key
+        s.put(tlsrpt_store.day_key("a.test", NOW.date() - dt.timedelta(days=days)), b'{"reports": {}}')
+    s.put("tlsrpt/a.test/notaday.json", b"{}")
     for when, ident in ((NOW - dt.timedelta(days=15), "e-old"), (NOW - dt.timedelta(days=13), "e-new")):
         raw = load_event("domain.created")
         raw["id"] = ident
@@ -91,6 +94,7 @@ def test_dry_run_counts_per_class_and_changes_nothing(store: MemoryStore) -> Non
         "ledger": (1, 1, 0),
         "audit": (1, 1, 1),
         "keys": (2, 6, 4),  # left alone: the reused slot, the unnamed blob, the one without state, keys/garbage
+        "tlsrpt": (1, 1, 1),
     }
 
 
@@ -101,7 +105,8 @@ def test_apply_deletes_exactly_the_expired_objects_and_is_idempotent(store: Memo
     expired_keys = {state.key_blob_key("a.test", s) for s, (_, _, exp) in KEYS.items() if exp}
     old_ledger = {k for k in before if k.startswith("idem/") and b"e-old" in before[k].body}
     assert len(old_ledger) == 1
-    assert gone == expired_keys | {"audit/a.test/s/old.json"} | old_ledger
+    old_report = tlsrpt_store.day_key("a.test", NOW.date() - dt.timedelta(days=90))
+    assert gone == expired_keys | {"audit/a.test/s/old.json", old_report} | old_ledger
     assert all(store.objects[k] == before[k] for k in store.objects)  # nothing else rewritten
     after = snapshot(store)
     again = retention.sweep(store, SETTINGS, NOW, apply=True)
@@ -159,3 +164,4 @@ def test_terraform_lifecycle_defaults_are_the_settings_defaults() -> None:
     assert (default("ledger_retention_days"), default("audit_retention_days")) == (want.ledger_days, want.audit_days)
     storage = (Path(__file__).resolve().parents[3] / "infra/terraform/storage.tf").read_text()
     assert "var.ledger_retention_days" in storage and "var.audit_retention_days" in storage
+    assert default("tlsrpt_retention_days") == want.tlsrpt_days and "var.tlsrpt_retention_days" in storage
