@@ -93,6 +93,7 @@ def register(app: typer.Typer) -> None:
                     for s, hs in v.tlsa.items()
                 )
                 ok = "[green]accepted[/green]" if v.dane_ok else "[red]refused[/red]"
+                ok += f"\nresolver: {v.validation}" if v.validation else ""
                 table.add_row(v.host, f"{v.subject or '(no STARTTLS)'}\n{until}\n{v.spki}", served, ok, v.phase)
             out.print(table)
         raise typer.Exit(0 if all(v.dane_ok for v in views) else 1)
@@ -108,5 +109,6 @@ def _row(v: dane.NodeView) -> dict[str, object]:
         "spki_sha256": v.spki,
         "tlsa": v.tlsa,
         "dane_ok": v.dane_ok,
+        "validation": v.validation,
         "phase": v.phase,
     }

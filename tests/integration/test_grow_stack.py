@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,3 +164,75 @@ def test_node_add_then_retire_in_resolver_visible_order(ports: Ports, stack_env:
     assert fleet.same_spf(next(iter(dig("_pmg.faster.test", "TXT"))), next(iter(spf_before)))
     got = ports.web.get(policy_key(zones[0]))
     assert got is not None and b"pmg4" not in got.body
+
+
+SERVERS = ("127.0.0.1", "127.0.5.1", "127.0.5.2")  # the hidden primary and both public secondaries (port 5399)
+
+
+def dig_at(server: str, name: str, rtype: str) -> set[str]:
+    got = subprocess.run(
+        ["dig", "+short", "+norecurse", "-p", "5399", f"@{server}", name, rtype],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = [ln.split() for ln in got.stdout.lower().splitlines() if ln.strip()]
+    if rtype == "TLSA":  # dig splits the hex of the association data in groups
+        return {" ".join(p[:3] + ["".join(p[3:])]) for p in lines}
+    return {" ".join(p) for p in lines}
+
+
+def presented_spki_sha256(target: str) -> str:
+    """SHA-256 of the SubjectPublicKeyInfo the node presents over STARTTLS, computed by openssl alone."""
+    cert = subprocess.run(
+        ["openssl", "s_client", "-connect", target, "-starttls", "smtp"],
+        input=b"QUIT\r\n",
+        capture_output=True,
+        timeout=20,
+        check=False,
+    ).stdout
+    pub = subprocess.run(["openssl", "x509", "-noout", "-pubkey"], input=cert, capture_output=True, check=True).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub, capture_output=True, check=True)
+    digest = subprocess.run(["openssl", "dgst", "-sha256", "-r"], input=der.stdout, capture_output=True, check=True)
+    return digest.stdout.decode().split()[0].lower()
+
+
+def test_node_add_with_dane_serves_the_nodes_tlsa_everywhere_before_any_mx(
+    ports: Ports, stack_env: dict[str, str]
+) -> None:
+    s = ports.settings
+    dane_ports = dataclasses.replace(
+        ports, settings=dataclasses.replace(s, dane=dataclasses.replace(s.dane, enabled=True, tlsa_ttl=1))
+    )
+    zones = seed(dane_ports, 2)
+    grow.undo_add(dane_ports, "pmg4", zones)  # a clean provider zone (and DANE state) after an earlier run
+    name = "_25._tcp.pmg4.faster.test"
+    assert all(dig_at(srv, name, "TLSA") == set() for srv in SERVERS)
+    want = "3 1 1 " + presented_spki_sha256(s.provider.mx_hosts[3].smtp)
+    plan = grow.plan_add(dane_ports, "pmg4", zones=zones)
+    assert plan.health == () and plan.dane == "adopt", (plan.health, plan.dane)
+    seen: dict[str, dict[str, object]] = {}
+
+    def observe(phase: str, report: grow.AddReport) -> None:
+        seen[phase] = {
+            "tlsa": {srv: dig_at(srv, name, "TLSA") for srv in SERVERS},
+            "mx": {z: dig(z, "MX") for z in zones},
+        }
+
+    report = grow.apply_add(dane_ports, plan, approved=plan.digest, progress=observe)
+    assert not report.halted, report.failed
+    # after the provider phase every authoritative server serves the TLSA of what pmg4 presents, and no MX names it
+    assert seen["provider"]["tlsa"] == {srv: {want} for srv in SERVERS}
+    assert all(MX4 not in v for v in seen["provider"]["mx"].values())  # type: ignore[attr-defined]
+    assert all(MX4 in v for v in seen["mx"]["mx"].values())  # type: ignore[attr-defined]
+    # retire: MX first, then the policies, then the A/AAAA and the TLSA, last, on every server
+    assert not retire.apply_retire(dane_ports, retire.plan_retire(dane_ports, "pmg4", zones)).failed
+    assert all(dig_at(srv, name, "TLSA") == {want} for srv in SERVERS)  # still there while only the MX went
+    tail = grow.retire_tail(dane_ports, "pmg4", zones=zones)
+    assert not tail.waiting and not tail.report.halted, tail
+    for srv in SERVERS:  # the tail's UPDATE reaches the secondaries by NOTIFY + IXFR
+        for _ in range(50):
+            if dig_at(srv, name, "TLSA") == set() and dig_at(srv, "pmg4.faster.test", "A") == set():
+                break
+            time.sleep(0.1)
+        assert dig_at(srv, name, "TLSA") == set() and dig_at(srv, "pmg4.faster.test", "A") == set(), srv

@@ -27,6 +27,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -40,6 +41,7 @@ from functions._core.model.ports import DnsChange, Ports
 from functions._core.model.records import RecordSet
 from functions._core.platform.config import MxHost, Secret, Settings
 from functions._core.platform.errors import (
+    AutomationError,
     ConfigError,
     DnsConflict,
     NotPropagated,
@@ -49,6 +51,7 @@ from functions._core.platform.errors import (
 )
 from functions._core.platform.store import ObjectStore, put_over
 
+log = logging.getLogger("mailplane.dane")
 PHASES = ("IDLE", "NEXT_KEY", "PUBLISHED", "ISSUED", "DEPLOYED", "VERIFIED")
 REASONS = ("scheduled", "rollover", "compromised", "nudge")
 
@@ -536,8 +539,11 @@ class NodeView:
     not_after: dt.datetime | None
     spki: str
     tlsa: dict[str, list[str]]  # server -> 3 1 1 hashes served
-    dane_ok: bool  # every authoritative server serves a TLSA that matches the presented certificate
+    # every authoritative server serves a TLSA that matches the presented certificate (not expired), and with
+    # ``dns.dnssec`` the validating resolver answers it secure (AD) with a match: what a DANE client requires
+    dane_ok: bool
     phase: str
+    validation: str = ""  # the validating resolver's verdict on the TLSA (secure|insecure|bogus|error); "" = not asked
 
 
 def view(ports: Ports) -> list[NodeView]:
@@ -557,6 +563,8 @@ def view(ports: Ports) -> list[NodeView]:
         ok = bool(pem) and all(spki in hs for hs in tl.values()) and bool(tl)
         if pem and not_after(pem) <= ports.clock():
             ok = False
+        verdict = _validated(ports, host, spki) if ports.settings.dns.dnssec else ""
+        ok = ok and verdict in ("", "secure")
         out.append(
             NodeView(
                 node,
@@ -567,9 +575,24 @@ def view(ports: Ports) -> list[NodeView]:
                 tl,
                 ok,
                 load(ports, node)[0].phase,
+                verdict,
             )
         )
     return out
+
+
+def _validated(ports: Ports, host: MxHost, spki: str) -> str:
+    """The TLSA as a DANE client gets it from the validating resolver: ``secure`` only with the AD bit and a 3 1 1
+    value matching ``spki``; ``insecure`` (no AD: a DANE client ignores the TLSA), ``bogus``, ``no match``, or
+    ``error`` (the resolver failed)."""
+    try:
+        verdict, rs = ports.dns.resolve_validated(tlsa_name(host), "TLSA")
+    except AutomationError as exc:
+        log.warning("dane: validating resolver for %s: %s", tlsa_name(host), exc.reason)
+        return "error"
+    if verdict == "secure" and spki not in tlsa_hashes(rs):
+        return "no match"
+    return verdict
 
 
 def expiring(ports: Ports, views: Iterable[NodeView]) -> list[str]:

@@ -1,7 +1,7 @@
 """Run a simulator over HTTPS on 127.0.0.1 until SIGTERM (or SIGINT), then exit 0.
 
     python -m sim.serve mailcow --port 8443 --tls-dir DIR [--seed N]
-    python -m sim.serve pmg --ports 8006,8016,8026 --tls-dir DIR [--smtp 127.0.0.1:2525,...] [--sync-interval S]
+    python -m sim.serve pmg --ports 8006,8016,8026 --tls-dir DIR [--smtp 127.0.1.1:25,...] [--sync-interval S]
         [--auth-failure-delay S] [--network-write-delay S] [--cert cn-only|ca-signed]
 
 PMG: ``--cert cn-only`` (default) serves each node PMG's stock certificate (self-signed, CN=<node>, no SAN, in

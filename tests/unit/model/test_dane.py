@@ -302,3 +302,27 @@ def test_status_view_and_expiry_alarm(world: World) -> None:
     assert bad == {"pmg1": True, "pmg2": True, "pmg3": False}
     world.clock.now += dt.timedelta(days=3650 - 10)
     assert dane.expiring(world.ports, dane.view(world.ports)) == list(NODES)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "served", "ok", "shown"),
+    [
+        ("secure", "match", True, "secure"),
+        ("insecure", "match", False, "insecure"),  # no AD: a DANE client ignores the TLSA (opportunistic TLS)
+        ("bogus", "match", False, "bogus"),
+        ("secure", "other", False, "no match"),  # the resolver still serves an old TLSA (cached)
+    ],
+)
+def test_a_signed_platform_counts_dane_accepted_only_from_a_secure_answer(
+    world: World, verdict: str, served: str, ok: bool, shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = world.ports.settings
+    ports = replace(world.ports, settings=replace(s, dns=replace(s.dns, dnssec=True)))
+    world.dns.verdicts[ZONE] = verdict
+    if served == "other":  # every authoritative server has the right TLSA; the resolver's answer does not
+        stale = dane.RecordSet.of("_25._tcp.pmg1.faster.test", "TLSA", TTL, ["3 1 1 " + "00" * 32])
+        real = world.dns.resolve
+        monkeypatch.setattr(world.dns, "resolve", lambda n, t: stale if n.startswith("_25._tcp.pmg1.") else real(n, t))
+    views = {v.node: v for v in dane.view(ports)}
+    assert (views["pmg1"].dane_ok, views["pmg1"].validation) == (ok, shown)
+    assert all(dane.spki_sha256(world.tls.presented("pmg1") or "") in hs for hs in views["pmg1"].tlsa.values())
