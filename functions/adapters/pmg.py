@@ -47,7 +47,7 @@ from functions._core.model.ports import GatewayNode, GatewayTransport, RelayDoma
 from functions._core.platform.config import MxHost, PmgSettings, Secret
 from functions._core.platform.errors import ConfigError, PmgRejected, PmgUnavailable
 from functions._core.platform.retry import retried
-from functions.adapters.pmg_maps import MapWrites
+from functions.adapters.pmg_maps import MAPS, MapWrites
 
 __all__ = ["MANAGED_COMMENT", "PmgClient", "effective_use_mx"]
 
@@ -438,6 +438,15 @@ class PmgClient:
         touched = self._maps.settle()
         if touched:
             log.info("pmg: re-touched %d map(s) so that postmap includes the last writes", touched)
+
+    def retouch(self, domain: str) -> None:
+        """Rewrite the relay-domain and transport maps unchanged through ``domain``'s entries (a PUT of the same
+        comment each), recorded like any write so that ``settle()`` makes them effective: for a domain whose entries
+        exist but whose earlier write a crash may have left inside one second with another (never settled)."""
+        for name in MAPS:
+            self._maps.write(
+                name, functools.partial(self._touch, name, domain), functools.partial(self._touch, name, domain)
+            )
 
     def _map_write(
         self, name: str, key: str, action: str, op: Callable[[Api], Any], landed: Callable[[], bool]

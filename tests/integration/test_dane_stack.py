@@ -295,7 +295,12 @@ def test_sigkill_after_every_write_resumes_to_the_same_end_state(
     kills, phase, last_phase, step_kill = 0, "", "", 1
     for _ in range(60):
         env["DANE_NOW"] = now.isoformat()
+        t0 = time.monotonic()
         proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, timeout=180)
+        print(
+            f"child: kill after {env['DANE_KILL_AFTER']} writes: rc {proc.returncode} in {time.monotonic() - t0:.1f} s"
+            f" {proc.stdout.decode().strip()[-200:]}"
+        )
         if proc.returncode == -signal.SIGKILL:
             kills += 1
             now_phase = dane.load(ports, node)[0].phase  # a step with several writes: kill later in it next time
@@ -306,6 +311,8 @@ def test_sigkill_after_every_write_resumes_to_the_same_end_state(
             continue
         assert proc.returncode == 0, proc.stderr.decode()[-2000:]
         out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+        if out.get("retry"):  # a transient failure: the broker redelivers; the same kill point comes next
+            continue
         phase = out["phase"]
         if phase == "IDLE":
             break

@@ -15,7 +15,7 @@ import pytest
 from functions import domain_created
 from functions._core.model import state
 from functions._core.model.mailset import policy_key
-from functions._core.model.ports import Ports, RelayDomain, TrustedNetwork
+from functions._core.model.ports import GatewayTransport, Ports, RelayDomain, TrustedNetwork
 from functions._core.model.records import RecordSet
 from functions._core.platform.envelope import Envelope, parse
 from functions._core.platform.errors import EventInvalid, NotPropagated, OwnershipConflict
@@ -411,3 +411,25 @@ def test_a_promoted_domain_keeps_enforce_when_domain_created_is_replayed(world: 
     assert out.status == "provisioned" and world.writes()["web"] == [] and world.writes()["dns"] == []
     policy = world.ports.web.get(policy_key("alpha.test"))
     assert policy is not None and b"mode: enforce" in policy.body
+
+
+def test_a_run_that_died_before_its_settle_is_repaired_by_the_next_run_without_a_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed between PMG's map writes and their settle leaves the writes inside one second with another
+    (never postmapped). The redelivery writes nothing to PMG (its entries exist); when a node then refuses RCPT it
+    rewrites the maps unchanged through the domain's entries, settles, and passes without going down the ladder."""
+    ports, gw, _ = gate_world()
+    gw.client.add_relay_domain(RelayDomain("other.test", "managed-by mailplane"))  # the same second, just before
+    gw.client.add_transport(GatewayTransport("other.test", "moo.faster.test", 25, "smtp", True, "managed-by mailplane"))
+    monkeypatch.setattr(gw.client, "settle", lambda: None)  # the first run dies before its settle
+    with pytest.raises(NotPropagated, match="smtp rcpt"):
+        domain_created.handle(event(), ports)
+    assert gw.model.rcpt("pmg1", "127.0.0.2", "postmaster@alpha.test")[0] == 554  # lost in PMG's second
+    monkeypatch.undo()
+    touched: list[str] = []
+    retouch = gw.client.retouch
+    monkeypatch.setattr(gw.client, "retouch", lambda d: (touched.append(d), retouch(d))[1])
+    out = domain_created.handle(event(), ports)  # the redelivery (attempt 0 again)
+    assert out.status == "provisioned" and touched == ["alpha.test"]
+    assert gw.model.rcpt("pmg1", "127.0.0.2", "postmaster@alpha.test")[0] == 450

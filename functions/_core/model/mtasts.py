@@ -67,11 +67,14 @@ class Dns01:
         self._ports, self._zone = ports, zone
 
     def _change(self, name: str, value: str, *, add: bool) -> None:
+        """``add``: the RRset becomes exactly ``value`` (a value an attempt that died before its cleanup left is
+        dropped: one order per name at a time, under the subject's lease; leftovers would pile up until the CA's
+        UDP answer is truncated and it sees no TXT at all); else ``value`` is removed (the RRset with it)."""
         dns = self._ports.dns
         rr = f"_acme-challenge.{name}"
         for _ in range(5):  # a concurrent writer changed the RRset: re-read and try again
             have = dns.read_rrset(rr, "TXT")
-            values = [v for v in (have.values if have else ()) if v != value] + ([value] if add else [])
+            values = [value] if add else [v for v in (have.values if have else ()) if v != value]
             after = RecordSet.of(rr, "TXT", CHALLENGE_TTL, values) if values else None
             if have == after:
                 return

@@ -145,6 +145,7 @@ class GatewayPort(Protocol):
     def delete_network(self, cidr: str) -> None: ...
     def cluster_nodes(self) -> list[GatewayNode]: ...
     def settle(self) -> None: ...  # make the relay-domain/transport writes of this thread effective on the master
+    def retouch(self, domain: str) -> None: ...  # rewrite both maps through domain's entries, unchanged (then settle)
 
 
 # ---------------------------------------------------------------- SMTP (the sender's view of the PMG nodes)

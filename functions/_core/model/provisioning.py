@@ -272,7 +272,7 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     changes["mailcow"] += ["~ sogo restart"] if web.restarted else []
     checks: list[Acceptance] = []
     if status == "provisioned" and not replayed:
-        status, checks = _accept(event, ports, current, web)
+        status, checks = _accept(event, ports, current, web, retouch=not _wrote_gateway_maps(plans))
     if status in ("provisioned", "degraded") and plans.mail.dkim_import:
         ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
         changes["mailcow"].append(f"+ dkim {pair.selector}")
@@ -327,16 +327,27 @@ def _waiting(event: Envelope, ports: Ports, st: state.DomainState, checks: list[
     }
 
 
-def _accept(event: Envelope, ports: Ports, st: state.DomainState, web: webmail.Webmail) -> tuple[str, list[Acceptance]]:
+def _accept(
+    event: Envelope, ports: Ports, st: state.DomainState, web: webmail.Webmail, *, retouch: bool
+) -> tuple[str, list[Acceptance]]:
     """Run the acceptance gate: ``provisioned`` when every check passes; while checks fail, record when they first
     failed (in the domain's state) and raise NotPropagated until ``smtp_probe.max_wait_seconds`` have passed since
     then; after that ``degraded`` (the failing checks go into the event and the state).
+
+    ``retouch``: this run wrote nothing to PMG's maps (the entries exist from an earlier run). If a node refuses RCPT,
+    that earlier run may have died between its write and its settle, leaving the write inside one second with
+    another (PMG's postmap rule: never rebuilt). The maps are then rewritten unchanged through the domain's own
+    entries and settled, and the gate asked once more, so a crash costs a second here, not a trip down the ladder.
 
     Raises:
         NotPropagated: a check fails and the wait is not over (retried by the broker).
         ConfigError: no SMTP probe is configured.
     """
     checks = acceptance.gate(ports, event.subject, web)
+    if retouch and any(c.check == "smtp rcpt" and not c.ok for c in checks):
+        ports.gateway.retouch(event.subject)
+        ports.gateway.settle()
+        checks = acceptance.gate(ports, event.subject, web)
     failed = [c for c in checks if not c.ok]
     if not failed:
         return "provisioned", checks

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from functions._core.model import dane
+from functions._core.model import dane, mtasts
 from functions._core.model.ports import Ports
 from functions._core.platform.errors import EventInvalid, NotPropagated
 from tests.fakes.dns import FakeDns
@@ -326,3 +326,23 @@ def test_a_signed_platform_counts_dane_accepted_only_from_a_secure_answer(
     views = {v.node: v for v in dane.view(ports)}
     assert (views["pmg1"].dane_ok, views["pmg1"].validation) == (ok, shown)
     assert all(dane.spki_sha256(world.tls.presented("pmg1") or "") in hs for hs in views["pmg1"].tlsa.values())
+
+
+def test_a_challenge_value_an_attempt_died_with_is_dropped_by_the_next_order(world: World) -> None:
+    """A worker killed between presenting its DNS-01 value and its cleanup leaves the value; the next attempt
+    serves only its own (leftovers would pile up until the CA's UDP answer is truncated: "No TXT records found")."""
+    name = "_acme-challenge.pmg1.faster.test"
+    seen: list[tuple[str, ...]] = []
+    present = mtasts.Dns01.present
+
+    def spy(self: mtasts.Dns01, n: str, token: str, value: str) -> None:
+        present(self, n, token, value)
+        rs = world.dns.read_rrset(name, "TXT")
+        seen.append(rs.values if rs else ())
+
+    world.dns.apply(ZONE, [dane.DnsChange(None, dane.RecordSet.of(name, "TXT", 60, ["left-by-a-dead-attempt"]))])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mtasts.Dns01, "present", spy)
+        finish(world, "pmg1", "roll-1", "rollover")
+    assert seen == [("v-0",)]  # what the CA saw: its own value only
+    assert world.dns.read_rrset(name, "TXT") is None
