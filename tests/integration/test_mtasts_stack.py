@@ -11,6 +11,7 @@ policy daemon many Postfix sites use), the checkdmarc CLI (real HTTPS fetch, no 
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from functions import domain_created
+from functions import cert_renew, domain_created
 from functions._core.model import mtasts
 from functions._core.model.mailset import mta_sts_policy, policy_id
 from functions._core.model.ports import DnsChange, Ports
@@ -34,7 +35,7 @@ from functions._core.model.records import RecordSet
 from functions._core.platform.config import AcmeSettings, Settings
 from functions._core.platform.envelope import parse
 from functions._core.platform.errors import NotPropagated
-from functions.ops import enforce
+from functions.ops import enforce, renew_due, status
 from functions.runtime.main import build_ports
 from tests.integration import stack
 
@@ -255,6 +256,64 @@ def test_a_missing_certificate_is_a_fetch_error_until_it_is_delivered_again(
         changes = mtasts.ensure_cert(ports, domain, hosted=True)  # re-delivered from the sealed store, no new order
     assert changes == [f"+ web host certificate {mtasts.cert_name(domain)}"]
     assert mta_sts_query(stack_env, domain).result == "VALID"  # nginx reads it per handshake: no reload
+
+
+def test_status_shows_the_policy_as_a_sender_fetches_it(
+    stack_env: dict[str, str], ports: Ports, settings: Settings, hosted: tuple[str, list[str]]
+) -> None:
+    domain, _ = hosted
+    flush(stack_env, domain)
+    (web,) = [c for c in status.domain_status(domain, ports)[1] if c.system == "web"]
+    assert web.ok, web
+    assert web.where == f"sender (resolver {stack_env['MAILPLANE_RESOLVER']}, trust {stack_env['MAILPLANE_ACME_ROOT']})"
+    assert web.have.startswith("HTTP 200 text/plain") and "certificate until" in web.have
+    path = cert_file(settings, domain)
+    saved = path.read_bytes()
+    path.unlink()
+    try:
+        (gone,) = [c for c in status.domain_status(domain, ports)[1] if c.system == "web"]
+        assert not gone.ok and "SSLError" in gone.have, gone
+        assert status.domain_status(domain, ports)[0] == "drift"
+    finally:
+        path.write_bytes(saved)
+        path.chmod(0o600)
+
+
+def test_cert_renew_renews_a_due_certificate_and_senders_get_it_without_a_reload(
+    stack_env: dict[str, str], ports: Ports, settings: Settings, hosted: tuple[str, list[str]]
+) -> None:
+    domain, _ = hosted
+    name = mtasts.cert_name(domain)
+    old = mtasts.load_cert(ports, name)
+    assert old is not None
+    now = dt.datetime.now(dt.UTC)
+    skew = old.not_after - now - dt.timedelta(days=settings.mta_sts.renew_before_days - 1)
+    later = replace(ports, clock=lambda: dt.datetime.now(dt.UTC) + skew)  # one day into the renewal window
+    (due,) = [d for d in renew_due.scan_certs(later.state, settings, later.clock()) if d.node == domain]
+    ev = parse(json.dumps(renew_due.event_for(due, later.clock())).encode(), publisher="scheduler")
+    out = cert_renew.handle(ev, later)
+    assert out.status == "renewed", out
+    new = mtasts.load_cert(ports, name)
+    assert new is not None and new.chain != old.chain
+    assert cert_file(settings, domain).read_text().startswith(new.chain)
+    entries = [k for k in ports.state.list(mtasts.RENEW_PREFIX) if k.endswith("/" + name)]
+    assert entries == [mtasts.renew_key(mtasts.renew_day(new, ports), name)]  # one entry, the new certificate's
+    flush(stack_env, domain)
+    assert mta_sts_query(stack_env, domain).result == "VALID"
+    served = as_sender(
+        stack_env,
+        "sh",
+        "-c",
+        f"openssl s_client -connect {stack_env['MAILPLANE_WEB6_IP']}:443 -servername {name} </dev/null 2>/dev/null"
+        " | openssl x509 -noout -serial",
+    )
+    leaf = new.chain.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    want = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=leaf, capture_output=True, text=True)
+    assert served.stdout.strip() == want.stdout.strip() != ""  # the renewed leaf, read per handshake
+    # a duplicate delivery writes nothing (on the real clock: Pebble's certificates follow it, the skewed one keeps
+    # every certificate due)
+    assert cert_renew.handle(ev, ports).status == "current"
+    assert mtasts.load_cert(ports, name) == new
 
 
 def test_without_the_order_the_txt_is_published_before_the_policy_is_fetchable(
