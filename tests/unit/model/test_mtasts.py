@@ -213,3 +213,35 @@ def test_status_has_no_sender_check_when_serving_is_off(world: World) -> None:
 def test_expiry_warning_must_come_after_renewal() -> None:
     with pytest.raises(ConfigError, match="expiry_warn_days"):
         MtaStsSettings(renew_before_days=10, expiry_warn_days=10)
+
+
+def test_the_demo_serves_mta_sts_only_with_the_stacks_ca_and_web6() -> None:
+    from functions.ops.demo import with_mta_sts
+
+    env = {
+        "MAILPLANE_ACME_DIRECTORY": "https://127.0.0.14:14000/dir",
+        "MAILPLANE_ACME_CA": "/s/tls/ca.pem",
+        "MAILPLANE_ACME_ROOT": "/s/acme/root.pem",
+        "MAILPLANE_WEB6_CERT_DIR": "/s/web6/certs",
+        "MAILPLANE_RESOLVER": "127.0.0.153",
+    }
+    on = with_mta_sts(BASE, env)
+    assert on.mta_sts.serve and on.mta_sts.cert_dir == "/s/web6/certs" and on.acme.root_file == "/s/acme/root.pem"
+    assert on.mta_sts.trust_file == "/s/acme/root.pem" and on.mta_sts.resolver == "127.0.0.153"
+    for k in env:
+        assert with_mta_sts(BASE, {n: v for n, v in env.items() if n != k}) is BASE
+
+
+def test_the_summary_has_a_web_column_only_when_a_web_check_was_made(world: World) -> None:
+    from rich.console import Console
+
+    from functions.ops.render import render_summary
+
+    assert created(world).status == "provisioned"
+    overall, cs = status.domain_status(D, world.ports)
+    console = Console(width=200, record=True)
+    console.print(render_summary([(D, overall, cs)]))
+    assert "web" in console.export_text()
+    console = Console(width=200, record=True)
+    console.print(render_summary([(D, overall, [c for c in cs if c.system != "web"])]))
+    assert "web" not in console.export_text().split("\n", 2)[2]  # the title mentions no column named web
