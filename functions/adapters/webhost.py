@@ -2,7 +2,7 @@
 
 Delivery (``kind = "dir"``): one file per name, ``<cert_dir>/<name>.pem`` holding the full chain and the private
 key, replaced atomically (write + rename), mode 0600. nginx picks it per handshake by the SNI name
-(``ssl_certificate $ssl_server_name``-style variables, infra/web/nginx-mta-sts.conf), so a new or renewed certificate
+(``ssl_certificate $ssl_server_name``-style variables, infra/web6/nginx.conf), so a new or renewed certificate
 needs no reload. In production the directory is on web6 itself (the worker that runs there, or a mount of it).
 
 The fetch is what a sending MTA does (RFC 8461 3.3): resolve the name through the public DNS (``mta_sts.resolver``),

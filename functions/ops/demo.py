@@ -5,7 +5,10 @@ real worker until the queues are drained, then show every domain's status and wh
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +64,32 @@ def _parked(settings: Settings) -> list[tuple[str, str]]:
     return seen
 
 
+def with_mta_sts(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """``settings`` with MTA-STS served when the local stack has its ACME CA and web6 (infra/local/up's env.sh):
+    Pebble, web6's certificate directory, the stack's resolver and the Pebble root as the sender's trust."""
+    need = ("MAILPLANE_ACME_DIRECTORY", "MAILPLANE_ACME_CA", "MAILPLANE_ACME_ROOT", "MAILPLANE_WEB6_CERT_DIR")
+    if settings.mta_sts.serve or not all(env.get(k) for k in (*need, "MAILPLANE_RESOLVER")):
+        return settings
+    acme = replace(
+        settings.acme,
+        directory=env["MAILPLANE_ACME_DIRECTORY"],
+        ca_file=env["MAILPLANE_ACME_CA"],
+        root_file=env["MAILPLANE_ACME_ROOT"],
+    )
+    m = replace(
+        settings.mta_sts,
+        serve=True,
+        cert_dir=env["MAILPLANE_WEB6_CERT_DIR"],
+        resolver=env["MAILPLANE_RESOLVER"],
+        trust_file=env["MAILPLANE_ACME_ROOT"],
+    )
+    return replace(settings, acme=acme, mta_sts=m)
+
+
 def run_demo(settings: Settings, out: Console) -> int:
-    """Returns 0 when every hosted sample is provisioned, the external one awaits DNS and the invalid one is parked."""
+    """Returns 0 when every hosted sample is provisioned, the external one awaits DNS and the invalid one is parked.
+    On the local stack the samples' MTA-STS policies are served by web6 (``with_mta_sts``)."""
+    settings = with_mta_sts(settings, os.environ)
     good, bad = _events()
     hosted = [normalize_domain(e["subject"]) for e in good if e["data"]["dns"]["hosted"]]
     external = [normalize_domain(e["subject"]) for e in good if not e["data"]["dns"]["hosted"]]

@@ -21,11 +21,13 @@ def render_checks(domain: str, overall: str, checks: list[Check]) -> Table:
 def render_summary(rows: list[tuple[str, str, list[Check]]]) -> Table:
     """One line per domain: per system, checks passed / checks made."""
     table = Table(title="status per domain and system (details: mailplane status DOMAIN)")
-    for col in ("domain", "mailcow", "pmg", "dns", "store", "status"):
+    systems = ["mailcow", "pmg", "dns", "store"]
+    systems += ["web"] if any(c.system == "web" for _, _, checks in rows for c in checks) else []  # MTA-STS served
+    for col in ("domain", *systems, "status"):
         table.add_column(col, no_wrap=True)
     for domain, overall, checks in rows:
         cells = []
-        for system in ("mailcow", "pmg", "dns", "store"):
+        for system in systems:
             mine = [c for c in checks if c.system == system]
             ok = sum(c.ok for c in mine)
             mark = "[green]✓[/green]" if ok == len(mine) else "[red]✗[/red]"

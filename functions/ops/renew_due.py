@@ -5,18 +5,24 @@ progress gets a ``nudge`` (every run), a node that needs one gets ``scheduled`` 
 (a new key: PMG's own certificate, or a key older than ``dane.rollover_days``). One node at a time: no run is started
 while another node's run is in progress, and at most one is started per pass. Event ids are deterministic per node
 and hour (nudges) or day (starts), so a second pass in the same period publishes duplicates the ledger drops.
+
+With ``mta_sts.serve`` it also publishes cert.renew (``data.domain``, reason ``mta-sts``) for every certificate of
+``mta-sts.<domain>`` whose renewal entry (``certs-due/<day>/<name>``, written with the certificate,
+``mta_sts.renew_before_days`` before it expires) is due, at most ``mta_sts.renew_max_per_run`` per pass, oldest
+first; ids per domain and day.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from functions._core.model import dane
+from functions._core.model import dane, mtasts
 from functions._core.model.nodes import short
 from functions._core.platform.config import Settings
 from functions._core.platform.envelope import build
@@ -45,6 +51,14 @@ def scan(store: ObjectStore, settings: Settings, now: dt.datetime) -> list[Due]:
     return out
 
 
+def scan_certs(store: ObjectStore, settings: Settings, now: dt.datetime) -> list[Due]:
+    """The MTA-STS certificates due for renewal (``node`` = the domain), at most ``renew_max_per_run``."""
+    if not settings.mta_sts.serve:
+        return []
+    names = mtasts.renewals(store, now.date())[: settings.mta_sts.renew_max_per_run]
+    return [Due(n.removeprefix("mta-sts."), "mta-sts", "due") for n in names]
+
+
 def select(dues: list[Due]) -> list[Due]:
     """Every nudge; one start, and only when no run is in progress (one node at a time)."""
     nudges = [d for d in dues if d.reason == "nudge"]
@@ -53,6 +67,10 @@ def select(dues: list[Due]) -> list[Due]:
 
 
 def event_for(due: Due, now: dt.datetime) -> dict[str, Any]:
+    if due.reason == "mta-sts":  # the id stays short for any domain length (CloudEvents id limit)
+        tag = hashlib.sha256(due.node.encode()).hexdigest()[:16]
+        data: dict[str, Any] = {"domain": due.node, "reason": due.reason}
+        return build("cert.renew", due.node, data, source=SOURCE, id=f"cert-mta-sts-{tag}-{now:%Y%m%d}", time=now)
     stamp = f"{now:%Y%m%dT%H}" if due.reason == "nudge" else f"{now:%Y%m%d}"
     data = {"node": due.node, "reason": due.reason}
     return build("cert.renew", due.node, data, source=SOURCE, id=f"cert-{due.reason}-{due.node}-{stamp}", time=now)
@@ -66,7 +84,7 @@ def run(
     Raises:
         pika.exceptions.AMQPError: the broker refused or did not confirm a publish.
     """
-    chosen = select(scan(store, settings, now))
+    chosen = select(scan(store, settings, now)) + scan_certs(store, settings, now)
     for due in chosen:
         if publish is not None:
             publish(event_for(due, now))

@@ -1,16 +1,18 @@
 """`mailplane status`: desired vs actual for one domain, per system and per authoritative server, and the SMTP
-acceptance of every PMG node (the RCPT answer and the source address it was asked from); beside the checks, what
-the senders' TLS reports (RFC 8460) say about the last period (``tls_reports``: information, never a check)."""
+acceptance of every PMG node (the RCPT answer and the source address it was asked from); with MTA-STS served, the
+policy as a sender fetches it (``policy_fetch_check``); beside the checks, what the senders' TLS reports
+(RFC 8460) say about the last period (``tls_reports``: information, never a check)."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from functions import domain_created
-from functions._core.model import acceptance, dnssec, state, webmail
+from functions._core.model import acceptance, dnssec, mtasts, state, webmail
 from functions._core.model.equivalence import covers
 from functions._core.model.mailset import (
     MARKER_NAME,
@@ -18,6 +20,7 @@ from functions._core.model.mailset import (
     desired_records,
     dkim_record,
     mta_sts_policy,
+    policy_id,
     policy_key,
 )
 from functions._core.model.ports import DkimKey, Ports
@@ -38,7 +41,7 @@ CHAIN_WHERE = "chain of trust"  # the ``where`` of the DNSSEC check (its ``have`
 
 @dataclass(frozen=True)
 class Check:
-    system: str  # mailcow | pmg | dns | store
+    system: str  # mailcow | pmg | dns | store | web
     where: str  # "api", a DNS server, or "public"
     item: str
     want: str
@@ -152,6 +155,27 @@ def dnssec_checks(domain: str, request: dict[str, Any], ports: Ports) -> list[Ch
     return [Check("dns", CHAIN_WHERE, f"DNSSEC {domain}", want, have, chain.status in ("secure", "awaiting_ds"))]
 
 
+def policy_fetch_check(domain: str, want: bytes, ports: Ports) -> list[Check]:
+    """The policy as a sender fetches it (``mta_sts.resolver``, ``mta_sts.trust_file``; HTTPS, certificate valid for
+    ``mta-sts.<domain>`` and not within ``mta_sts.expiry_warn_days`` of expiry, 200 text/plain, body equal to
+    ``want``) and the public ``_mta-sts`` TXT's id against the body served. Nothing when MTA-STS is not served."""
+    if not mtasts.enabled(ports) or ports.web_host is None:
+        return []
+    s, url = ports.settings.mta_sts, mtasts.policy_url(domain)
+    where = f"sender (resolver {s.resolver or '/etc/resolv.conf'}, trust {s.trust_file or 'system store'})"
+    fetched = ports.web_host.fetch(url)
+    problems = mtasts.check(fetched, want, ports.clock(), min_days=s.expiry_warn_days)
+    served = policy_id(fetched.body.decode("utf-8", "replace")) if not problems else None
+    txt = ports.dns.resolve(f"_mta-sts.{domain}", "TXT")
+    m = re.search(r"\bid=([A-Za-z0-9]{1,32})", " ".join(txt.values)) if txt else None
+    if served is not None and m is not None and m.group(1) != served:
+        problems.append(f"_mta-sts id={m.group(1)} does not announce the policy served (id {served})")
+    until = f", certificate until {fetched.not_after:%Y-%m-%d}" if fetched.not_after else ""
+    have = "; ".join(problems) if problems else f"HTTP 200 {fetched.content_type}{until}, id {served}"
+    want_text = f"HTTPS 200 text/plain, the desired policy (id {policy_id(want.decode())})"
+    return [Check("web", where, f"GET {url}", want_text, have, not problems)]
+
+
 def chain_status(checks: Iterable[Check]) -> str | None:
     """The chain-of-trust status (functions/_core/model/dnssec.py ``STATUSES``) that ``dnssec_checks`` recorded among
     ``checks``; None when the domain's zone is not one whose chain we report."""
@@ -187,11 +211,12 @@ def domain_status(domain: str, ports: Ports) -> tuple[str, list[Check]]:
         ),
         *dns_checks(domain, hosted, cur, ports, deleg=delegated(st.request), mode=mode),
         *dnssec_checks(domain, st.request, ports),
+        *policy_fetch_check(domain, want_policy, ports),
     ]
     bad = [c for c in checks if not c.ok]
     if not bad:
         return "provisioned", checks
-    if not hosted and all(c.system == "dns" or c.item == "dkim" for c in bad):
+    if not hosted and all(c.system in ("dns", "web") or c.item == "dkim" for c in bad):
         return "awaiting_dns", checks
     return "drift", checks
 

@@ -332,7 +332,18 @@ def from_schema(schema: dict[str, Any], root: dict[str, Any], rnd: random.Random
     if kind == "object":
         required = set(schema.get("required", ()))
         props = schema.get("properties", {})
-        return {k: from_schema(v, root, rnd, k) for k, v in props.items() if k in required or rnd.random() < 0.5}
+        excluded: set[str] = set()
+        if "oneOf" in schema:  # one branch's required keys, none that only another branch requires
+            branches = [set(b.get("required", ())) for b in schema["oneOf"]]
+            chosen = rnd.choice(branches)
+            required |= chosen
+            excluded = set().union(*branches) - chosen
+        out = {
+            k: from_schema(v, root, rnd, k)
+            for k, v in props.items()
+            if k not in excluded and (k in required or rnd.random() < 0.5)
+        }
+        return _conditional(schema, out, root, rnd)
     if kind == "integer":
         low, high = schema.get("minimum", -(2**31)), schema.get("maximum", 2**31 - 1)
         return rnd.choice([low, high, rnd.randint(low, high), rnd.randint(low, min(high, low + 100))])
@@ -350,6 +361,23 @@ def from_schema(schema: dict[str, Any], root: dict[str, Any], rnd: random.Random
         text = random_text(rnd, min(schema.get("maxLength", 40), 40))
         return text.ljust(schema.get("minLength", 0), "x")
     raise AssertionError(f"unsupported schema {schema}")
+
+
+def _conditional(
+    schema: dict[str, Any], out: dict[str, Any], root: dict[str, Any], rnd: random.Random
+) -> dict[str, Any]:
+    """Apply ``if``/``then``/``else`` (cert.renew: reason mta-sts exactly when data.domain is given): the branch's
+    ``const`` properties set, its ``not: {const}`` properties drawn again from the enum without that value."""
+    if "if" not in schema:
+        return out
+    branch = schema["then"] if set(schema["if"].get("required", ())) <= out.keys() else schema.get("else", {})
+    for k, rule in branch.get("properties", {}).items():
+        if "const" in rule:
+            out[k] = rule["const"]
+        elif "not" in rule and out.get(k) == rule["not"].get("const"):
+            choices = [v for v in _resolve(schema["properties"][k], root)["enum"] if v != rule["not"]["const"]]
+            out[k] = rnd.choice(choices)
+    return out
 
 
 def _fix_quotas(data: dict[str, Any]) -> dict[str, Any]:

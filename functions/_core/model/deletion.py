@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from functions._core.model import state
+from functions._core.model import mtasts, state
 from functions._core.model.keys import REVOKED_TXT
 from functions._core.model.mailset import customer_lines, delegated, desired_records, dkim_record, policy_key, spf_value
 from functions._core.model.ports import DkimKey, DnsChange, GatewayTransport, MailDomain, Ports, RelayDomain
@@ -80,9 +80,11 @@ class Removal:
     blobs: tuple[str, ...]  # sealed private keys in the state store
     kept: tuple[tuple[str, str], ...]  # (system, line): left in place, with the reason
     instructions: tuple[str, ...]  # zone hosted elsewhere: lines the customer may remove
+    cert: str | None = None  # the mta-sts.<domain> certificate (stored sealed and/or on the web host)
 
     def changes(self) -> dict[str, list[str]]:
         store = ["- mta-sts policy"] if self.policy else []
+        store += [f"- certificate {self.cert}"] if self.cert else []
         store += [f"- sealed key {b.rsplit('/', 1)[-1].removesuffix('.bin')}" for b in self.blobs]
         dns = self.dns.summary() if self.dns else []
         return {"mailcow": self.mail.summary(), "pmg": self.gateway.summary(), "dns": dns, "store": store}
@@ -228,7 +230,9 @@ def plan_removal(event: Envelope, st: state.DomainState, ports: Ports) -> Remova
     dns, instructions, kept_dns = _dns(domain, st, ports, managed)
     kept = (*(("mailcow", k) for k in kept_mail), *(("pmg", k) for k in kept_gw), *kept_dns)
     policy = ports.web.get(policy_key(domain)) is not None
-    return Removal(mail, gateway, dns, policy, tuple(ports.state.list(f"keys/{domain}/")), kept, instructions)
+    blobs = tuple(ports.state.list(f"keys/{domain}/"))
+    cert = mtasts.cert_name(domain) if mtasts.has_cert(ports, domain) else None
+    return Removal(mail, gateway, dns, policy, blobs, kept, instructions, cert)
 
 
 def _active(domain: str, ports: Ports) -> bool:
@@ -300,6 +304,8 @@ def apply_removal(domain: str, r: Removal, ports: Ports) -> None:
         ports.gateway.settle()  # PMG's 1-s postmap rule: the removals must reach the master's postfix maps too
     if r.policy:
         ports.web.delete(policy_key(domain))
+    if r.cert:  # after the policy: senders then fail closed (no policy), never on a policy without a certificate
+        mtasts.remove_cert(ports, domain)
     for blob in r.blobs:
         ports.state.delete(blob)
 

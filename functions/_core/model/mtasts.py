@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from functions._core.model import keys
+from functions._core.model import keys, state
 from functions._core.model.ports import DnsChange, Fetched, Ports
 from functions._core.model.records import RecordSet
 from functions._core.platform.errors import ConfigError, DnsConflict, NotPropagated
+from functions._core.platform.store import ObjectStore
 
 log = logging.getLogger("mailplane.mta_sts")
 CHALLENGE_TTL = 60
@@ -48,6 +49,19 @@ def policy_url(domain: str) -> str:
 
 def cert_state_key(name: str) -> str:
     return f"certs/{name}.json"
+
+
+RENEW_PREFIX = "certs-due/"
+
+
+def renew_key(day: dt.date, name: str) -> str:
+    """The renewal index entry: an empty object per certificate at the day it becomes due (``renew_due`` lists
+    ``certs-due/`` up to today instead of reading every certificate)."""
+    return f"{RENEW_PREFIX}{day:%Y-%m-%d}/{name}"
+
+
+def renew_day(cert: StoredCert, ports: Ports) -> dt.date:
+    return (cert.not_after - dt.timedelta(days=ports.settings.mta_sts.renew_before_days)).date()
 
 
 def challenge_key(name: str, token: str) -> str:
@@ -175,6 +189,7 @@ def ensure_cert(ports: Ports, domain: str, *, hosted: bool) -> list[str]:
         raise ConfigError("MTA-STS serving needs [acme] directory and [mta_sts] cert_dir")
     name, kek = cert_name(domain), ports.settings.dkim.key_encryption_key
     cert, changes = load_cert(ports, name), []
+    old = cert
     if due(cert, ports):
         key_pem = _new_key()
         challenge = Dns01(ports, domain) if hosted else Http01(ports)
@@ -182,6 +197,7 @@ def ensure_cert(ports: Ports, domain: str, *, hosted: bool) -> list[str]:
         renewed = cert is not None
         cert = StoredCert(name, chain, keys.seal_blob(key_pem, kek, f"cert/{name}"), not_after(chain), challenge.kind)
         ports.state.put(cert_state_key(name), cert.to_json(), content_type="application/json")  # sealed, first
+        _reindex(ports, name, old, cert)
         changes.append(f"{'~' if renewed else '+'} certificate {name} ({challenge.kind}, until {cert.not_after:%F})")
     assert cert is not None
     if ports.web_host.installed(name) != _norm(cert.chain):
@@ -189,6 +205,55 @@ def ensure_cert(ports: Ports, domain: str, *, hosted: bool) -> list[str]:
         ports.web_host.install(name, cert.chain, key.reveal())
         changes.append(f"+ web host certificate {name}")
     return changes
+
+
+def _reindex(ports: Ports, name: str, old: StoredCert | None, new: StoredCert) -> None:
+    """The renewal entry of ``new`` written, then the one of ``old`` (if another day) removed."""
+    ports.state.put(renew_key(renew_day(new, ports), name), b"", content_type="text/plain")
+    if old is not None and renew_day(old, ports) != renew_day(new, ports):
+        ports.state.delete(renew_key(renew_day(old, ports), name))
+
+
+def renewals(store: ObjectStore, until: dt.date) -> list[str]:
+    """The names whose renewal entry is due by ``until`` (oldest first), from the index alone."""
+    out = []
+    for key in store.list(RENEW_PREFIX):
+        day, _, name = key.removeprefix(RENEW_PREFIX).partition("/")
+        try:
+            if dt.date.fromisoformat(day) <= until and name:
+                out.append((day, name))
+        except ValueError:
+            continue  # not an entry of ours
+    return [n for _, n in sorted(out)]
+
+
+def renew(ports: Ports, domain: str) -> tuple[str, list[str], str]:
+    """cert.renew for ``mta-sts.<domain>``: (status, changes, why skipped). ``renewed`` (issued when due, and/or
+    delivered again), ``current`` (nothing to do: a duplicate), ``skipped`` (serving off, domain unknown, suspended
+    or deleted: nothing written).
+
+    Raises:
+        CaUnavailable, NotPropagated: as ``ensure_cert`` (transient).
+    """
+    st = state.load(ports.state, domain)
+    if not enabled(ports):
+        return "skipped", [], "MTA-STS serving is off"
+    if not st.request or st.status in ("suspended", "deleted"):
+        return "skipped", [], f"domain {st.status or 'unknown'}"
+    changes = ensure_cert(ports, domain, hosted=bool(st.request["dns"]["hosted"]))
+    return ("renewed" if changes else "current"), changes, ""
+
+
+def preview(ports: Ports, domain: str) -> dict[str, object]:
+    """What cert.renew would do for ``mta-sts.<domain>``: whether it is due, and until when the current one runs."""
+    cert = load_cert(ports, cert_name(domain))
+    return {"due": due(cert, ports), "not_after": cert.not_after.isoformat() if cert else None}
+
+
+def has_cert(ports: Ports, domain: str) -> bool:
+    name = cert_name(domain)
+    on_host = ports.web_host is not None and ports.web_host.installed(name) is not None
+    return on_host or ports.state.get(cert_state_key(name)) is not None
 
 
 def _norm(chain: str) -> str:
@@ -211,7 +276,9 @@ def remove_cert(ports: Ports, domain: str) -> list[str]:
     if ports.web_host is not None and ports.web_host.installed(name) is not None:
         ports.web_host.remove(name)
         changes.append(f"- web host certificate {name}")
-    if ports.state.get(cert_state_key(name)) is not None:
+    stored = load_cert(ports, name)
+    if stored is not None:
+        ports.state.delete(renew_key(renew_day(stored, ports), name))
         ports.state.delete(cert_state_key(name))
         changes.append(f"- certificate {name}")
     return changes

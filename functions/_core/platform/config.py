@@ -320,7 +320,9 @@ class MtaStsSettings:
     """[mta_sts]: serving each domain's policy over HTTPS (certificate per mta-sts.<domain>, RFC 8461 order)."""
 
     serve: bool = False  # issue certificates and publish _mta-sts only once the policy is fetchable
-    renew_before_days: int = 30  # renew a certificate this long before it expires (rotate-due's pass)
+    renew_before_days: int = 30  # renew a certificate this long before it expires (renew-due's pass)
+    renew_max_per_run: int = 200  # cert.renew events one `mailplane renew-due` run publishes at most
+    expiry_warn_days: int = 14  # status/drift: a served certificate expiring sooner is drift (renewal overdue)
     # the web host: where certificates are delivered ("dir": a directory the web server reads per SNI name)
     cert_dir: str = ""
     # how a sender reaches the web host: resolvers for the fetch ("" = /etc/resolv.conf) and the trust store
@@ -335,6 +337,11 @@ class MtaStsSettings:
     tlsrpt_summary_days: int = 7  # the period `mailplane status` and `tls-rpt summary` show (days ending today)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.expiry_warn_days < self.renew_before_days or self.renew_max_per_run < 1:
+            raise ConfigError(
+                "mta_sts.expiry_warn_days must be below mta_sts.renew_before_days (renewal comes first), "
+                "mta_sts.renew_max_per_run at least 1"
+            )
         if self.enforce_after_days < 1 or self.tlsrpt_summary_days < 1 or self.tlsrpt_max_bytes < 1024:
             raise ConfigError(
                 "mta_sts.enforce_after_days and mta_sts.tlsrpt_summary_days must be at least 1, "

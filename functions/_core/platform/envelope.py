@@ -300,6 +300,8 @@ def _domain(value: str, path: str) -> str:
 
 def _checked_subject(event_type: str, subject: str, data: Mapping[str, Any]) -> str:
     name = _SUBJECT_FIELD.get(event_type)
+    if event_type == "cert.renew" and "domain" in data:  # the MTA-STS certificate of a domain, not a node's
+        name = "domain"
     if name is None:
         return subject
     got = _domain(subject, "subject") if name == "domain" else subject
