@@ -27,7 +27,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +37,18 @@ from benchmarks.bench_dns_gate import load, show  # noqa: E402
 from functions import domain_created  # noqa: E402
 from functions._core.model import mtasts  # noqa: E402
 from functions._core.model.ports import Ports  # noqa: E402
-from functions._core.platform.config import AcmeSettings, Settings  # noqa: E402
+from functions._core.platform.config import Settings  # noqa: E402
 from functions._core.platform.envelope import parse  # noqa: E402
 from functions._core.platform.errors import NotPropagated  # noqa: E402
+from functions.ops.demo import with_mta_sts  # noqa: E402
 from functions.runtime.main import build_ports  # noqa: E402
 
 
 def serving(base: Settings, env: dict[str, str]) -> Settings:
-    acme = AcmeSettings(
-        directory=env["MAILPLANE_ACME_DIRECTORY"],
-        ca_file=env["MAILPLANE_ACME_CA"],
-        root_file=env["MAILPLANE_ACME_ROOT"],
-        timeout_seconds=60,
-    )
-    m = replace(
-        base.mta_sts,
-        serve=True,
-        cert_dir=env["MAILPLANE_WEB6_CERT_DIR"],
-        resolver=env["MAILPLANE_RESOLVER"],
-        trust_file=env["MAILPLANE_ACME_ROOT"],
-    )
-    return replace(base, acme=acme, mta_sts=m)
+    """``base`` with MTA-STS served by the stack's web6 (demo.with_mta_sts: Pebble, web6's cert dir, the resolver)."""
+    served = with_mta_sts(base, env)
+    assert served.mta_sts.serve, "the stack's env has no ACME CA or web6 (infra/local/up)"
+    return served
 
 
 def event(domain: str) -> Any:

@@ -32,10 +32,11 @@ from functions._core.model import mtasts
 from functions._core.model.mailset import mta_sts_policy, policy_id
 from functions._core.model.ports import DnsChange, Ports
 from functions._core.model.records import RecordSet
-from functions._core.platform.config import AcmeSettings, Settings
+from functions._core.platform.config import Settings
 from functions._core.platform.envelope import parse
 from functions._core.platform.errors import NotPropagated
 from functions.ops import enforce, renew_due, status
+from functions.ops.demo import with_mta_sts
 from functions.runtime.main import build_ports
 from tests.integration import stack
 
@@ -45,23 +46,11 @@ WITH_RESOLVER = REPO / "infra" / "local" / "with-resolver"
 BIN = REPO / ".venv" / "bin"
 
 
-def serving(base: Settings, env: dict[str, str], **mta_sts: Any) -> Settings:
-    """``base`` with MTA-STS served: Pebble as the CA, web6's cert dir, the sender's resolver and trust."""
-    acme = AcmeSettings(
-        directory=env["MAILPLANE_ACME_DIRECTORY"],
-        ca_file=env["MAILPLANE_ACME_CA"],
-        root_file=env["MAILPLANE_ACME_ROOT"],
-        timeout_seconds=60,
-    )
-    m = replace(
-        base.mta_sts,
-        serve=True,
-        cert_dir=env["MAILPLANE_WEB6_CERT_DIR"],
-        resolver=env["MAILPLANE_RESOLVER"],
-        trust_file=env["MAILPLANE_ACME_ROOT"],
-        **mta_sts,
-    )
-    return replace(base, acme=acme, mta_sts=m)
+def serving(base: Settings, env: dict[str, str]) -> Settings:
+    """``base`` with MTA-STS served by the stack's web6 (demo.with_mta_sts: Pebble, web6's cert dir, the resolver)."""
+    served = with_mta_sts(base, env)
+    assert served.mta_sts.serve, "the stack's env has no ACME CA or web6 (infra/local/up)"
+    return served
 
 
 @pytest.fixture(scope="module")
