@@ -14,7 +14,7 @@ import pytest
 
 from functions import domain_created
 from functions._core.model import state
-from functions._core.model.mailset import policy_key
+from functions._core.model.mailset import policy_id, policy_key
 from functions._core.model.ports import GatewayTransport, Ports, RelayDomain, TrustedNetwork
 from functions._core.model.records import RecordSet
 from functions._core.platform.envelope import Envelope, parse
@@ -433,3 +433,28 @@ def test_a_run_that_died_before_its_settle_is_repaired_by_the_next_run_without_a
     out = domain_created.handle(event(), ports)  # the redelivery (attempt 0 again)
     assert out.status == "provisioned" and touched == ["alpha.test"]
     assert gw.model.rcpt("pmg1", "127.0.0.2", "postmaster@alpha.test")[0] == 450
+
+
+def test_the_initial_mta_sts_mode_asked_in_domain_created_becomes_the_domains_own(world: World) -> None:
+    """data.mta_sts.mode (the platform says enforce): the policy and its _mta-sts id say testing, the state keeps the
+    mode, and a later domain.created without it (a quota change) changes neither the policy nor the id."""
+    assert world.ports.settings.policy.mta_sts_mode == "enforce"
+    out = domain_created.handle(event(mta_sts={"mode": "testing"}), world.ports)
+    assert out.status == "provisioned"
+    policy = world.ports.web.get(policy_key("alpha.test"))
+    assert policy is not None and b"mode: testing\n" in policy.body
+    txt = world.ports.dns.read_rrset("_mta-sts.alpha.test", "TXT")
+    assert txt is not None and txt.values == (f"v=STSv1; id={policy_id(policy.body.decode())};",)
+    assert state.load(world.ports.state, "alpha.test").mta_sts["mode"] == "testing"
+    later = load_event("domain.created")
+    later["id"], later["time"] = "9d3f1c2e-0b7a-4c55-8e21-5a6b7c8d9e0f", "2026-12-03T09:00:00Z"
+    later["data"]["plan"]["mailboxes"] += 1
+    world.reset()
+    out = domain_created.handle(parse(json.dumps(later).encode(), publisher="billing"), world.ports)
+    assert out.status == "provisioned" and world.writes()["web"] == [] and world.writes()["dns"] == []
+    assert state.load(world.ports.state, "alpha.test").mta_sts_mode(world.ports.settings) == "testing"
+
+
+def test_an_unknown_mta_sts_mode_is_refused_before_anything_is_written(world: World) -> None:
+    with pytest.raises(EventInvalid, match="mta_sts"):
+        event(mta_sts={"mode": "none"})

@@ -132,7 +132,7 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair, st: state.Domain
     want_key = DkimKey(pair.selector, pair.public_b64)
     mail = plan_mail(desired_mail(domain, data), ports.mail.get_domain(domain), want_key, ports.mail.get_dkim(domain))
     deleg = delegated(data)
-    mode = st.mta_sts_mode(s)  # the domain's own (promoted) or the platform's
+    mode = st.mta_sts_mode(s, data)  # the domain's own (promoted), the initial one asked for, or the platform's
     want = desired_records(domain, s, pair.selector, pair.public_b64, delegated=deleg, mode=mode)
     dns = key_dns = None
     if data["dns"]["hosted"]:
@@ -277,6 +277,9 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
         ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
         changes["mailcow"].append(f"+ dkim {pair.selector}")
     new = replace(current, request={**event.data, TIME_KEY: event.time.isoformat()}, status=status)
+    asked = (event.data.get("mta_sts") or {}).get("mode")
+    if asked and not current.mta_sts:  # the initial mode becomes the domain's own: a later event without it keeps it
+        new = replace(new, mta_sts={"mode": asked, "since": event.time.isoformat(), "reason": "domain.created"})
     new = replace(new, acceptance=_waiting(event, ports, current, checks) if status == "degraded" else {})
     new = new.with_key_status(pair.selector, "ACTIVE" if status in ("provisioned", "degraded") else "PUBLISHED")
     if new.body() != current.body():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -64,10 +65,14 @@ class DomainState:
     # `mailplane mta-sts enforce` (functions/ops/enforce.py): {"mode", "since", "reason"}; {} = the platform's
     mta_sts: dict[str, Any] = field(default_factory=dict)
 
-    def mta_sts_mode(self, settings: Settings) -> str:
-        """The MTA-STS mode this domain's policy has: its own (``mta_sts``), else the platform's."""
+    def mta_sts_mode(self, settings: Settings, request: Mapping[str, Any] | None = None) -> str:
+        """The MTA-STS mode this domain's policy has: its own (``mta_sts``), else the initial one ``request`` (a
+        domain.created's data) asks for (``mta_sts.mode``), else the platform's."""
         mode = self.mta_sts.get("mode")
-        return mode if isinstance(mode, str) and mode else settings.policy.mta_sts_mode
+        if isinstance(mode, str) and mode:
+            return mode
+        asked = ((request or {}).get("mta_sts") or {}).get("mode")
+        return asked if isinstance(asked, str) and asked else settings.policy.mta_sts_mode
 
     @property
     def current(self) -> KeyRecord | None:
