@@ -42,6 +42,7 @@ from functions._core.platform.envelope import parse  # noqa: E402
 from functions._core.platform.errors import NotPropagated  # noqa: E402
 from functions.ops.demo import with_mta_sts  # noqa: E402
 from functions.runtime.main import build_ports  # noqa: E402
+from tests.stackenv import load_stack_env  # noqa: E402
 
 
 def serving(base: Settings, env: dict[str, str]) -> Settings:
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=int, default=3, help="domains created with serving off, for comparison")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
-    env = dict(os.environ)
+    env = {**load_stack_env(), **os.environ}  # the stack's env.sh, so that it runs without sourcing it too
     base = Settings.load(env["MAILPLANE_CONFIG"], env)
     settings = serving(base, env)
     ports, plain = build_ports(settings), build_ports(base)

@@ -443,10 +443,11 @@ class PmgClient:
         """Rewrite the relay-domain and transport maps unchanged through ``domain``'s entries (a PUT of the same
         comment each), recorded like any write so that ``settle()`` makes them effective: for a domain whose entries
         exist but whose earlier write a crash may have left inside one second with another (never settled)."""
+        if self._maps.mode == "off":  # pmg.map_writes = "off": neither settle nor retouch (to show the loss)
+            return
         for name in MAPS:
-            self._maps.write(
-                name, functools.partial(self._touch, name, domain), functools.partial(self._touch, name, domain)
-            )
+            touch = functools.partial(self._touch, name, domain)
+            self._maps.write(name, touch, touch)
 
     def _map_write(
         self, name: str, key: str, action: str, op: Callable[[Api], Any], landed: Callable[[], bool]
