@@ -64,7 +64,7 @@ def figures(d: Drain) -> dict[str, Any]:
         "rate": d.rate,
         "worker_cpu_ms_per_event": 1000 * d.cpu["mailplane workers"] / d.done if d.done else None,
         "all_cpu_ms_per_event": {k: 1000 * v / d.done for k, v in sorted(d.cpu.items())} if d.done else {},
-        "s3_calls_per_event": sum(s3.values()),
+        "s3_calls_per_event": sum(v for k, v in s3.items() if k != "bytes"),  # calls, not the bytes counter
         "s3": s3,
         "calls": d.calls,
     }
