@@ -277,7 +277,7 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
         ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
         changes["mailcow"].append(f"+ dkim {pair.selector}")
     new = replace(current, request={**event.data, TIME_KEY: event.time.isoformat()}, status=status)
-    asked = (event.data.get("mta_sts") or {}).get("mode")
+    asked = state.asked_mta_sts_mode(event.data)
     if asked and not current.mta_sts:  # the initial mode becomes the domain's own: a later event without it keeps it
         new = replace(new, mta_sts={"mode": asked, "since": event.time.isoformat(), "reason": "domain.created"})
     new = replace(new, acceptance=_waiting(event, ports, current, checks) if status == "degraded" else {})

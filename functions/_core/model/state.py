@@ -48,6 +48,12 @@ class KeyRecord:
         return {k: v for k, v in self.__dict__.items() if k not in optional or v is not None}
 
 
+def asked_mta_sts_mode(request: Mapping[str, Any]) -> str | None:
+    """The initial MTA-STS mode a domain.created's data asks for (``mta_sts.mode``), None when it asks none."""
+    mode = (request.get("mta_sts") or {}).get("mode")
+    return mode if isinstance(mode, str) and mode else None
+
+
 @dataclass(frozen=True)
 class DomainState:
     domain: str
@@ -71,8 +77,7 @@ class DomainState:
         mode = self.mta_sts.get("mode")
         if isinstance(mode, str) and mode:
             return mode
-        asked = ((request or {}).get("mta_sts") or {}).get("mode")
-        return asked if isinstance(asked, str) and asked else settings.policy.mta_sts_mode
+        return asked_mta_sts_mode(request or {}) or settings.policy.mta_sts_mode
 
     @property
     def current(self) -> KeyRecord | None:
