@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     mailcow.add_argument("--port", type=int, required=True)
     mailcow.add_argument("--tls-dir", type=Path, required=True)
     mailcow.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
+    mailcow.add_argument("--postfix-dir", type=Path, help="moo's real Postfix under DIR (sim.mailcow.mail)")
+    mailcow.add_argument("--mail-address", default="127.0.2.1", help="moo's address (ports 25 and 587)")
+    mailcow.add_argument("--mail-hostname", default="moo.faster.test")
+    mailcow.add_argument("--milter", default="127.0.2.1:11332", help="rspamd's milter (DKIM signing)")
+    mailcow.add_argument("--fallback-relayhost", default="", help="moo's main.cf relayhost (Mailcow's extra.cf)")
+    mailcow.add_argument("--redis", type=_addresses, default=[("127.0.2.1", 6379)], help="rspamd's Redis")
     pmg = systems.add_parser("pmg", help="the PMG cluster simulator (one port per node, first = master)")
     pmg.add_argument("--ports", type=_ports, required=True)
     pmg.add_argument("--tls-dir", type=Path, required=True)
@@ -63,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     pmg.add_argument("--auth-failure-delay", type=float, default=3.0, help="seconds before a 401 (real: 3)")
     pmg.add_argument("--network-write-delay", type=float, default=2.0, help="trusted-network write (real: ~2)")
     pmg.add_argument("--cert", choices=("cn-only", "ca-signed"), default="cn-only")
+    pmg.add_argument(
+        "--postfix-dir",
+        type=Path,
+        help="each node's SMTP is a real Postfix under DIR/<node> on its --smtp address (sim.mta), not the front-end",
+    )
+    pmg.add_argument("--mail-domain", default="faster.test", help="the nodes' hostnames: <node>.<this>")
     return parser
 
 
@@ -103,7 +115,16 @@ def start(args: argparse.Namespace, env: Mapping[str, str]) -> list[Any]:
         model = MailcowModel(
             rw_key=_env(env, "SIM_MAILCOW_API_KEY"), ro_key=env.get("SIM_MAILCOW_API_KEY_RO", ""), seed=args.seed
         )
-        return [serve_mailcow(model, args.port, (cert, key))]
+        servers: list[Any] = [serve_mailcow(model, args.port, (cert, key))]
+        if args.postfix_dir is not None:
+            from sim.mailcow.mail import MooMail, Redis, moo_instance
+
+            postfix = moo_instance(
+                args.postfix_dir, args.mail_address, args.mail_hostname, args.milter, args.fallback_relayhost
+            )
+            servers.append(MooMail(model, postfix, Redis(*args.redis[0])))
+            log(f"moo: smtp on {args.mail_address}:25 and :587: real postfix, {args.postfix_dir}")
+        return servers
     return _start_pmg(args, env, (cert, key))
 
 
@@ -117,6 +138,13 @@ def _start_pmg(args: argparse.Namespace, env: Mapping[str, str], shared: tuple[P
     if args.smtp and len(args.smtp) != len(args.ports):
         raise UsageError(f"{len(args.smtp)} SMTP addresses for {len(args.ports)} PMG nodes")
     names = [f"pmg{i}" for i in range(1, len(args.ports) + 1)]
+    planes: dict[str, Any] = {}
+    if args.postfix_dir is not None:
+        from sim.pmg.postfix import node_instance
+
+        for name, (host, port) in zip(names, args.smtp, strict=True):
+            planes[name] = node_instance(args.postfix_dir / name, host, f"{name}.{args.mail_domain}", port)
+            planes[name].setup()
     model = PmgModel(
         nodes=[(name, "127.0.0.1") for name in names],
         user=user,
@@ -124,6 +152,7 @@ def _start_pmg(args: argparse.Namespace, env: Mapping[str, str], shared: tuple[P
         sync_interval=args.sync_interval,
         auth_failure_delay=args.auth_failure_delay,
         network_write_delay=args.network_write_delay,
+        dataplanes=planes,
     )
     tls: Any = shared
     if args.cert == "cn-only":
@@ -131,10 +160,38 @@ def _start_pmg(args: argparse.Namespace, env: Mapping[str, str], shared: tuple[P
         for name, (cert, _) in tls.items():
             log(f"{name}: certificate CN={name}, no subjectAltName, sha256 {fingerprint(cert)}")
     servers: list[Any] = serve_cluster(args.ports, tls, user, password, model=model)
+    if planes:
+        servers.append(_Dataplanes(model))
+        for name, (host, port) in zip(names, args.smtp, strict=True):
+            log(f"{name}: smtp on {host}:{port}: real postfix, {planes[name].root}")
+        return servers
     for name, (host, port) in zip(names, args.smtp, strict=False):
         servers.append(serve_smtp(model, name, host, port))
         log(f"{name}: smtp on {host}:{port}")
     return servers
+
+
+class _Dataplanes:
+    """The nodes' real Postfix instances as one "server": pmgmirror's timer ticks the cluster so that the nodes'
+    maps follow the master's without an API request; stopping it stops every instance."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.node = model, "dataplanes"
+        self.server_address = ("postfix", 0)
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="pmgmirror", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.model.tick()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        for instance in self.model.dataplanes.values():
+            instance.stop()
+
+    def server_close(self) -> None:
+        pass
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

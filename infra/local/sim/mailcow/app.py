@@ -121,6 +121,14 @@ class MailcowApp:
         Raises:
             HangupError: a hang fault, or the client is banned: the connection closes without an answer.
         """
+        try:
+            return self._handle(request)
+        finally:
+            if request.method != "GET":
+                for listener in self.model.listeners:
+                    listener()
+
+    def _handle(self, request: Request) -> Response:
         if request.path.startswith("/_sim/"):
             return self._control(request)
         ctrl = request.path == CONTAINER_CTRL

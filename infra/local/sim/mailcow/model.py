@@ -1441,6 +1441,7 @@ class MailcowModel(_Maps):
         super().__init__(hostname=hostname, clock=clock if clock is not None else lambda: dt.datetime.now(dt.UTC))
         self.api_log = collections.deque(maxlen=log_lines)
         self.lock = threading.RLock()
+        self.listeners: list[Callable[[], None]] = []  # called after every change (mail.py re-renders moo's maps)
         self.seed = seed
         self.rng = random.Random(seed)
         self.monotonic = monotonic

@@ -39,11 +39,14 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sim.pmg import certs
 from sim.pmg.certs import NodeCert
 from sim.pmg.postfix import MAPS, NodePostfix, SmtpPolicy
+
+if TYPE_CHECKING:
+    from sim.mta import Postfix
 
 TICKET_LIFETIME = 7200  # s, PMG::Ticket
 CLOCK_DRIFT = 300  # s a ticket may be from the future
@@ -519,8 +522,12 @@ class PmgModel:
         master_down_mode: str = "refused",
         seed: int = 0,
         clock: Callable[[], float] | None = None,
+        dataplanes: Mapping[str, Postfix] | None = None,
     ) -> None:
-        """``clock``: the cluster's wall clock (default ``time.time``); file mtimes come from it."""
+        """``clock``: the cluster's wall clock (default ``time.time``); file mtimes come from it. ``dataplanes``: a
+        real Postfix per node (``postfix.node_instance``) that the node's maps and certificate are written to and
+        that is started and stopped with the node."""
+        self.dataplanes = dict(dataplanes or {})
         self._clock = time.time if clock is None else clock
         self._lock = threading.RLock()
         self._node_spec = tuple(nodes)
@@ -555,6 +562,10 @@ class PmgModel:
             }
             for node in self.nodes.values():
                 node.postfix.own_networks = (f"{node.ip}/32",)
+                if node.name in self.dataplanes:
+                    node.postfix.attach(self.dataplanes[node.name])
+                    self._install_cert(node)
+            self.power()
             self.master = first
             self.faults = Faults()
             # bounded: a long benchmark must not grow the simulator until the OOM killer ends it without a log line
@@ -596,7 +607,31 @@ class PmgModel:
         """Power a node off (its front-end refuses connections) or on."""
         with self._lock:
             self.nodes[node].up = not down
+            self.power()
             self._tick()
+
+    def power(self) -> None:
+        """Each node's real Postfix runs exactly when the node is up (a powered-off node refuses connections)."""
+        with self._lock:
+            for node in self.nodes.values():
+                instance = node.postfix.instance
+                if instance is not None:
+                    instance.start() if node.up else instance.stop()
+
+    def tick(self) -> None:
+        """pmgmirror's timer: nodes whose sync is due copy the master's files (the real data planes follow)."""
+        with self._lock:
+            self._tick()
+
+    def _install_cert(self, node: Node) -> None:
+        """/etc/pmg/pmg-tls.pem of the node's real Postfix, which reads it when its daemons start (reload)."""
+        instance = node.postfix.instance
+        if instance is not None:
+            nc = self.smtp_certificate(node.name)
+            path = instance.etc / "pmg-tls.pem"
+            path.touch(mode=0o600)
+            path.write_text(nc.key + nc.chain)
+            instance.reload()
 
     def promote(self, node: str) -> None:
         """``pmgcm promote`` on ``node``: its own cluster.conf names it master; the others learn it on sync_now()."""
@@ -688,6 +723,7 @@ class PmgModel:
                     raise ValueError(f"unknown node {name!r}")
             for node in self.nodes.values():
                 node.up = node.name not in value
+            self.power()
         elif key == "promote":
             self.promote(str(value))
         elif key == "advance_s":
@@ -1055,6 +1091,7 @@ class PmgModel:
         except certs.CertError as exc:
             raise _die(str(exc)) from None
         target.smtp_cert = new
+        self._install_cert(target)
         return certs.info(new)
 
     def _h_node_status(self, target: Node, origin: Node, p: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sim.mta import Postfix
 
 POSTMAPPED = ("domains", "transport")  # hash: maps rebuilt by postmap, under the whole-second rule
 RELOADED = ("mynetworks",)  # rendered into main.cf; effective after every rewrite + reload
@@ -49,21 +54,41 @@ class NodePostfix:
 
     maps: dict[str, MapFile] = field(default_factory=lambda: {name: MapFile() for name in MAPS})
     own_networks: tuple[str, ...] = ()  # trusted without being listed (the node's own interface addresses)
+    # the node's real Postfix (infra/local/up: ``sim.serve pmg --postfix-dir``): the files are written there, postmap
+    # runs there under the same whole-second rule (the mtimes are the real files'), mynetworks reloads it
+    instance: Postfix | None = field(default=None, repr=False, compare=False)
     _relay_keys: tuple[str, frozenset[str]] = field(default=("", frozenset()), repr=False, compare=False)
 
     def write(self, name: str, text: str, now: float) -> None:
         """Write ``/etc/pmg/<name>`` (the mtime is ``now``); postfix does not see it before ``rewrite``."""
         entry = self.maps[name]
         entry.text, entry.mtime = text, now
+        if self.instance is not None:
+            entry.mtime = self.instance.write_map(name, text if name in POSTMAPPED else _trusted(text))
 
     def rewrite(self, now: float, names: tuple[str, ...] = MAPS) -> None:
         """PMG's rewrite after a change: postmap the hash maps whose file is newer (whole seconds), reload main.cf."""
+        reload = False
         for name in names:
             entry = self.maps[name]
             if name in POSTMAPPED and int(entry.mtime) <= int(entry.db_mtime):
                 continue  # PMG::Utils run_postmap: not newer in whole seconds -> no postmap
+            reload |= name not in POSTMAPPED and entry.db != entry.text  # main.cf changed: postfix reload
             entry.db, entry.db_mtime = entry.text, now
             entry.postmaps += name in POSTMAPPED
+            if self.instance is not None and name in POSTMAPPED:
+                entry.db_mtime = self.instance.postmap(name)
+        if reload and self.instance is not None:
+            self.instance.reload()
+
+    def attach(self, instance: Postfix | None) -> None:
+        """Drive ``instance`` from now on: its files become this node's (all maps rewritten and rebuilt)."""
+        self.instance = instance
+        if instance is not None:
+            for name, entry in self.maps.items():
+                entry.mtime = instance.write_map(name, entry.text if name in POSTMAPPED else _trusted(entry.text))
+                entry.db, entry.db_mtime = entry.text, instance.postmap(name) if name in POSTMAPPED else entry.mtime
+            instance.reload()
 
     def effective(self, name: str) -> str:
         return self.maps[name].db
@@ -108,6 +133,36 @@ class NodePostfix:
         if policy.greylist:
             return 450, f"4.7.1 <{address}>: Recipient address rejected: Service is unavailable (try later)"
         return 250, "2.1.5 Ok"
+
+
+def node_instance(root: Path, address: str, hostname: str, port: int = 25) -> Postfix:
+    """The real Postfix of one PMG node, configured as PMG's main.cf does for what this simulator models: relay
+    domains and transports from hash maps, mynetworks = the node itself + /etc/pmg/mynetworks (PMG's default
+    127.0.0.0/8 would trust the whole local stack: only 127.0.0.1, the simulator's own address, stays), STARTTLS with
+    /etc/pmg/pmg-tls.pem. No greylisting and no recipient verification (a real postfix answers 250 where the Python
+    front-end's ``SmtpPolicy`` would defer)."""
+    from sim.mta import Postfix
+
+    etc = root / "etc"
+    return Postfix(
+        root,
+        address,
+        hostname,
+        port=port,
+        main={
+            "relay_domains": f"hash:{etc}/domains",
+            "transport_maps": f"hash:{etc}/transport",
+            "mynetworks": f"127.0.0.1/32 {address}/32 {etc}/mynetworks",
+            "smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination",
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_chain_files": f"{etc}/pmg-tls.pem",
+        },
+    )
+
+
+def _trusted(text: str) -> str:
+    """A mynetworks file as postfix reads it (``mynetworks = ... /file``): one network per line, IPv6 bracketed."""
+    return "".join((f"[{c.split('/')[0]}]/{c.split('/')[1]}" if ":" in c else c) + "\n" for c in _cidrs(text))
 
 
 def _entry(line: str) -> bool:

@@ -1,0 +1,128 @@
+"""Real mail on the local stack (infra/local/mail/README.md): send through the internet's sender MTA or moo's
+submission port, find messages in Maildirs by a header the test sets, read the receiver's verdicts.
+
+Nothing here talks to mailplane: what a message went through is read from the Received headers the real Postfix
+instances wrote, and the SPF/DKIM/DMARC verdicts from the Authentication-Results header of the receiver's rspamd.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import re
+import smtplib
+import time
+import uuid
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+
+TAG = "X-Mailplane-Test"
+RECEIVER_AUTHSERV = "mx.inbox.test"
+
+
+@dataclass(frozen=True)
+class Delivered:
+    tag: str
+    path: Path
+    headers: email.message.Message
+
+    @property
+    def received(self) -> list[str]:
+        return [" ".join(str(h).split()) for h in self.headers.get_all("Received", [])]
+
+    def hops(self) -> list[str]:
+        """The ``by`` hosts of the Received headers, the last hop first."""
+        return [m.group(1) for r in self.received if (m := re.search(r"\bby (\S+)", r))]
+
+    def verdicts(self) -> dict[str, str]:
+        """The receiver's Authentication-Results: {"spf": "pass", "dkim": "pass", "dkim.d": ..., "dkim.s": ..., ...}."""
+        for raw in self.headers.get_all("Authentication-Results", []):
+            text = " ".join(str(raw).split())
+            if not text.startswith(RECEIVER_AUTHSERV + ";"):
+                continue
+            out: dict[str, str] = {}
+            for part in text.split(";")[1:]:
+                m = re.match(r"\s*(spf|dkim|dmarc)=(\w+)", part)
+                if m:
+                    out[m.group(1)] = m.group(2)
+                    for key, value in re.findall(r"header\.([ds])=(\S+)", part):
+                        out[f"{m.group(1)}.{key}"] = value
+            return out
+        return {}
+
+
+def message(sender: str, rcpt: str, subject: str) -> tuple[str, EmailMessage]:
+    tag = uuid.uuid4().hex
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"], msg[TAG] = sender, rcpt, subject, tag
+    msg["Message-ID"] = f"<{tag}@{sender.rpartition('@')[2]}>"
+    msg.set_content(f"{subject}\n")
+    return tag, msg
+
+
+def send(hostport: str, msg: EmailMessage) -> None:
+    host, _, port = hostport.rpartition(":")
+    with smtplib.SMTP(host, int(port), timeout=10) as s:
+        s.send_message(msg)
+
+
+def scan(maildir: Path) -> dict[str, Delivered]:
+    """Every message of a Maildir (new/ and cur/) that carries our tag header."""
+    parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+    out: dict[str, Delivered] = {}
+    for sub in ("new", "cur"):
+        folder = maildir / sub
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            try:
+                headers = parser.parsebytes(path.read_bytes())
+            except OSError:
+                continue
+            tag = headers.get(TAG)
+            if tag:
+                out[str(tag)] = Delivered(str(tag), path, headers)
+    return out
+
+
+def wait_for(maildir: Path, tags: set[str], timeout: float) -> dict[str, Delivered]:
+    """The messages with ``tags`` once all are in ``maildir``; whatever arrived when the timeout ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = {t: d for t, d in scan(maildir).items() if t in tags}
+        if len(got) == len(tags) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def mailbox_dir(env: dict[str, str], address: str) -> Path:
+    local, _, domain = address.partition("@")
+    return Path(env["MAILPLANE_MAIL_DIR"]) / "moo/vmail" / domain / local
+
+
+def add_mailbox(env: dict[str, str], address: str) -> None:
+    """Create a mailbox through the Mailcow API, as the customer would in Mailcow's UI."""
+    local, _, domain = address.partition("@")
+    password = uuid.uuid4().hex + "-Aa1"
+    body = {"local_part": local, "domain": domain, "name": local, "password": password, "password2": password}
+    with httpx.Client(base_url=env["MAILPLANE_MAILCOW_URL"], verify=env["MAILPLANE_SIM_CA"], timeout=10) as c:
+        r = c.post(
+            "/api/v1/add/mailbox",
+            json={**body, "quota": "0", "active": "1"},
+            headers={"X-API-Key": env["MAILPLANE_MAILCOW_API_KEY"]},
+        )
+    r.raise_for_status()
+    assert "mailbox_added" in r.text, r.text
+
+
+def rcpt(hostport: str, address: str, source: str = "127.0.0.2") -> tuple[int, str]:
+    """RCPT TO:<address> at a node from an untrusted address (the answer a sender on the internet gets)."""
+    host, _, port = hostport.rpartition(":")
+    with smtplib.SMTP(host, int(port), timeout=10, source_address=(source, 0)) as s:
+        s.ehlo("probe.sender.test")
+        s.mail("")
+        code, text = s.rcpt(address)
+        return code, text.decode(errors="replace")
