@@ -362,6 +362,18 @@ class PmgClient:
             ),
         )
 
+    def reload_postfix(self, node: str) -> None:
+        """``POST /nodes/{node}/services/postfix/reload`` (a task on that node; answers its UPID before it ran).
+
+        PMG rebuilds the relay-domain and transport maps with postmap only; Postfix daemons that have the map open
+        (an idle smtpd, trivial-rewrite, which answers reject_unauth_destination) keep answering from what they read
+        until they restart, seconds to minutes later. A reload restarts them at once (docs/mail-plane.md).
+
+        Raises:
+            PmgUnavailable / PmgRejected: as every call.
+        """
+        self._call(f"reload postfix on {node}", lambda api: api.nodes(node).services.postfix.reload.post())
+
     def cluster_nodes(self) -> list[GatewayNode]:
         """The cluster's nodes sorted by cid, from /config/cluster/status (else /config/cluster/nodes + probes)."""
         return self._retry(self._cluster_nodes)()

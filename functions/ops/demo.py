@@ -1,5 +1,6 @@
 """`mailplane demo`: on the local stack, publish sample domain.created events through RabbitMQ as billing, run the
-real worker until the queues are drained, then show every domain's status and where the invalid event went.
+real worker until the queues are drained, then show every domain's status, one real message to and one from the
+first provisioned domain (where each went, the receiver's Authentication-Results) and where the invalid event went.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from functions._core.model.mailset import customer_lines, delegated, desired_rec
 from functions._core.platform.config import Settings
 from functions._core.platform.errors import ConfigError
 from functions._core.platform.names import normalize_domain
+from functions.ops import mailcheck
 from functions.ops.render import render_summary
 from functions.ops.status import domain_status
 from functions.runtime import main
@@ -124,6 +126,14 @@ def run_demo(settings: Settings, out: Console) -> int:
         lines = customer_lines(want)
         out.print(f"[yellow]{domain}[/yellow] is hosted elsewhere (awaiting_dns); the customer must publish:")
         out.print("\n".join(lines), soft_wrap=True, highlight=False)
+    nodes = tuple(h.name for h in settings.provider.mx_hosts)
+    try:
+        lines = mailcheck.roundtrip(os.environ, hosted[0], nodes)
+        out.print(f"[bold]4.[/bold] real mail for {hosted[0]} (Postfix on the PMG nodes and moo, rspamd):")
+        out.print("\n".join(lines), soft_wrap=True, highlight=False)
+    except (RuntimeError, OSError, KeyError) as exc:
+        out.print(f"[red]4. real mail for {hosted[0]}: {exc}[/red]")
+        ok = False
     parked = _parked(settings)
     table = Table(title=f"parked queue {settings.broker.parked_queue}")
     table.add_column("event id")

@@ -296,3 +296,13 @@ def test_a_revoked_dkim_txt_of_ours_is_removed() -> None:
     revoked = RecordSet.of("fc20260101._domainkey.alpha.test", "TXT", 300, [deletion.REVOKED_TXT])
     plan, kept = deletion.plan_dns_removal("alpha.test", {revoked.key: revoked}, managed, spf_value(s))
     assert [c.before for c in plan.changes] == [revoked] and kept == []
+
+
+def test_removal_reloads_postfix_on_every_node_after_the_maps_changed(world: World) -> None:
+    """PMG only postmaps the removed relay domain; postfix daemons that opened the map before keep relaying it until
+    they restart. The removal reloads every node's postfix, after the map writes and their settle."""
+    domain_deleted.handle(deleted("domain.deleted.force"), world.ports)
+    calls = world.gateway.calls
+    reloads = [c for c in calls if c.startswith("reload_postfix")]
+    assert len(reloads) == 3
+    assert calls.index(reloads[0]) > max(i for i, c in enumerate(calls) if c.startswith(("delete_", "settle")))

@@ -16,11 +16,15 @@ source address, and its answer is not counted. Every check names the node, the a
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from functions._core.model.ports import Ports, SmtpAnswer
 from functions._core.model.webmail import Webmail
-from functions._core.platform.errors import ConfigError
+from functions._core.platform.errors import ConfigError, PmgRejected, PmgUnavailable
+
+log = logging.getLogger(__name__)
 
 CONTROL = "postmaster@relay-check.mailplane.invalid"  # no PMG relays .invalid: accepting it means "trusted source"
 
@@ -103,3 +107,25 @@ def mailcow_checks(ports: Ports, domain: str, web: Webmail) -> list[Acceptance]:
 def gate(ports: Ports, domain: str, web: Webmail) -> list[Acceptance]:
     """Every check of the acceptance gate, passing or not (``web``: this attempt's SOGo readiness step)."""
     return [*smtp_checks(ports, domain), *mailcow_checks(ports, domain, web)]
+
+
+def relay_refused(checks: Iterable[Acceptance]) -> list[str]:
+    """The MX hosts whose postfix answered the domain's RCPT with "Relay access denied" (it answers, but from maps
+    without the domain): the ones a reload can help; a node that does not answer is not among them."""
+    return [c.node for c in checks if c.check == "smtp rcpt" and not c.ok and c.answer.startswith("554 5.7.1")]
+
+
+def reload_postfix(ports: Ports, hosts: Iterable[str]) -> list[str]:
+    """``postfix reload`` on each MX host (``pmg1.faster.cz`` -> node ``pmg1``): its daemons re-read the relay-domain
+    map at once instead of answering from the one they opened before the last postmap. Best effort: a node that
+    refuses or does not answer is logged and left to restart its daemons by itself. Returns the nodes reloaded."""
+    done = []
+    for host in hosts:
+        node = host.split(".", 1)[0].lower()
+        try:
+            ports.gateway.reload_postfix(node)
+        except (PmgUnavailable, PmgRejected) as exc:
+            log.warning("postfix reload on %s failed: %s", node, exc)
+            continue
+        done.append(node)
+    return done

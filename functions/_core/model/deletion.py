@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from functions._core.model import mtasts, state
+from functions._core.model import acceptance, mtasts, state
 from functions._core.model.keys import REVOKED_TXT
 from functions._core.model.mailset import customer_lines, delegated, desired_records, dkim_record, policy_key, spf_value
 from functions._core.model.ports import DkimKey, DnsChange, GatewayTransport, MailDomain, Ports, RelayDomain
@@ -302,6 +302,9 @@ def apply_removal(domain: str, r: Removal, ports: Ports) -> None:
         ports.dns.apply(r.dns.zone, list(r.dns.changes))
     if r.gateway.transport or r.gateway.relay_domain:
         ports.gateway.settle()  # PMG's 1-s postmap rule: the removals must reach the master's postfix maps too
+        # daemons that opened the maps before keep relaying the domain until they restart: reload every node (the
+        # others' maps follow at their next sync, which rewrites them and so restarts their daemons)
+        acceptance.reload_postfix(ports, [h.name for h in ports.settings.provider.mx_hosts])
     if r.policy:
         ports.web.delete(policy_key(domain))
     if r.cert:  # after the policy: senders then fail closed (no policy), never on a policy without a certificate

@@ -146,6 +146,7 @@ class GatewayPort(Protocol):
     def cluster_nodes(self) -> list[GatewayNode]: ...
     def settle(self) -> None: ...  # make the relay-domain/transport writes of this thread effective on the master
     def retouch(self, domain: str) -> None: ...  # rewrite both maps through domain's entries, unchanged (then settle)
+    def reload_postfix(self, node: str) -> None: ...  # `postfix reload` on one node: every daemon re-reads its maps
 
 
 # ---------------------------------------------------------------- SMTP (the sender's view of the PMG nodes)

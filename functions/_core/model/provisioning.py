@@ -351,6 +351,8 @@ def _accept(
         ports.gateway.retouch(event.subject)
         ports.gateway.settle()
         checks = acceptance.gate(ports, event.subject, web)
+    if acceptance.reload_postfix(ports, acceptance.relay_refused(checks)):
+        checks = acceptance.gate(ports, event.subject, web)
     failed = [c for c in checks if not c.ok]
     if not failed:
         return "provisioned", checks

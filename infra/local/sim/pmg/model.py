@@ -266,6 +266,12 @@ class Route:
         return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex) + "$")
 
 
+SERVICES = (  # the service enum of /nodes/{node}/services/{service}/* (pmg-apidoc)
+    "clamav-daemon", "clamav-freshclam", "fetchmail", "pmgproxy", "pmgdaemon", "pmgpolicy", "pmg-smtp-filter",
+    "pmgtunnel", "pmgmirror", "ssh", "rsyslog", "postfix", "postgres", "systemd-timesyncd", "pmg-hourly", "pmg-daily",
+    "pmgreport", "pmgspamreport",
+)  # fmt: skip
+
 ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
@@ -300,6 +306,14 @@ ROUTES: tuple[Route, ...] = (
             "force": Prop("boolean", optional=True),
             "restart": Prop("boolean", optional=True),
         },
+        WRITE,
+        "node",
+    ),
+    Route(
+        "POST",
+        "/nodes/{node}/services/{service}/reload",
+        "service_reload",
+        {"node": Prop(fmt=_fmt_node), "service": Prop(enum=SERVICES)},
         WRITE,
         "node",
     ),
@@ -1093,6 +1107,14 @@ class PmgModel:
         target.smtp_cert = new
         self._install_cert(target)
         return certs.info(new)
+
+    def _h_service_reload(self, target: Node, origin: Node, p: dict[str, Any]) -> str:
+        """``systemctl reload <service>`` on the node, as a task (its UPID is the answer). Postfix: the node's real
+        instance reloads (every daemon re-reads its maps: the only way an idle smtpd/trivial-rewrite forgets a
+        relay domain it saw before the last postmap); the other services are not modelled."""
+        if p["service"] == "postfix" and target.postfix.instance is not None:
+            target.postfix.instance.reload()
+        return f"UPID:{target.name}:{secrets.token_hex(4).upper()}:srvreload:{p['service']}:{self.credentials[0]}:"
 
     def _h_node_status(self, target: Node, origin: Node, p: dict[str, Any]) -> dict[str, Any]:
         return self._node_status(target)
