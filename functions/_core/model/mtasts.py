@@ -234,7 +234,7 @@ def ensure_cert(ports: Ports, domain: str, *, hosted: bool) -> list[str]:
         NotPropagated: the DNS-01 record is not on every authoritative server yet (transient).
     """
     if ports.certs is None or ports.web_host is None:
-        raise ConfigError("MTA-STS serving needs [acme] directory and [mta_sts] cert_dir")
+        raise ConfigError('MTA-STS serving needs [acme] directory and [mta_sts] cert_dir or delivery = "store"')
     name, kek = cert_name(domain), ports.settings.dkim.key_encryption_key
     cert, changes = load_cert(ports, name), []
     old = cert

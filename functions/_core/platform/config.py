@@ -324,7 +324,7 @@ class MtaStsSettings:
     renew_before_days: int = 30  # renew a certificate this long before it expires (renew-due's pass)
     renew_max_per_run: int = 200  # cert.renew events one `mailplane renew-due` run publishes at most
     expiry_warn_days: int = 14  # status/drift: a served certificate expiring sooner is drift (renewal overdue)
-    # how certificates reach the web host (docs/mta-sts.md#delivery): "dir" = the worker writes them into cert_dir, a
+    # how certificates reach the web host (docs/mta-sts.md, "Delivery"): "dir" = the worker writes them into cert_dir, a
     # directory the web server reads per SNI name (a worker on web6, the local stack); "store" = the worker only
     # stores them sealed (certs/<name>.json) and web6 pulls them (`mailplane web6 sync`, infra/web6/README.md)
     delivery: str = "dir"
