@@ -174,6 +174,7 @@ def _register_subcommands() -> None:
         cli_rotate,
         cli_sweep,
         cli_tlsrpt,
+        cli_web6,
     )
 
     for module in (
@@ -188,6 +189,7 @@ def _register_subcommands() -> None:
         cli_sweep,
         cli_keypool,
         cli_tlsrpt,
+        cli_web6,
     ):  # cli_nodes extends cli_ops
         module.register(app)
 

@@ -14,7 +14,7 @@ from typing import Any
 from functions._core.model.due_index import IndexedStore
 from functions._core.model.keypool import KeyPool
 from functions._core.model.ports import Ports
-from functions._core.platform.config import Settings, StoreSettings
+from functions._core.platform.config import Settings, StoreSettings, Web6Settings
 from functions._core.platform.errors import ConfigError
 from functions._core.platform.idempotency import Ledger, default_owner
 from functions._core.platform.locks import SubjectLocks
@@ -27,10 +27,24 @@ def load_settings(path: str | None = None) -> Settings:
     Raises:
         ConfigError: no settings file named, or an invalid one.
     """
+    return Settings.load(_settings_file(path))
+
+
+def load_web6_settings(path: str | None = None) -> Web6Settings:
+    """The settings of `mailplane web6 sync` (the store and the unsealing key only) from ``path`` or
+    $MAILPLANE_CONFIG.
+
+    Raises:
+        ConfigError: no settings file named, or an invalid one.
+    """
+    return Web6Settings.load(_settings_file(path))
+
+
+def _settings_file(path: str | None) -> str:
     chosen = path if path is not None else os.environ.get("MAILPLANE_CONFIG")
     if not chosen:
         raise ConfigError("no settings file: pass --config or set MAILPLANE_CONFIG")
-    return Settings.load(chosen)
+    return chosen
 
 
 def load_secret_env(env: MutableMapping[str, str], client: Any = None) -> list[str]:
@@ -106,7 +120,7 @@ def build_ports(settings: Settings, *, probe: bool = True) -> Ports:
         smtp=SmtpProbe(settings.smtp_probe),
         keypool=build_keypool(settings, state),
         certs=_certs(settings),
-        web_host=_web_host(settings),
+        web_host=_web_host(settings, state),
         node_tls=NodeTls(gateway, settings.provider.mx_hosts, timeout=settings.dane.smtp_timeout),
     )
 
@@ -125,12 +139,14 @@ def _certs(settings: Settings) -> Any:
     return AcmeClient(settings.acme)
 
 
-def _web_host(settings: Settings) -> Any:
-    if not settings.mta_sts.cert_dir:
-        return None
-    from functions.adapters.webhost import DirWebHost
+def _web_host(settings: Settings, state: ObjectStore) -> Any:
+    """The MTA-STS web host of ``mta_sts.delivery``: "dir" writes into ``cert_dir`` (none without one), "store"
+    leaves the sealed entries in ``state`` for web6 to pull (``mailplane web6 sync``)."""
+    from functions.adapters.webhost import DirWebHost, SenderView, StoreWebHost
 
-    return DirWebHost(settings.mta_sts)
+    if settings.mta_sts.delivery == "store":
+        return StoreWebHost(state, SenderView(settings.mta_sts))
+    return DirWebHost(settings.mta_sts) if settings.mta_sts.cert_dir else None
 
 
 def setup_logging(level: str = "INFO", *, outcomes: bool = True) -> None:

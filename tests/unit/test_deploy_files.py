@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from functions._core.platform.config import Settings
+from functions._core.platform.config import Settings, Web6Settings
 from tests.stackenv import REPO
 
 DEPLOY = REPO / "infra" / "deploy"
@@ -48,7 +48,7 @@ def seconds(value: str) -> float:
 
 
 def test_there_is_something_to_check() -> None:
-    assert len(MANIFESTS) >= 9 and len(UNITS) == 10
+    assert len(MANIFESTS) >= 9 and len(UNITS) == 12
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
@@ -246,3 +246,36 @@ def test_drift_timer_runs_the_report_daily() -> None:
     assert timer["OnCalendar"][0].startswith("*-*-* ") and timer["Unit"] == ["mailplane-drift.service"]
     service = unit(DEPLOY / "systemd" / "mailplane-drift.service")
     assert service["ExecStart"][0].endswith("mailplane drift --all --report")
+
+
+def test_web6_sync_runs_every_minute_and_at_boot_writing_only_the_certificate_directory(tmp_path: Path) -> None:
+    timer = unit(DEPLOY / "systemd" / "mailplane-web6-sync.timer")
+    assert timer["Unit"] == ["mailplane-web6-sync.service"] and timer["OnCalendar"] == ["*:*:00"]
+    assert 0 < seconds(timer["OnBootSec"][0]) <= 60
+    service = unit(DEPLOY / "systemd" / "mailplane-web6-sync.service")
+    (exec_start,) = service["ExecStart"]
+    assert " web6 sync --once " in exec_start and service["Type"] == ["oneshot"]
+    cert_dir = exec_start.split("--cert-dir ", 1)[1].split()[0]
+    assert service["ReadWritePaths"] == [cert_dir] and "StateDirectory" not in service
+    assert service["User"] == ["mailplane-web6"] and service["CapabilityBoundingSet"] == [""]
+    assert f"`{cert_dir}`" in (REPO / "infra" / "web6" / "README.md").read_text()  # nginx's @CERT_DIR@
+    env = (DEPLOY / "systemd" / "web6.env.example").read_text()
+    assert set(re.findall(r"^([A-Z0-9_]+)=", env, re.M)) == {
+        "MAILPLANE_CONFIG",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
+    (config,) = re.findall(r"^MAILPLANE_CONFIG=(\S+)", env, re.M)
+    sample = REPO / "infra" / "web6" / Path(config).name
+    raw = tomllib.loads(sample.read_text())
+    assert set(raw) == {"store", "dkim"} and set(raw["dkim"]) == {"key_encryption_key"}  # no platform secret
+    prod = tomllib.loads((REPO / "infra" / "platform.toml").read_text())["store"]
+    assert {k: raw["store"][k] for k in ("kind", "endpoint_url", "state_bucket")} == {
+        k: prod[k] for k in ("kind", "endpoint_url", "state_bucket")
+    }
+    kek = tmp_path / "kek"
+    kek.write_text("a2V5")
+    local = tmp_path / "sync.toml"
+    local.write_text(sample.read_text().replace(raw["dkim"]["key_encryption_key"]["file"], str(kek)))
+    settings = Web6Settings.load(local, {"AWS_ACCESS_KEY_ID": "ro", "AWS_SECRET_ACCESS_KEY": "x"})
+    assert settings.store.state_bucket == "mailplane-state" and settings.dkim.key_encryption_key.reveal() == "a2V5"

@@ -26,7 +26,9 @@ from cryptography import x509
 from functions._core.model import keys, state
 from functions._core.model.ports import DnsChange, Fetched, Ports
 from functions._core.model.records import RecordSet
-from functions._core.platform.errors import ConfigError, DnsConflict, NotPropagated
+from functions._core.platform.config import Secret
+from functions._core.platform.errors import ConfigError, DnsConflict, EventInvalid, NotPropagated
+from functions._core.platform.names import normalize_domain
 from functions._core.platform.store import ObjectStore
 
 log = logging.getLogger("mailplane.mta_sts")
@@ -47,8 +49,23 @@ def policy_url(domain: str) -> str:
     return f"https://mta-sts.{domain}/.well-known/mta-sts.txt"
 
 
+CERT_PREFIX = "certs/"
+
+
 def cert_state_key(name: str) -> str:
-    return f"certs/{name}.json"
+    return f"{CERT_PREFIX}{name}.json"
+
+
+def is_cert_name(name: str) -> bool:
+    """``name`` is ``mta-sts.<domain>`` with the domain in its normal form (``names.normalize_domain``) and short
+    enough for the web host's file name ``<name>.pem``: the only names a certificate of ours has."""
+    domain = name.removeprefix("mta-sts.")
+    if domain == name or len(name) > 251:
+        return False
+    try:
+        return normalize_domain(domain) == domain
+    except EventInvalid:
+        return False
 
 
 RENEW_PREFIX = "certs-due/"
@@ -158,13 +175,44 @@ class StoredCert:
 
 
 def load_cert(ports: Ports, name: str) -> StoredCert | None:
-    obj = ports.state.get(cert_state_key(name))
+    return read_cert(ports.state, name)
+
+
+def read_cert(store: ObjectStore, name: str) -> StoredCert | None:
+    """The stored certificate of ``name``, None when there is none.
+
+    Raises:
+        ValueError: the entry is not a stored certificate of ``name`` (not JSON, a field missing or of the wrong
+            type, another name inside); the message names the entry only.
+    """
+    key = cert_state_key(name)
+    obj = store.get(key)
     if obj is None:
         return None
-    d = json.loads(obj.body)
-    return StoredCert(
-        d["name"], d["chain"], base64.b64decode(d["key"]), dt.datetime.fromisoformat(d["not_after"]), d["challenge"]
-    )
+    try:
+        d = json.loads(obj.body)
+        texts = [d[k] for k in ("name", "chain", "key", "not_after", "challenge")]
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("a field is not a string")
+        until = dt.datetime.fromisoformat(d["not_after"])
+        if until.tzinfo is None:
+            raise ValueError("not_after has no offset")
+        sealed = base64.b64decode(d["key"], validate=True)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"stored certificate {key} is malformed ({type(exc).__name__})") from None
+    if d["name"] != name:
+        raise ValueError(f"stored certificate {key} names another certificate")
+    return StoredCert(name, d["chain"], sealed, until, d["challenge"])
+
+
+def unseal_key(cert: StoredCert, kek: Secret) -> Secret:
+    """The private key of ``cert`` (sealed with associated data ``cert/<name>``: a key copied from another entry
+    does not open).
+
+    Raises:
+        PermanentError: wrong key-encryption key, or the key belongs to another name.
+    """
+    return keys.unseal_blob(cert.sealed_key, kek, f"cert/{cert.name}")
 
 
 def not_after(chain_pem: str) -> dt.datetime:
@@ -186,7 +234,7 @@ def ensure_cert(ports: Ports, domain: str, *, hosted: bool) -> list[str]:
         NotPropagated: the DNS-01 record is not on every authoritative server yet (transient).
     """
     if ports.certs is None or ports.web_host is None:
-        raise ConfigError("MTA-STS serving needs [acme] directory and [mta_sts] cert_dir")
+        raise ConfigError('MTA-STS serving needs [acme] directory and [mta_sts] cert_dir or delivery = "store"')
     name, kek = cert_name(domain), ports.settings.dkim.key_encryption_key
     cert, changes = load_cert(ports, name), []
     old = cert
@@ -201,8 +249,7 @@ def ensure_cert(ports: Ports, domain: str, *, hosted: bool) -> list[str]:
         changes.append(f"{'~' if renewed else '+'} certificate {name} ({challenge.kind}, until {cert.not_after:%F})")
     assert cert is not None
     if ports.web_host.installed(name) != _norm(cert.chain):
-        key = keys.unseal_blob(cert.sealed_key, kek, f"cert/{name}")
-        ports.web_host.install(name, cert.chain, key.reveal())
+        ports.web_host.install(name, cert.chain, unseal_key(cert, kek).reveal())
         changes.append(f"+ web host certificate {name}")
     return changes
 

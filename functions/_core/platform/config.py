@@ -23,6 +23,7 @@ from functions._core.platform.errors import ConfigError
 _SLOT = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")  # a DKIM delegation slot (a selector label)
 _SHA256 = re.compile(r"[0-9A-Fa-f]{2}(:?[0-9A-Fa-f]{2}){31}")  # AA:BB:... or 64 hex digits
 MAP_WRITES = ("retouch", "space", "off")
+DELIVERIES = ("dir", "store")  # mta_sts.delivery
 
 
 def sha256_fingerprint(text: str) -> str:
@@ -323,7 +324,10 @@ class MtaStsSettings:
     renew_before_days: int = 30  # renew a certificate this long before it expires (renew-due's pass)
     renew_max_per_run: int = 200  # cert.renew events one `mailplane renew-due` run publishes at most
     expiry_warn_days: int = 14  # status/drift: a served certificate expiring sooner is drift (renewal overdue)
-    # the web host: where certificates are delivered ("dir": a directory the web server reads per SNI name)
+    # how certificates reach the web host (docs/mta-sts.md, "Delivery"): "dir" = the worker writes them into cert_dir, a
+    # directory the web server reads per SNI name (a worker on web6, the local stack); "store" = the worker only
+    # stores them sealed (certs/<name>.json) and web6 pulls them (`mailplane web6 sync`, infra/web6/README.md)
+    delivery: str = "dir"
     cert_dir: str = ""
     # how a sender reaches the web host: resolvers for the fetch ("" = /etc/resolv.conf) and the trust store
     # ("" = the system's; locally the ACME root)
@@ -346,6 +350,13 @@ class MtaStsSettings:
             raise ConfigError(
                 "mta_sts.enforce_after_days and mta_sts.tlsrpt_summary_days must be at least 1, "
                 "mta_sts.tlsrpt_max_bytes at least 1024"
+            )
+        if self.delivery not in DELIVERIES:
+            raise ConfigError(f"mta_sts.delivery must be one of {', '.join(DELIVERIES)}, not {self.delivery!r}")
+        if self.delivery == "store" and self.cert_dir:
+            raise ConfigError(
+                "mta_sts.cert_dir is for delivery 'dir': with 'store' the workers write no files, web6 pulls the "
+                "certificates into its own directory (mailplane web6 sync --cert-dir)"
             )
 
 
@@ -428,14 +439,38 @@ class Settings:
         Raises:
             ConfigError: the file is missing or unreadable, or a setting is missing, unknown or of the wrong type.
         """
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read settings file {path}: {exc}") from None
-        return _build(cls, raw, "", os.environ if env is None else env)
+        return _load(cls, path, env)
+
+
+@dataclass(frozen=True)
+class Web6Settings:
+    """The settings file of `mailplane web6 sync` on web6 (sample: infra/web6/sync.toml): ``[store]``, with
+    credentials that may only list and read ``certs/``, and ``[dkim] key_encryption_key``, the key that unseals the
+    certificates' private keys (the other ``[dkim]`` settings are not read). Nothing else: web6 holds no Mailcow,
+    PMG, DNS or broker secret."""
+
+    store: StoreSettings
+    dkim: DkimSettings
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Web6Settings:
+        """Read the TOML file at ``path`` like ``Settings.load``.
+
+        Raises:
+            ConfigError: the file is missing or unreadable, or a setting is missing, unknown or of the wrong type.
+        """
+        return _load(cls, path, env)
 
 
 T = TypeVar("T")
+
+
+def _load(cls: type[T], path: str | os.PathLike[str], env: Mapping[str, str] | None) -> T:
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc}") from None
+    return _build(cls, raw, "", os.environ if env is None else env)
 
 
 def _build(cls: type[T], raw: Any, where: str, env: Mapping[str, str]) -> T:
