@@ -13,9 +13,10 @@ import email.policy
 import re
 import smtplib
 import ssl
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -121,6 +122,34 @@ def add_mailbox(env: Mapping[str, str], address: str) -> None:
     r.raise_for_status()
     if "mailbox_added" not in r.text and "object_exists" not in r.text:
         raise RuntimeError(f"Mailcow did not add the mailbox {address}: {r.text[:200]}")
+
+
+class Flow:
+    """``send(subject)`` (returning the message's tag) at ``rate`` per second in a thread until ``stop()``: the
+    continuous mail of the rotation and node tests and the benchmark. A refused submission is kept in ``errors``."""
+
+    def __init__(self, send: Callable[[str], str], rate: float = 2.0) -> None:
+        self._send, self._period = send, 1.0 / rate
+        self.tags: list[str] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            try:
+                self.tags.append(self._send(f"flow {n}"))
+            except (OSError, smtplib.SMTPException) as exc:
+                self.errors.append(f"{n}: {exc}")
+            self._stop.wait(self._period)
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        self._thread.join(15)
+        return self.tags
 
 
 def rcpt(hostport: str, address: str, source: str = "127.0.0.2") -> tuple[int, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
@@ -130,33 +129,6 @@ def test_outbound_mail_passes_spf_dkim_and_dmarc_at_the_receiver(stack_env: dict
     print(f"\n{domain}: via {gateway_of(d)}, {v}")
 
 
-class Flow:
-    """Messages sent at ``rate`` per second in a thread until ``stop()``; the tags, in order."""
-
-    def __init__(self, send: object, rate: float = 2.0) -> None:
-        self._send, self._period = send, 1.0 / rate
-        self.tags: list[str] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            try:
-                self.tags.append(self._send(f"flow {n}"))  # type: ignore[operator]
-            except Exception as exc:  # noqa: BLE001 - a refused submission is a result, reported by the test
-                self.errors.append(f"{n}: {exc}")
-            self._stop.wait(self._period)
-
-    def stop(self) -> list[str]:
-        self._stop.set()
-        self._thread.join(15)
-        return self.tags
-
-
 def test_dkim_rotation_under_continuous_mail_never_fails_a_signature(
     stack_env: dict[str, str], settings: Settings
 ) -> None:
@@ -169,7 +141,7 @@ def test_dkim_rotation_under_continuous_mail_never_fails_a_signature(
     ports = replace(build_ports(rot, probe=False), clock=clock)
     old = build_ports(settings, probe=False).mail.get_dkim(domain)
     assert old is not None
-    flow = Flow(lambda subject: outbound(stack_env, domain, subject))
+    flow = mail.Flow(lambda subject: outbound(stack_env, domain, subject))
     try:
         time.sleep(3)
         step(ports, rotate_body(domain, f"rot-{uuid.uuid4().hex}", "scheduled", key_id=f"{domain}:{old.selector}"))
@@ -230,7 +202,7 @@ def test_node_down_loses_no_inbound_mail_and_node_up_brings_it_back(
     box = f"postmaster@{domain}"
     mail.add_mailbox(stack_env, box)
     maildir = mail.mailbox_dir(stack_env, box)
-    flow = Flow(lambda subject: inbound(stack_env, domain, subject))
+    flow = mail.Flow(lambda subject: inbound(stack_env, domain, subject))
     back: str | None = None
     try:
         time.sleep(3)
@@ -307,7 +279,7 @@ def test_externally_hosted_domain_with_delegated_dkim_rotates_without_the_custom
         tag = inbound(stack_env, domain, "inbound, hosted elsewhere")
         assert tag in mail.wait_for(mail.mailbox_dir(stack_env, f"postmaster@{domain}"), {tag}, 30)
 
-        flow = Flow(lambda subject: outbound(stack_env, domain, subject))
+        flow = mail.Flow(lambda subject: outbound(stack_env, domain, subject))
         try:
             time.sleep(3)
             step(ports, rotate_body(domain, f"rot-{uuid.uuid4().hex}", "scheduled"))
