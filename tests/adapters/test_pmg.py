@@ -277,6 +277,12 @@ class GatewayPortContract:
         assert [n.cid for n in nodes] == sorted(n.cid for n in nodes) and nodes
         assert sum(1 for n in nodes if n.role == "master") <= 1
 
+    def test_postfix_reload_runs_on_a_cluster_node_and_a_wrong_node_is_rejected(self, env: Env) -> None:
+        node = env.port.cluster_nodes()[0].name
+        env.port.reload_postfix(node)  # a task on that node (real PMG answers its UPID)
+        with pytest.raises(PmgRejected, match="reload postfix on nosuchnode"):  # real PMG: 500 hostname lookup
+            env.port.reload_postfix("nosuchnode")
+
     # helpers
 
     def with_password(self, env: Env, password: str) -> PmgClient:

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from functions._core.model.nodes import short
 from functions._core.model.ports import Ports, SmtpAnswer
 from functions._core.model.webmail import Webmail
 from functions._core.platform.errors import ConfigError, PmgRejected, PmgUnavailable
@@ -121,7 +122,7 @@ def reload_postfix(ports: Ports, hosts: Iterable[str]) -> list[str]:
     refuses or does not answer is logged and left to restart its daemons by itself. Returns the nodes reloaded."""
     done = []
     for host in hosts:
-        node = host.split(".", 1)[0].lower()
+        node = short(host)
         try:
             ports.gateway.reload_postfix(node)
         except (PmgUnavailable, PmgRejected) as exc:
