@@ -27,7 +27,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from functions import cert_renew, domain_created
+from functions import cert_renew, domain_created, domain_deleted
 from functions._core.model import mtasts
 from functions._core.model.mailset import mta_sts_policy, policy_id
 from functions._core.model.ports import DnsChange, Ports
@@ -364,3 +364,31 @@ def publish_as_customer(ports: Ports, domain: str, lines: list[str]) -> None:
         for (n, t), (ttl, values) in grouped.items()
     ]
     ports.dns.apply(domain, changes)
+
+
+def test_domain_deleted_removes_the_certificate_and_senders_find_no_policy(
+    stack_env: dict[str, str], ports: Ports, settings: Settings
+) -> None:
+    """domain.deleted with serving on: the sealed certificate, web6's file and the policy go, the ``_mta-sts`` TXT
+    with the rest of our records; a sender then finds no policy (NONE), never a TXT without a fetchable policy."""
+    domain = stack.unique_domain("stsdel")
+    stack.zone_add(domain)
+    assert handle(event_for(domain), ports).status == "provisioned"
+    name = mtasts.cert_name(domain)
+    assert mtasts.load_cert(ports, name) is not None and cert_file(settings, domain).exists()
+    raw = stack.created_event(domain, "domain.deleted", customer_id="C-10042", grace_days=0)
+    deleted = parse(json.dumps(raw).encode(), publisher="billing")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            domain_deleted.handle(deleted, ports)
+            break
+        except NotPropagated:
+            assert time.monotonic() < deadline, "domain.deleted did not settle within 60 s"
+            time.sleep(1)
+    assert mtasts.load_cert(ports, name) is None
+    assert not cert_file(settings, domain).exists()
+    flush(stack_env, domain)
+    assert curl_policy(stack_env, domain) is None
+    assert mta_sts_query(stack_env, domain).result == "NONE"  # no _mta-sts TXT left: the sender sees no MTA-STS
+    assert domain_deleted.handle(deleted, ports).writes == 0  # the replay changes nothing
