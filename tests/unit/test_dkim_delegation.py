@@ -31,6 +31,7 @@ from tests.fakes.mailcow import fake_mailcow
 from tests.fakes.pmg import fake_gateway
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
+from tests.fakes.smtp import FakeSmtp
 from tests.fakes.store import MemoryStore
 from tests.unit.test_key_rotate import Clock, Crash, CrashAfter, World
 
@@ -323,3 +324,40 @@ def test_a_crash_after_any_write_of_a_delegated_rotation_resumes_to_the_same_end
         _run(world, n)
         got = _end(world)
         assert (got[0], got[1], got[2].selector, got[3]) == (want[0], want[1], "fcb", want[3]), f"crash after {n + 1}"
+
+
+def test_the_activating_nudge_reloads_a_gateway_that_refuses_the_domain_from_stale_maps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The customer's MX now points at the gateways; a node whose Postfix daemons opened the relay-domain map before
+    it had the domain (real Postfix, docs/mail-plane.md) would refuse the first mail: the nudge that activates the
+    key reloads that node's postfix through PMG's API, and only that one."""
+    world = make_world()
+    create(world)
+    customer_publishes(world)
+    smtp = world.ports.smtp
+    assert isinstance(smtp, FakeSmtp)
+    model, stale = smtp.model, {"pmg2"}
+    rcpt, reload = model.rcpt, model._h_service_reload
+    reloads: list[str] = []
+
+    def stale_rcpt(node: str, client: str, address: str) -> tuple[int, str]:
+        if node in stale and address.endswith(f"@{DOMAIN}"):
+            return 554, f"5.7.1 <{address}>: Relay access denied"
+        return rcpt(node, client, address)
+
+    def spy(target: Any, origin: Any, p: dict[str, Any]) -> str:
+        reloads.append(f"{target.name}:{p['service']}")
+        stale.discard(target.name)
+        return reload(target, origin, p)
+
+    monkeypatch.setattr(model, "rcpt", stale_rcpt)
+    monkeypatch.setattr(model, "_h_service_reload", spy)
+    out = rotate(world, "n-1")
+    assert out.detail["transitions"] == ["fca: PUBLISHED->ACTIVE"]
+    assert reloads == ["pmg2:postfix"]
+    assert [smtp.model.rcpt(n, "127.0.0.2", f"postmaster@{DOMAIN}")[0] for n in ("pmg1", "pmg2", "pmg3")] == [
+        450,
+        450,
+        450,
+    ]

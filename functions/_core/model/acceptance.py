@@ -130,3 +130,12 @@ def reload_postfix(ports: Ports, hosts: Iterable[str]) -> list[str]:
             continue
         done.append(node)
     return done
+
+
+def reload_where_refused(ports: Ports, domain: str) -> list[str]:
+    """Ask every MX host for ``domain`` once and reload Postfix where it answers "Relay access denied" (a zone hosted
+    elsewhere, activated by key.rotate: no gate waits for it). Best effort, never raises for a refusal: a node that
+    has not synced the domain yet still refuses after this. Returns the nodes reloaded; none without an SMTP probe."""
+    if ports.smtp is None:
+        return []
+    return reload_postfix(ports, relay_refused(smtp_checks(ports, domain)))

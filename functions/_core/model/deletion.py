@@ -303,7 +303,7 @@ def apply_removal(domain: str, r: Removal, ports: Ports) -> None:
     if r.gateway.transport or r.gateway.relay_domain:
         ports.gateway.settle()  # PMG's 1-s postmap rule: the removals must reach the master's postfix maps too
         # daemons that opened the maps before keep relaying the domain until they restart: reload every node (the
-        # others' maps follow at their next sync, which rewrites them and so restarts their daemons)
+        # other nodes' maps change only at their next sync, which this does not wait for: removal has no gate)
         acceptance.reload_postfix(ports, [h.name for h in ports.settings.provider.mx_hosts])
     if r.policy:
         ports.web.delete(policy_key(domain))

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from functions._core.model import keys, state, webmail
+from functions._core.model import acceptance, keys, state, webmail
 from functions._core.model.keys import REVOKED_TXT
 from functions._core.model.mailset import customer_lines, delegated, desired_records, dkim_name, dkim_record, fqdn
 from functions._core.model.ports import DkimKey, DnsChange, Ports
@@ -512,6 +512,9 @@ def activate(ctx: Ctx, st: DomainState, selector: str) -> DomainState | Wait:
     if not web.ready:
         raise NotPropagated(f"{ctx.domain}: not webmail-ready: {web.waiting}")
     st = web.state
+    # the customer's MX now points at the gateways: daemons that opened the relay-domain map before it had the domain
+    # would refuse the first mail (docs/mail-plane.md)
+    acceptance.reload_where_refused(ctx.ports, ctx.domain)
     have, key = mail.get_dkim(ctx.domain), DkimKey(selector, k.public_b64)
     if have != key:
         if have is not None:
