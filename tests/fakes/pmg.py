@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from sim.common import ensure_certs
 from sim.pmg import PmgModel, PmgNodeApp, serve_cluster
 from sim.pmg.tls import node_certs
@@ -153,3 +154,25 @@ def https_cluster(directory: Path, model: PmgModel | None = None, *, cn_only: bo
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def stale_postfix(model: PmgModel, monkeypatch: pytest.MonkeyPatch, nodes: set[str], domain: str) -> list[str]:
+    """Make ``nodes`` answer ``domain``'s RCPT from maps opened before its postmap (an idle smtpd/trivial-rewrite of
+    a real Postfix: the map has the domain, the daemon does not; docs/mail-plane.md) until PMG's API reloads their
+    postfix; returns the reloads the simulator saw, in order (``node:service``)."""
+    rcpt, reload = model.rcpt, model._h_service_reload
+    reloads: list[str] = []
+
+    def stale_rcpt(node: str, client: str, address: str) -> tuple[int, str]:
+        if node in nodes and address.endswith(f"@{domain}"):
+            return 554, f"5.7.1 <{address}>: Relay access denied"
+        return rcpt(node, client, address)
+
+    def spy(target: Any, origin: Any, p: dict[str, Any]) -> str:
+        reloads.append(f"{target.name}:{p['service']}")
+        nodes.discard(target.name)
+        return reload(target, origin, p)
+
+    monkeypatch.setattr(model, "rcpt", stale_rcpt)
+    monkeypatch.setattr(model, "_h_service_reload", spy)
+    return reloads

@@ -28,7 +28,7 @@ from functions._core.platform.outcome import Outcome
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow
-from tests.fakes.pmg import fake_gateway
+from tests.fakes.pmg import fake_gateway, stale_postfix
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
 from tests.fakes.smtp import FakeSmtp
@@ -337,22 +337,7 @@ def test_the_activating_nudge_reloads_a_gateway_that_refuses_the_domain_from_sta
     customer_publishes(world)
     smtp = world.ports.smtp
     assert isinstance(smtp, FakeSmtp)
-    model, stale = smtp.model, {"pmg2"}
-    rcpt, reload = model.rcpt, model._h_service_reload
-    reloads: list[str] = []
-
-    def stale_rcpt(node: str, client: str, address: str) -> tuple[int, str]:
-        if node in stale and address.endswith(f"@{DOMAIN}"):
-            return 554, f"5.7.1 <{address}>: Relay access denied"
-        return rcpt(node, client, address)
-
-    def spy(target: Any, origin: Any, p: dict[str, Any]) -> str:
-        reloads.append(f"{target.name}:{p['service']}")
-        stale.discard(target.name)
-        return reload(target, origin, p)
-
-    monkeypatch.setattr(model, "rcpt", stale_rcpt)
-    monkeypatch.setattr(model, "_h_service_reload", spy)
+    reloads = stale_postfix(smtp.model, monkeypatch, {"pmg2"}, DOMAIN)
     out = rotate(world, "n-1")
     assert out.detail["transitions"] == ["fca: PUBLISHED->ACTIVE"]
     assert reloads == ["pmg2:postfix"]

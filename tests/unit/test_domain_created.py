@@ -22,7 +22,7 @@ from functions._core.platform.errors import EventInvalid, NotPropagated, Ownersh
 from tests.conftest import load_event
 from tests.fakes.dns import FakeDns
 from tests.fakes.mailcow import fake_mailcow
-from tests.fakes.pmg import FakeGateway, fake_gateway
+from tests.fakes.pmg import FakeGateway, fake_gateway, stale_postfix
 from tests.fakes.recorder import Recorder
 from tests.fakes.settings import make_settings
 from tests.fakes.store import MemoryStore
@@ -461,25 +461,7 @@ def test_an_unknown_mta_sts_mode_is_refused_before_anything_is_written(world: Wo
 
 
 def _stale(gw: FakeGateway, monkeypatch: pytest.MonkeyPatch, nodes: set[str]) -> list[str]:
-    """Make ``nodes`` answer alpha.test's RCPT from maps opened before its postmap (an idle smtpd/trivial-rewrite
-    of a real Postfix: the map has the domain, the daemon does not) until PMG's API reloads their postfix; returns
-    the reloads seen by the simulator, in order."""
-    rcpt, reload = gw.model.rcpt, gw.model._h_service_reload
-    reloads: list[str] = []
-
-    def stale_rcpt(node: str, client: str, address: str) -> tuple[int, str]:
-        if node in nodes and address.endswith("@alpha.test"):
-            return 554, f"5.7.1 <{address}>: Relay access denied"
-        return rcpt(node, client, address)
-
-    def spy(target: Any, origin: Any, p: dict[str, Any]) -> str:
-        reloads.append(f"{target.name}:{p['service']}")
-        nodes.discard(target.name)
-        return reload(target, origin, p)
-
-    monkeypatch.setattr(gw.model, "rcpt", stale_rcpt)
-    monkeypatch.setattr(gw.model, "_h_service_reload", spy)
-    return reloads
+    return stale_postfix(gw.model, monkeypatch, nodes, "alpha.test")
 
 
 def test_a_node_whose_postfix_still_refuses_a_mapped_domain_is_reloaded_and_the_gate_passes(
