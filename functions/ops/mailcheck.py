@@ -73,30 +73,32 @@ def send(hostport: str, msg: EmailMessage) -> None:
         s.send_message(msg)
 
 
-def scan(maildir: Path) -> dict[str, Delivered]:
-    """Every message of a Maildir (new/ and cur/) that carries our tag header."""
+def scan(maildir: Path, seen: dict[Path, Delivered | None] | None = None) -> dict[str, Delivered]:
+    """Every message of a Maildir (new/ and cur/) that carries our tag header. ``seen``: the files read before (and
+    what they held), kept by the caller between polls: a delivered file never changes, so only new ones are read."""
     parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
-    out: dict[str, Delivered] = {}
+    seen = {} if seen is None else seen
     for sub in ("new", "cur"):
         folder = maildir / sub
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
+            if path in seen:
+                continue
             try:
                 headers = parser.parsebytes(path.read_bytes())
             except OSError:
                 continue
             tag = headers.get(TAG)
-            if tag:
-                out[str(tag)] = Delivered(str(tag), path, headers)
-    return out
+            seen[path] = Delivered(str(tag), path, headers) if tag else None
+    return {d.tag: d for d in seen.values() if d is not None}
 
 
 def wait_for(maildir: Path, tags: set[str], timeout: float) -> dict[str, Delivered]:
     """The messages with ``tags`` once all are in ``maildir``; whatever arrived when the timeout ends."""
-    deadline = time.monotonic() + timeout
+    deadline, seen = time.monotonic() + timeout, dict[Path, Delivered | None]()
     while True:
-        got = {t: d for t, d in scan(maildir).items() if t in tags}
+        got = {t: d for t, d in scan(maildir, seen).items() if t in tags}
         if len(got) == len(tags) or time.monotonic() > deadline:
             return got
         time.sleep(0.1)

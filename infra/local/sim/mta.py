@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import subprocess
 import sys
 import tempfile
@@ -118,10 +119,10 @@ class Postfix:
         """Write the configuration and create the directories and empty maps (idempotent)."""
         for sub in ("etc", "queue", "data", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        os.chown(self.root / "data", *_ids("postfix"))
+        os.chown(self.root / "data", *user_ids("postfix"))
         for sub in self._mail_dirs:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-            os.chown(self.root / sub, *_ids("nobody"))
+            os.chown(self.root / sub, *user_ids("nobody"))
         main = "".join(f"{k} = {v}\n" for k, v in self.main_cf().items())
         listen = f"{self.address}:{self.port}"
         extra = "".join(line.rstrip("\n") + "\n" for line in self._services)
@@ -176,9 +177,8 @@ def _write(path: Path, text: str) -> float:
     return path.stat().st_mtime
 
 
-def _ids(user: str) -> tuple[int, int]:
-    import pwd
-
+def user_ids(user: str) -> tuple[int, int]:
+    """(uid, gid) of a system user (postfix's mail_owner, the virtual delivery agent's nobody)."""
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
 
@@ -194,7 +194,7 @@ def internet_sender(root: Path, address: str, hostname: str) -> Postfix:
 def internet_receiver(root: Path, address: str, hostname: str, domain: str, milter: str) -> Postfix:
     """An MTA on the internet receiving for ``domain`` into one Maildir (``<root>/maildir/``), every message passed
     through ``milter`` (rspamd: SPF, DKIM and DMARC verdicts in an Authentication-Results header) first."""
-    uid, gid = _ids("nobody")
+    uid, gid = user_ids("nobody")
     return Postfix(
         root,
         address,

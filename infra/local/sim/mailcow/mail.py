@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sim.mta import Postfix, _ids
+from sim.mta import Postfix, user_ids
 
 if TYPE_CHECKING:
     from sim.mailcow.model import MailcowModel
@@ -35,7 +35,7 @@ DKIM_REDIS = ("DKIM_SELECTORS", "DKIM_PRIV_KEYS", "DKIM_PUB_KEYS")
 def moo_instance(root: Path, address: str, hostname: str, milter: str, fallback: str = "") -> Postfix:
     """``fallback``: main.cf ``relayhost`` (Mailcow's data/conf/postfix/extra.cf, the operator's own setting): where
     mail of a domain without an active relayhost goes; Postfix tries the listed destinations in order."""
-    uid, gid = _ids("nobody")
+    uid, gid = user_ids("nobody")
     etc = root / "etc"
     return Postfix(
         root,
