@@ -270,9 +270,10 @@ def restart_rabbitmq(env: dict[str, str]) -> Callable[[], float]:
         while time.monotonic() < deadline and (_alive(beam) or _alive(wrapper)):
             time.sleep(0.1)
         run_env = {**os.environ, "MAILPLANE_STACK_DIR": env["MAILPLANE_STACK_DIR"]}
-        subprocess.run(
-            [str(REPO / "infra" / "local" / "up")], check=True, capture_output=True, timeout=300, env=run_env
+        up = subprocess.run(
+            [str(REPO / "infra" / "local" / "up")], capture_output=True, text=True, timeout=300, env=run_env
         )
+        assert up.returncode == 0, f"infra/local/up exited {up.returncode}:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}"
         return time.monotonic() - start
 
     return restart

@@ -178,7 +178,8 @@ def test_a_delivery_that_kills_its_worker_is_parked_alone_and_its_prefetch_windo
         f" attempts {sorted({a for v in attempts.values() for a in v})}"
     )
     assert done == {e["id"] for e in neighbours} and parked == set()
-    assert all(a == {0} for a in attempts.values()), attempts  # none moved down the ladder
+    moved = [(line["outcome"], line["attempt"], line.get("reason")) for e in neighbours for line in _lines(sl, e["id"])]
+    assert all(a == {0} for a in attempts.values()), moved  # none moved down the ladder
     assert headers["x-mailplane-error"] == "PoisonError" and headers["x-mailplane-attempt"] == 0
     assert f"{MAX_DEATHS} of them while it ran alone" in headers["x-mailplane-reason"]
     assert not any(d["reason"] == "delivery_limit" for d in headers.get("x-death") or [])  # never the broker's fuse
