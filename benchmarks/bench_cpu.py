@@ -3,10 +3,13 @@ item 6, in one run on one sandbox (benchmarks/harness.py):
 
     PYTHONPATH=.:infra/local .venv/bin/python -m benchmarks.bench_cpu [--domains 150] [--rounds 1] [--json F]
 
-* before: every key generated in the event (``dkim.key_pool_size = 0``) and subject locks that read the lease
-  before every release (``benchmarks/worker.py --old-release``): the code path the 114 ms of BENCHMARKS.md measured;
-* after: the sealed key pool, filled before the drain by ``mailplane keypool refill`` in its own process (its CPU
-  per key is printed next to it: the cost moved out of the event, not removed), and the one-call lease release.
+* before: every key generated in the event (``dkim.key_pool_size = 0``), subject locks that read the lease
+  before every release (``benchmarks/worker.py --old-release``) and S3 connections LocalStack closes after every
+  call (``--close-connections``): the code path the 114 ms of BENCHMARKS.md measured;
+* pool: the sealed key pool, filled before the drain by ``mailplane keypool refill`` in its own process (its CPU
+  per key is printed next to it: the cost moved out of the event, not removed), and the one-call lease release;
+  connections still closed;
+* after: as pool, and the S3 clients ask for keep-alive (one TLS handshake per connection, not per call).
 
 Both drain a backlog of fresh hosted domains with the same worker processes and threads (2 x 16 by default), from
 reset simulators at 20 ms latency; sides alternate per round. CPU is each worker process's own (``os.times`` from
@@ -71,7 +74,7 @@ def figures(d: Drain) -> dict[str, Any]:
 
 
 def run(sb: Sandbox, *, domains: int, rounds: int, workers: int, pool: int, latency_ms: float) -> dict[str, Any]:
-    sides = ("before", "after")
+    sides = ("before", "pool", "after")
     names = {
         (r, side): [sb.domain(i, f"{side[0]}{r}") for i in range(domains)] for r in range(rounds) for side in sides
     }
@@ -85,18 +88,18 @@ def run(sb: Sandbox, *, domains: int, rounds: int, workers: int, pool: int, late
             events = [created_event(d, i=i) for i, d in enumerate(names[(r, side)])]
             entry: dict[str, Any] = {"round": r, "side": side}
             if side == "before":
-                d = drain(
-                    sb, events, workers=workers, pool=pool, timeout=max(600.0, domains * 3.0), extra=("--old-release",)
-                )
+                extra: tuple[str, ...] = ("--old-release", "--close-connections")
+                d = drain(sb, events, workers=workers, pool=pool, timeout=max(600.0, domains * 3.0), extra=extra)
             else:
                 entry["refill"] = refill(sb, after_settings, domains + 8)
+                extra = ("--no-refill", "--close-connections") if side == "pool" else ("--no-refill",)
                 d = drain(
                     sb,
                     events,
                     workers=workers,
                     pool=pool,
                     timeout=max(600.0, domains * 3.0),
-                    extra=("--no-refill",),
+                    extra=extra,
                     settings_path=after_settings,
                 )
             entry.update(figures(d))

@@ -28,6 +28,7 @@ from functions import ROUTES, Route
 from functions._core.model.ports import Ports
 from functions._core.platform.envelope import Envelope
 from functions._core.platform.outcome import Outcome
+from functions.adapters import s3 as s3_adapter
 from functions.runtime import dispatch, main
 from functions.runtime.consumer import Worker
 
@@ -123,6 +124,10 @@ def peak_rss_kib(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
+def _no_keep_alive(request: Any, **_: Any) -> None:
+    """The S3 clients as before issue 17's keep-alive: LocalStack's gateway closes every connection."""
+
+
 def build(config: str, *, noop_routes: bool, ledger: bool, old_release: bool = False) -> tuple[Ports, Tally]:
     """The CLI's ports, counted; optionally without ledger and locks, and with every route a no-op."""
     tally = Tally()
@@ -148,8 +153,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--no-refill", action="store_true", help="no key pool refill while idle (CPU per event)")
     parser.add_argument("--old-release", action="store_true", help="subject locks read before release (before)")
+    parser.add_argument(
+        "--close-connections", action="store_true", help="S3 without keep-alive: LocalStack closes each (before)"
+    )
     args = parser.parse_args(argv)
     main.setup_logging(args.log_level)
+    if args.close_connections:  # before make_client registers it: the S3 clients send no Connection: keep-alive
+        s3_adapter._keep_alive = _no_keep_alive
     ports, tally = build(args.config, noop_routes=args.noop, ledger=not args.no_ledger, old_release=args.old_release)
     worker = TimedWorker(
         ports,

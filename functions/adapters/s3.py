@@ -6,7 +6,15 @@ connection errors -> StoreUnavailable; any other client error -> StoreRejected.
 
 Every put carries ``Content-MD5`` (and no aws-chunked streaming): a body cut off in transit, e.g. by a SIGKILL of
 the worker mid-PUT, is refused by the store instead of stored torn (LocalStack stores what it got otherwise;
-measured: without it a cut-off PUT left 50 of 209 bytes, with it nothing).
+measured: without it a cut-off PUT left 50 of 209 bytes, with it nothing). That protects new objects only: an
+*overwrite* cut off mid-body still breaks the existing object in LocalStack's ephemeral storage (it truncates the
+object's data in place before reading the new body, and keeps the old size), so the chaos suite's buckets are
+versioned (tests/chaos/harness.py). S3 and MinIO never expose an incomplete PUT.
+
+Every request asks for ``Connection: keep-alive``, after signing (a hop-by-hop header outside the signature).
+HTTP/1.1 keeps connections by default, but LocalStack's hypercorn gateway closes each one unless the client asks
+explicitly (its workaround for localstack/localstack#6557): every call was a new TCP + TLS handshake, about half the
+S3 client's CPU per call (2.3 -> 1.1 ms measured, BENCHMARKS.md). S3 and MinIO ignore the header.
 
 botocore's own retries are off (one attempt per call): retries happen in one place, the shared policy, and a
 conditional put is never resent blindly: after an unanswered attempt it re-reads first, and if the object already
@@ -75,7 +83,7 @@ def make_client(settings: StoreSettings) -> S3Client:
         log.warning(
             "store: plain HTTP endpoint %s: credentials and objects cross the network in clear", settings.endpoint_url
         )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3",
         endpoint_url=settings.endpoint_url if settings.endpoint_url else None,
         region_name=settings.region,
@@ -84,6 +92,13 @@ def make_client(settings: StoreSettings) -> S3Client:
         verify=settings.ca_file if settings.ca_file else None,  # None = verified against the system trust store
         config=config,
     )
+    client.meta.events.register("before-send.s3", _keep_alive)
+    return client
+
+
+def _keep_alive(request: Any, **_: Any) -> None:
+    """before-send: ask the server to keep the connection (see the module's docstring); None = send as usual."""
+    request.headers["Connection"] = "keep-alive"
 
 
 class S3Store:

@@ -471,7 +471,15 @@ class Slice:
 
 
 def buckets(stack_env: Mapping[str, str], vhost: str, *, create: bool) -> None:
-    """Create, or empty and delete, the run's private state and web buckets in LocalStack."""
+    """Create, or empty and delete, the run's private state and web buckets in LocalStack.
+
+    Both are versioned. LocalStack's ephemeral storage writes an unversioned object's data in place: a PUT cut off by
+    a SIGKILLed worker (or refused for a bad Content-MD5) truncates the existing object, whose metadata keeps the old
+    size, so every later GET of it breaks (ResponseStreamingError, or a read timeout). S3 and MinIO never expose a
+    PUT that did not complete. With versioning each PUT writes a new version's own file, and one that fails never
+    becomes current: the slice's store behaves as production's does when workers are killed mid-write. Conditional
+    writes, deletes and listings behave the same on a versioned bucket (what the product relies on).
+    """
     import boto3
 
     s3 = boto3.client(
@@ -485,11 +493,14 @@ def buckets(stack_env: Mapping[str, str], vhost: str, *, create: bool) -> None:
     for name in (f"{vhost}-state", f"{vhost}-web"):
         if create:
             s3.create_bucket(Bucket=name)
+            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
             continue
         try:
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-                for obj in page.get("Contents", []):
-                    s3.delete_object(Bucket=name, Key=obj["Key"])
+            for page in s3.get_paginator("list_object_versions").paginate(Bucket=name):
+                versions = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+                gone: list[Any] = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in versions]
+                for i in range(0, len(gone), 1000):
+                    s3.delete_objects(Bucket=name, Delete={"Objects": gone[i : i + 1000], "Quiet": True})
             s3.delete_bucket(Bucket=name)
         except s3.exceptions.NoSuchBucket:
             pass
@@ -498,7 +509,7 @@ def buckets(stack_env: Mapping[str, str], vhost: str, *, create: bool) -> None:
 def settings_toml(vhost: str, dns_port: int, provider: str) -> str:
     doc = tomllib.loads((REPO / "infra" / "local" / "platform.test.toml").read_text())
     doc["broker"]["vhost"] = vhost
-    # private buckets: a worker killed mid-PUT can leave a torn object in LocalStack; keep it out of shared buckets
+    # private buckets, versioned (see buckets()): LocalStack tears an object whose overwrite is cut off mid-PUT
     doc["store"]["state_bucket"], doc["store"]["web_bucket"] = f"{vhost}-state", f"{vhost}-web"
     doc["dns"]["port"] = dns_port
     doc["dns"]["primary"] = "127.0.0.1"
