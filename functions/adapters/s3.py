@@ -14,7 +14,7 @@ versioned (tests/chaos/harness.py). S3 and MinIO never expose an incomplete PUT.
 Every request asks for ``Connection: keep-alive``, after signing (a hop-by-hop header outside the signature).
 HTTP/1.1 keeps connections by default, but LocalStack's hypercorn gateway closes each one unless the client asks
 explicitly (its workaround for localstack/localstack#6557): every call was a new TCP + TLS handshake, about half the
-S3 client's CPU per call (2.3 -> 1.1 ms measured, BENCHMARKS.md). S3 and MinIO ignore the header.
+S3 client's CPU per call (2.3 -> 1.1 ms measured: BENCHMARKS.md, "S3 keep-alive"). S3 and MinIO ignore the header.
 
 botocore's own retries are off (one attempt per call): retries happen in one place, the shared policy, and a
 conditional put is never resent blindly: after an unanswered attempt it re-reads first, and if the object already
