@@ -170,7 +170,8 @@ def test_a_delivery_that_kills_its_worker_is_parked_alone_and_its_prefetch_windo
         sl.wait_settled(120, quiet=6)
         done = _completed(sl, neighbours)
         parked = {e["id"] for e in neighbours if e["id"] in watcher.seen}
-    attempts = {e["id"]: {line["attempt"] for line in _lines(sl, e["id"])} for e in neighbours}
+    lines = {e["id"]: _lines(sl, e["id"]) for e in neighbours}
+    attempts = {eid: {line["attempt"] for line in ls} for eid, ls in lines.items()}
     print(
         f"\npoison: {deaths} worker deaths, parked by the worker after {took:.1f} s"
         f" ({headers.get('x-mailplane-reason', '')[:90]}...);"
@@ -178,7 +179,7 @@ def test_a_delivery_that_kills_its_worker_is_parked_alone_and_its_prefetch_windo
         f" attempts {sorted({a for v in attempts.values() for a in v})}"
     )
     assert done == {e["id"] for e in neighbours} and parked == set()
-    moved = [(line["outcome"], line["attempt"], line.get("reason")) for e in neighbours for line in _lines(sl, e["id"])]
+    moved = [(line["outcome"], line["attempt"], line.get("reason")) for ls in lines.values() for line in ls]
     assert all(a == {0} for a in attempts.values()), moved  # none moved down the ladder
     assert headers["x-mailplane-error"] == "PoisonError" and headers["x-mailplane-attempt"] == 0
     assert f"{MAX_DEATHS} of them while it ran alone" in headers["x-mailplane-reason"]
