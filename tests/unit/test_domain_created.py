@@ -489,3 +489,48 @@ def test_a_node_that_does_not_answer_is_not_reloaded(monkeypatch: pytest.MonkeyP
     with pytest.raises(NotPropagated, match=r"pmg3\.faster\.test: smtp rcpt .*no SMTP answer"):
         domain_created.handle(event(), ports)
     assert reloads == []
+
+
+class ServerLog(FakeDns):
+    """FakeDns that logs which server each SOA question and zone transfer went to."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.asked: list[tuple[str, str]] = []
+
+    def serial(self, zone: str, server: str) -> int | None:
+        self.asked.append(("serial", server))
+        return super().serial(zone, server)
+
+    def read_zone_at(self, zone: str, server: str) -> tuple[int, dict[Any, RecordSet]] | None:
+        self.asked.append(("axfr", server))
+        return super().read_zone_at(zone, server)
+
+
+def test_the_dns_gate_asks_a_passed_server_once_and_a_lagging_one_its_serial_only(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from functions._core.model import verify
+
+    fake = ServerLog(secondaries=("ns2",), auto_sync=False)
+    fake.add_zone("alpha.test")
+    settings = world.ports.settings
+    settings = dataclasses.replace(settings, dns=dataclasses.replace(settings.dns, propagation_wait=5.0))
+    ports = dataclasses.replace(world.ports, dns=fake, settings=settings)
+    rounds: list[float] = []
+
+    def sleep(seconds: float) -> None:  # ns2 transfers the UPDATE after the gate's second round
+        rounds.append(seconds)
+        if len(rounds) == 2:
+            fake.sync()
+
+    wait = verify.until_propagated
+    monkeypatch.setattr(verify, "until_propagated", lambda w, check: wait(w, check, sleep=sleep))
+    fake.asked.clear()
+    assert domain_created.handle(event(), ports).status == "provisioned"
+    gate = [a for a in fake.asked if a[0] == "axfr" or a[1] != "127.0.0.1"]  # the plan's own reads are not by server
+    primary = [a for a in gate if a[1] not in ("ns2",)]
+    assert ("axfr", "ns2") in gate and len(rounds) == 2
+    assert gate.count(("axfr", "ns2")) == 1  # transferred once, when its SOA showed the UPDATE
+    assert gate.count(("serial", "ns2")) == 3  # one SOA question per round
+    assert len([a for a in primary if a[0] == "axfr"]) == 1  # passed in round 1, not asked again

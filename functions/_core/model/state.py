@@ -204,11 +204,17 @@ def persist_key(store: ObjectStore, domain: str, pair: keys.KeyPair, settings: S
 
 
 def load_key(store: ObjectStore, domain: str, selector: str, settings: Settings) -> keys.KeyPair:
-    """Unseal a stored private key and rebuild the pair (the public part is derived from it)."""
+    """Unseal a stored private key and rebuild the pair (the public part is derived from it).
+
+    The key is not re-validated on load (cryptography's RSA consistency check, ~35 ms of CPU per load, the largest
+    single cost of a retried domain.created): AES-GCM authenticates the blob, bound to the domain and selector, so it
+    is exactly the key mailplane sealed."""
     obj = store.get(key_blob_key(domain, selector))
     if obj is None:
         raise DnsConflict(f"DKIM key {selector} of {domain} is not stored yet")
     pem = keys.unseal(obj.body, settings.dkim.key_encryption_key, domain, selector)
-    priv = serialization.load_pem_private_key(pem.reveal().encode("ascii"), password=None)
+    priv = serialization.load_pem_private_key(
+        pem.reveal().encode("ascii"), password=None, unsafe_skip_rsa_key_validation=True
+    )
     spki = priv.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return keys.KeyPair(selector, base64.b64encode(spki).decode("ascii"), pem)

@@ -58,9 +58,18 @@ def server_mismatches(
 
     With ``AXFR_MIN_RRSETS`` or more expected RRsets, one TSIG-signed AXFR from ``server`` gives its serial and every
     RRset at once (a customer zone: 1 message instead of 12); with fewer (one key in the delegation zone), or when
-    the server refuses the transfer, its SOA and each RRset are queried.
+    the server refuses the transfer, its SOA and each RRset are queried. A server whose SOA serial is still older than
+    ``min_serial`` (a secondary that has not transferred the UPDATE yet), or that does not answer the zone's SOA, is
+    not transferred from: its SOA says enough.
     """
-    served = dns.read_zone_at(zone, server) if len(expected) >= AXFR_MIN_RRSETS else None
+    axfr = len(expected) >= AXFR_MIN_RRSETS
+    if axfr and min_serial is not None:
+        lagging = dns.serial(zone, server)
+        if lagging is None:
+            return [f"{server}: no SOA for {zone}"]
+        if serial_before(lagging, min_serial):
+            return [f"{server}: serial {lagging} older than {min_serial}"]
+    served = dns.read_zone_at(zone, server) if axfr else None
     serial = dns.serial(zone, server) if served is None else served[0]
     if serial is None:
         return [f"{server}: no SOA for {zone}"]
@@ -100,13 +109,16 @@ def verify_zone(
     ``signer``: a delegated key (reference/dns.md §5.4): ``zone`` is the delegation zone, ``expected`` holds the key's
     one TXT, and the probe is signed for the customer domain ``signer``, its selector resolved through that TXT's name.
 
-    Every server is asked again for up to ``dns.propagation_wait`` seconds until all of them pass.
+    Every server that has not passed yet is asked again for up to ``dns.propagation_wait`` seconds until all of them
+    have passed (a server that served the plan and verified the probe once is not asked again in the same wait).
 
     Raises:
         NotPropagated: listing the first mismatches (transient: the broker retries later).
     """
+    passed: set[str] = set()  # servers that passed in an earlier round of this wait are not asked again
     return until_propagated(
-        ports.settings.dns.propagation_wait, lambda: _verify_zone(ports, zone, expected, min_serial, pair, signer)
+        ports.settings.dns.propagation_wait,
+        lambda: _verify_zone(ports, zone, expected, min_serial, pair, signer, passed),
     )
 
 
@@ -117,12 +129,15 @@ def _verify_zone(
     min_serial: int | None,
     pair: keys.KeyPair,
     signer: str | None,
+    passed: set[str],
 ) -> list[str]:
     dns = ports.dns
     servers = dns.servers(zone)
     target = next(iter(expected.values())).name if signer else ""
     problems: list[str] = []
     for server in servers:
+        if server in passed:
+            continue  # it served the plan and the probe verified against it after the UPDATE, earlier in this wait
         mismatches = server_mismatches(dns, zone, server, expected, min_serial)
         problems += mismatches
         if mismatches:
@@ -134,6 +149,8 @@ def _verify_zone(
         look = delegated_lookup(at, signer, pair.selector, target) if signer else (lambda n, at=at: txt_value(at(n)))
         if not _probe(look, signer or zone, pair):
             problems.append(f"{server}: DKIM probe signature for {pair.selector} does not verify")
+            continue
+        passed.add(server)
     if problems:
         raise NotPropagated("; ".join(problems[:6]))
     return servers

@@ -43,13 +43,23 @@ def dns() -> FakeDns:
     return fake
 
 
-def test_a_server_serving_the_plan_has_no_mismatch_and_costs_one_transfer(
+def test_a_server_serving_the_plan_has_no_mismatch_and_costs_one_soa_and_one_transfer(
     dns: FakeDns, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorder = Recorder(dns)
     assert verify.server_mismatches(recorder, ZONE, "ns2", EXPECTED, 5) == []  # type: ignore[arg-type]
-    assert recorder.calls == ["read_zone_at"]
+    assert recorder.calls == ["serial", "read_zone_at"]
     assert both_ways(dns, PRIMARY, 5, monkeypatch) == []
+    recorder.calls.clear()
+    assert verify.server_mismatches(recorder, ZONE, "ns2", EXPECTED, None) == []  # type: ignore[arg-type]
+    assert recorder.calls == ["read_zone_at"]  # no serial to wait for: the transfer alone
+
+
+def test_a_secondary_behind_the_update_is_not_transferred_from(dns: FakeDns) -> None:
+    dns.set_rrset(ZONE, RecordSet.of(ZONE, "MX", 3600, ["10 pmg2.faster.test."]))  # serial 6 at the primary only
+    recorder = Recorder(dns)
+    assert verify.server_mismatches(recorder, ZONE, "ns2", EXPECTED, 6) == ["ns2: serial 5 older than 6"]  # type: ignore[arg-type]
+    assert recorder.calls == ["serial"]
 
 
 def test_lagging_serial_and_content_are_reported_alike(dns: FakeDns, monkeypatch: pytest.MonkeyPatch) -> None:
