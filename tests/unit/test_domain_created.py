@@ -534,3 +534,40 @@ def test_the_dns_gate_asks_a_passed_server_once_and_a_lagging_one_its_serial_onl
     assert gate.count(("axfr", "ns2")) == 1  # transferred once, when its SOA showed the UPDATE
     assert gate.count(("serial", "ns2")) == 3  # one SOA question per round
     assert len([a for a in primary if a[0] == "axfr"]) == 1  # passed in round 1, not asked again
+
+
+def test_a_retry_waiting_for_acceptance_skips_the_dns_gate_it_passed_while_the_serial_holds() -> None:
+    ports, gw, clock = gate_world()
+    fake = ServerLog()
+    fake.add_zone("alpha.test")
+    ports = dataclasses.replace(ports, dns=fake)
+    gw.model.configure(node_sync_interval_s={"pmg3": 3600})
+    with pytest.raises(NotPropagated, match="pmg3"):
+        domain_created.handle(event(), ports)
+    verified = state.load(ports.state, "alpha.test").acceptance["dns"]
+    assert verified == {"serial": fake.serials["alpha.test"], "servers": fake.servers("alpha.test")}
+    fake.asked.clear()
+    clock.now += dt.timedelta(seconds=5)
+    with pytest.raises(NotPropagated, match="pmg3"):
+        domain_created.handle(event(), ports)
+    assert ("axfr", "primary") not in fake.asked  # the retry: the same serial, no second DNS gate
+    gw.model.sync_now()
+    out = domain_created.handle(event(), ports)
+    assert out.status == "provisioned" and out.emit[0]["data"]["verified_servers"] == verified["servers"]
+    assert ("axfr", "primary") not in fake.asked
+
+
+def test_a_retry_after_the_zone_changed_passes_the_dns_gate_again() -> None:
+    ports, gw, clock = gate_world()
+    fake = ServerLog()
+    fake.add_zone("alpha.test")
+    ports = dataclasses.replace(ports, dns=fake)
+    gw.model.configure(node_sync_interval_s={"pmg3": 3600})
+    with pytest.raises(NotPropagated, match="pmg3"):
+        domain_created.handle(event(), ports)
+    fake.set_rrset("alpha.test", RecordSet.of("www.alpha.test", "A", 300, ["192.0.2.80"]))  # the customer's edit
+    fake.asked.clear()
+    gw.model.sync_now()
+    assert domain_created.handle(event(), ports).status == "provisioned"
+    assert ("axfr", "primary") in fake.asked  # a new serial: every server asked again
+    assert state.load(ports.state, "alpha.test").acceptance == {}

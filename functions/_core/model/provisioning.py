@@ -52,6 +52,7 @@ class Plans:
     policy: bytes | None  # new MTA-STS policy body, None when unchanged
     body: bytes = b""  # the desired MTA-STS policy body
     serve: bool = False  # MTA-STS served by us (mtasts.enabled): _mta-sts TXT only after the policy is fetchable
+    dns_serial: int | None = None  # the hosted zone's SOA serial in the transfer the plan was made from
 
 
 def desired_mail(domain: str, data: dict[str, Any]) -> MailDomain:
@@ -134,7 +135,7 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair, st: state.Domain
     deleg = delegated(data)
     mode = st.mta_sts_mode(s, data)  # the domain's own (promoted), the initial one asked for, or the platform's
     want = desired_records(domain, s, pair.selector, pair.public_b64, delegated=deleg, mode=mode)
-    dns = key_dns = None
+    dns = key_dns = dns_serial = None
     if data["dns"]["hosted"]:
         try:  # one AXFR: refused when our DNS does not serve the zone or our key may not transfer it
             have = ports.dns.read_zone(domain)
@@ -142,12 +143,14 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair, st: state.Domain
             raise EventInvalid(f"zone {domain} is not served by our DNS (dns.hosted is true)") from None
         first = mtasts.held(want, have, domain) if mtasts.enabled(ports) else want  # RFC 8461 order: TXT last
         dns = plan_dns(domain, have, first)
+        soa = have.get((domain.lower(), "SOA"))
+        dns_serial = int(soa.values[0].split()[2]) if soa is not None and len(soa.values) == 1 else None
     elif deleg:
         key_dns = plan_delegated_key(domain, ports, pair)
     body = mta_sts_policy(s, mode).encode()
     have_policy = ports.web.get(policy_key(domain))
     new_body = None if have_policy and have_policy.body == body else body
-    return Plans(mail, gateway, dns, key_dns, want, new_body, body, mtasts.enabled(ports))
+    return Plans(mail, gateway, dns, key_dns, want, new_body, body, mtasts.enabled(ports), dns_serial)
 
 
 def plan_delegated_key(domain: str, ports: Ports, pair: keys.KeyPair) -> DnsPlan:
@@ -260,8 +263,9 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     changes["dns"] = [*(plans.dns.summary() if plans.dns else []), *(plans.key_dns.summary() if plans.key_dns else [])]
     changes["store"] += ["+ mta-sts policy"] if plans.policy is not None else []
     replayed = not any(changes.values()) and serial is None and before.status == "provisioned"
+    prior = before.acceptance if before.acceptance.get("event") == event.id else {}
     try:  # the DNS gate and SOGo run while PMG's maps settle (their second boundary passes meanwhile)
-        status, servers = _gate(ports, domain, plans, serial, pair, replay=replayed)
+        status, servers = _gate(ports, domain, plans, serial, pair, replay=replayed, verified=prior.get("dns"))
         if plans.serve:
             status = _serve_policy(ports, domain, plans, pair, changes, status)
         web = webmail.settle(ports, domain, current)  # SOGo knows the domain only after a restart after its add
@@ -271,8 +275,12 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     current = web.state
     changes["mailcow"] += ["~ sogo restart"] if web.restarted else []
     checks: list[Acceptance] = []
+    # what a retry of this event may take as verified: every server served the plan at this serial of the zone
+    verified = None
+    if plans.dns is not None and not plans.serve:
+        verified = {"serial": _verified_serial(plans, serial), "servers": servers}
     if status == "provisioned" and not replayed:
-        status, checks = _accept(event, ports, current, web, retouch=not _wrote_gateway_maps(plans))
+        status, checks = _accept(event, ports, current, web, retouch=not _wrote_gateway_maps(plans), verified=verified)
     if status in ("provisioned", "degraded") and plans.mail.dkim_import:
         ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
         changes["mailcow"].append(f"+ dkim {pair.selector}")
@@ -280,7 +288,7 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     asked = state.asked_mta_sts_mode(event.data)
     if asked and not current.mta_sts:  # the initial mode becomes the domain's own: a later event without it keeps it
         new = replace(new, mta_sts={"mode": asked, "since": event.time.isoformat(), "reason": "domain.created"})
-    new = replace(new, acceptance=_waiting(event, ports, current, checks) if status == "degraded" else {})
+    new = replace(new, acceptance=_waiting(event, ports, current, checks, verified) if status == "degraded" else {})
     new = new.with_key_status(pair.selector, "ACTIVE" if status in ("provisioned", "degraded") else "PUBLISHED")
     if new.body() != current.body():
         state.save(ports.state, new, current)
@@ -320,22 +328,45 @@ def _serve_policy(
     return status
 
 
-def _waiting(event: Envelope, ports: Ports, st: state.DomainState, checks: list[Acceptance]) -> dict[str, Any]:
-    """The acceptance record of ``st`` for this event: when the gate first failed for it, and what fails now."""
+def _waiting(
+    event: Envelope,
+    ports: Ports,
+    st: state.DomainState,
+    checks: list[Acceptance],
+    verified: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The acceptance record of ``st`` for this event: when the gate first failed for it, what fails now, and (for a
+    hosted zone) the serial at which every server passed the DNS gate (``verified``, see ``_gate``)."""
     since = st.acceptance.get("since") if st.acceptance.get("event") == event.id else None
-    return {
+    record: dict[str, Any] = {
         "event": event.id,
         "since": since or ports.clock().isoformat(timespec="seconds"),
         "failed": [c.as_json() for c in checks if not c.ok],
     }
+    if verified is not None and verified.get("serial") is not None:
+        record["dns"] = verified
+    return record
+
+
+def _verified_serial(plans: Plans, serial: int | None) -> int | None:
+    """The zone serial the DNS gate verified every server at: our UPDATE's, or (nothing written) the plan's read."""
+    return serial if serial is not None else plans.dns_serial
 
 
 def _accept(
-    event: Envelope, ports: Ports, st: state.DomainState, web: webmail.Webmail, *, retouch: bool
+    event: Envelope,
+    ports: Ports,
+    st: state.DomainState,
+    web: webmail.Webmail,
+    *,
+    retouch: bool,
+    verified: dict[str, Any] | None = None,
 ) -> tuple[str, list[Acceptance]]:
     """Run the acceptance gate: ``provisioned`` when every check passes; while checks fail, record when they first
     failed (in the domain's state) and raise NotPropagated until ``smtp_probe.max_wait_seconds`` have passed since
     then; after that ``degraded`` (the failing checks go into the event and the state).
+
+    ``verified``: the DNS gate's serial and servers, kept in the record for the retry (``_gate``).
 
     ``retouch``: this run wrote nothing to PMG's maps (the entries exist from an earlier run). If a node refuses RCPT,
     that earlier run may have died between its write and its settle, leaving the write inside one second with
@@ -356,7 +387,7 @@ def _accept(
     failed = [c for c in checks if not c.ok]
     if not failed:
         return "provisioned", checks
-    record = _waiting(event, ports, st, checks)
+    record = _waiting(event, ports, st, checks, verified)
     waited = (ports.clock() - dt.datetime.fromisoformat(record["since"])).total_seconds()
     limit = ports.settings.smtp_probe.max_wait_seconds
     if waited >= limit:
@@ -369,13 +400,29 @@ def _accept(
 
 
 def _gate(
-    ports: Ports, domain: str, plans: Plans, serial: int | None, pair: keys.KeyPair, *, replay: bool
+    ports: Ports,
+    domain: str,
+    plans: Plans,
+    serial: int | None,
+    pair: keys.KeyPair,
+    *,
+    replay: bool,
+    verified: dict[str, Any] | None = None,
 ) -> tuple[str, list[str]]:
     """The status and the servers verified. A replay that changed nothing of a domain that already passed the gate
-    needs no second gate."""
+    needs no second gate.
+
+    ``verified``: what an earlier attempt of this event recorded when the DNS gate passed and the acceptance gate did
+    not (``_waiting``): every server served exactly the plan at that zone serial. A retry that writes nothing and
+    reads the same serial from the primary needs no second DNS gate: a zone does not change without a new serial, and
+    no secondary serves a newer one than its primary. Any other serial (an edit, a re-signing) verifies again."""
     if plans.dns is not None:
-        servers = [] if replay else verify_zone(ports, domain, plans.dns.expected, serial, pair)
-        return "provisioned", servers
+        if replay:
+            return "provisioned", []
+        same = verified is not None and serial is None and plans.dns_serial is not None
+        if same and verified is not None and verified.get("serial") == plans.dns_serial:
+            return "provisioned", [str(s) for s in verified.get("servers", [])]
+        return "provisioned", verify_zone(ports, domain, plans.dns.expected, serial, pair)
     servers = []
     if plans.key_dns is not None:
         kz = plans.key_dns
