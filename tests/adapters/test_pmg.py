@@ -661,3 +661,38 @@ def test_the_re_touch_after_an_event_reads_one_entry_not_the_map(fake: tuple[Pmg
     client.settle()  # a write without a later one to the same map in a later second: re-touch it
     calls = [(r["method"], r["path"]) for r in model.requests()[before:]]
     assert calls == [("GET", "/config/domains/a.test"), ("PUT", "/config/domains/a.test")]
+
+
+def test_the_proxy_environment_is_read_once_not_on_every_request(
+    fake: tuple[PmgClient, PmgModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, model = fake
+    client.get_relay_domain("alpha.test")  # a login and a read work as before
+
+    def scan(*args: Any, **kwargs: Any) -> dict[str, str]:
+        raise AssertionError("requests read the proxy environment during a request")
+
+    monkeypatch.setattr(requests.utils, "get_environ_proxies", scan)
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", scan)
+    client.add_relay_domain(RelayDomain("alpha.test", MANAGED_COMMENT))
+    found = client.get_relay_domain("alpha.test")
+    assert found is not None and found.domain == "alpha.test"
+
+
+def test_a_proxy_from_the_environment_applies_per_node_and_no_proxy_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "pmg2.faster.test")
+    nodes = [MxHost(f"pmg{i}.faster.test", "", "") for i in (1, 2)]
+    client = PmgClient(PmgSettings(user="u@pmg", password=Secret("p")), nodes)
+    assert not client._session.trust_env and not client._login_session.trust_env
+    assert client._session.proxies == {"https://pmg1.faster.test": "http://proxy.invalid:3128"}
+    assert client._login_session.proxies == client._session.proxies
+
+
+def test_the_ca_bundle_variable_requests_reads_is_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    client = PmgClient(PmgSettings(user="u@pmg", password=Secret("p")), [MxHost("pmg1.faster.test", "", "")])
+    assert client._verify == str(bundle)
+    pinned = PmgClient(PmgSettings(user="u@pmg", password=Secret("p"), verify_tls=False), [MxHost("pmg1", "", "")])
+    assert pinned._verify is False
