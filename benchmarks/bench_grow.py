@@ -155,10 +155,13 @@ def run_fakes(n: int) -> dict[str, Any]:
     }
 
 
-def run_stack(m: int, n: int) -> dict[str, Any]:
-    """M real zones on the local stack (needs .stack/env.sh in the environment)."""
+def run_stack(m: int, n: int, *, bulk: str = "") -> dict[str, Any]:
+    """M real zones on the local stack (needs .stack/env.sh in the environment). ``bulk`` ("signed", "unsigned"):
+    the zones, records included, through BIND's bulk path (benchmarks/harness.py ``add_bulk_zones``) instead of
+    zone-add and one UPDATE each; deleted at the end."""
     import os
 
+    from benchmarks.harness import add_bulk_zones, drop_bulk_zones
     from functions.runtime.main import build_ports
     from tests.integration import stack
 
@@ -169,20 +172,39 @@ def run_stack(m: int, n: int) -> dict[str, Any]:
     ports = dataclasses.replace(ports, gateway=_FourNodes(ports.gateway))
     zones = [f"g{i:05d}{os.getpid()}.bench.test" for i in range(m)]
     t0 = time.perf_counter()
-    for i in range(0, m, 100):
-        stack.zone_add(*zones[i : i + 100])
     three = base
     body = mta_sts_policy(three).encode()
+    tag = f"bench-grow {os.getpid()}"
+    if bulk:
+        texts = {
+            z: "".join(f"{ln}\n" for rs in desired_records(z, three, "fc1", "QUJD").values() for ln in rs.zone_lines())
+            for z in zones
+        }
+        add_bulk_zones(
+            texts,
+            tag,
+            signed=bulk == "signed",
+        )
+    else:
+        for i in range(0, m, 100):
+            stack.zone_add(*zones[i : i + 100])
     for zone in zones:
-        ports.dns.apply(zone, [DnsChange(None, rs) for rs in desired_records(zone, three, "fc1", "QUJD").values()])
+        if not bulk:
+            want = desired_records(zone, three, "fc1", "QUJD")
+            ports.dns.apply(zone, [DnsChange(None, rs) for rs in want.values()])
         ports.web.put(policy_key(zone), body, content_type="text/plain")
     seed_s = time.perf_counter() - t0
-    plan, plan_s, plan_cpu = _timed(lambda: grow.plan_add(ports, "pmg4", check=healthy, zones=zones))
-    report, apply_s, apply_cpu = _timed(lambda: grow.apply_add(ports, plan))
-    undo, undo_s, _ = _timed(lambda: grow.undo_add(ports, "pmg4", zones))
+    try:
+        plan, plan_s, plan_cpu = _timed(lambda: grow.plan_add(ports, "pmg4", check=healthy, zones=zones))
+        report, apply_s, apply_cpu = _timed(lambda: grow.apply_add(ports, plan))
+        undo, undo_s, _ = _timed(lambda: grow.undo_add(ports, "pmg4", zones))
+    finally:
+        if bulk:
+            drop_bulk_zones(zones, tag)
     per_zone = (plan_s + apply_s) / m
     return {
         "zones": m,
+        "zones_bulk": bulk,
         "seed_seconds": round(seed_s, 1),
         "plan": {"seconds": round(plan_s, 2), "cpu_s": round(plan_cpu, 2)},
         "apply": {"seconds": round(apply_s, 2), "cpu_s": round(apply_cpu, 2)},
@@ -215,10 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stack-zones", type=int, default=0)
     ap.add_argument("--json", default="")
     ap.add_argument("--no-fakes", action="store_true", help="only the stack measurement")
+    ap.add_argument(
+        "--bulk-zones",
+        choices=("signed", "unsigned"),
+        help="the stack's zones through BIND's bulk path (zones.conf + one reconfig), records included",
+    )
     args = ap.parse_args(argv)
     out: dict[str, Any] = {} if args.no_fakes else {"fakes": run_fakes(args.domains)}
     if args.stack_zones:
-        out["stack"] = run_stack(args.stack_zones, args.domains)
+        out["stack"] = run_stack(args.stack_zones, args.domains, bulk=args.bulk_zones or "")
     text = json.dumps(out, indent=1, sort_keys=True)
     print(text)
     if args.json:

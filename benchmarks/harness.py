@@ -347,60 +347,14 @@ class Sandbox:
         if failed:
             raise BenchError(f"zone-add failed: {failed[0][-300:]}")
 
-    def add_zones_bulk(self, zones: Iterable[str], *, signed: bool = True, timeout: float = 3600.0) -> None:
-        """Many empty customer zones at once, as infra/local/zone-add makes them (same SOA, NS ns2/ns3, dnssec-policy
-        with inline-signing, TSIG updates with ddns-key, catalog membership, delegation from ``test.``), but through
-        the stack's bulk path: zone files + ``zones.conf`` + one ``rndc reconfig`` instead of one ``rndc addzone``
-        each (~0.3 s per zone), catalog and delegation lines in UPDATEs of 200; returns once both secondaries serve
-        every zone. Deleted again by ``close``.
-
-        ``signed=False`` leaves out dnssec-policy: BIND keys and signs new zones one after another (10,000 zones took
-        it over 5 minutes, and the secondaries' transfers of them ~3 s each meanwhile), which a bulk run need not
-        wait for; the zones are then unsigned (no DS to report), everything else the same."""
+    def add_zones_bulk(self, zones: Iterable[str], *, signed: bool = True) -> None:
+        """Many empty customer zones at once (``add_bulk_zones``); deleted again by ``close``."""
         todo = [z.rstrip(".").lower() for z in zones]
         self.bulk_zones.extend(todo)
-        zdir, tag = BIND_DIR / "zones", f"// bench-sandbox {self.run}"
-        dnssec = ' dnssec-policy "mailplane"; inline-signing yes;' if signed else ""
-        lines = []
-        for zone in todo:
-            (zdir / f"{zone}.db").write_text(
-                f"$TTL 300\n@ IN SOA ns1.{zone}. hostmaster.{zone}. ( 1 3600 600 86400 30 )\n"
-                f"  IN NS ns2.faster.test.\n  IN NS ns3.faster.test.\nns1 IN A 127.0.0.1\n"
-            )
-            lines.append(
-                f'zone "{zone}" {{ type primary; file "zones/{zone}.db";'
-                f" update-policy {{ grant ddns-key zonesub ANY; }};"
-                f"{dnssec} }}; {tag}\n"
-            )
-        with (BIND_DIR / "zones.conf").open("a") as conf:
-            conf.writelines(lines)
-        _rndc("reconfig")
-        catalog = [f"update add {_catalog_label(z)}.zones.catalog.invalid. 0 IN PTR {z}." for z in todo]
-        parent = [ln for z in todo if z.count(".") == 1 for ln in _delegation(z)]
-        _nsupdate([("catalog.invalid", catalog), ("test", parent)])
-        deadline = time.monotonic() + timeout
-        for server in ("127.0.5.1", "127.0.5.2"):
-            for zone in todo:
-                while not _serves(server, zone):
-                    if time.monotonic() > deadline:
-                        raise BenchError(f"bulk zones: {server} does not serve {zone} after {timeout:.0f} s")
-                    time.sleep(0.2)
+        add_bulk_zones({z: "" for z in todo}, f"bench-sandbox {self.run}", signed=signed)
 
     def _drop_bulk_zones(self) -> None:
-        if not self.bulk_zones:
-            return
-        todo, tag, conf = self.bulk_zones, f"// bench-sandbox {self.run}", BIND_DIR / "zones.conf"
-        catalog = [f"update delete {_catalog_label(z)}.zones.catalog.invalid." for z in todo]
-        parent = [ln for z in todo if z.count(".") == 1 for ln in (f"update delete {z}.", f"update delete ns1.{z}.")]
-        _nsupdate([("catalog.invalid", catalog), ("test", parent)])
-        conf.write_text("".join(ln for ln in conf.read_text().splitlines(True) if tag not in ln))
-        _rndc("reconfig")
-        gone = set(todo)
-        for folder, owner in ((BIND_DIR / "zones", r"(.+)\.db"), (BIND_DIR / "keys", r"K(.+)\.\+\d+\+\d+")):
-            for path in folder.iterdir():  # one listing each: a glob per zone would read the folder 10,000 times
-                m = re.match(owner, path.name)
-                if m and m.group(1) in gone:
-                    path.unlink(missing_ok=True)
+        drop_bulk_zones(self.bulk_zones, f"bench-sandbox {self.run}")
         self.bulk_zones.clear()
 
     def _fill_provider_zone(self) -> None:
@@ -652,6 +606,61 @@ def _empty_bucket(s3: Any, bucket: str) -> None:
 
 
 BIND_DIR = Path(os.environ.get("MAILPLANE_STACK_DIR", str(REPO / ".stack"))) / "bind"
+
+
+def add_bulk_zones(zones: Mapping[str, str], tag: str, *, signed: bool = True, timeout: float = 3600.0) -> None:
+    """Many customer zones at once on the stack's BIND, as infra/local/zone-add makes them (same SOA, NS ns2/ns3,
+    dnssec-policy with inline-signing, TSIG updates with ddns-key, catalog membership, delegation from ``test.``), plus
+    each zone's extra zone-file lines (``zones[zone]``), through the stack's bulk path: zone files + ``zones.conf``
+    (lines marked ``// tag``) + one ``rndc reconfig`` instead of one ``rndc addzone`` each (~0.3 s per zone), catalog
+    and delegation lines in UPDATEs of 200; returns once both secondaries serve every zone (``drop_bulk_zones``).
+
+    ``signed=False`` leaves out dnssec-policy: BIND keys and signs new zones one after another (10,000 zones took it
+    over 5 minutes, and the secondaries' transfers of them ~3 s each meanwhile), which a bulk run need not wait for;
+    the zones are then unsigned (no DS to report), everything else the same."""
+    zdir = BIND_DIR / "zones"
+    dnssec = ' dnssec-policy "mailplane"; inline-signing yes;' if signed else ""
+    lines = []
+    for zone, extra in zones.items():
+        (zdir / f"{zone}.db").write_text(
+            f"$TTL 300\n@ IN SOA ns1.{zone}. hostmaster.{zone}. ( 1 3600 600 86400 30 )\n"
+            f"  IN NS ns2.faster.test.\n  IN NS ns3.faster.test.\nns1 IN A 127.0.0.1\n{extra}"
+        )
+        lines.append(
+            f'zone "{zone}" {{ type primary; file "zones/{zone}.db";'
+            f" update-policy {{ grant ddns-key zonesub ANY; }};{dnssec} }}; // {tag}\n"
+        )
+    with (BIND_DIR / "zones.conf").open("a") as conf:
+        conf.writelines(lines)
+    _rndc("reconfig")
+    catalog = [f"update add {_catalog_label(z)}.zones.catalog.invalid. 0 IN PTR {z}." for z in zones]
+    parent = [ln for z in zones if z.count(".") == 1 for ln in _delegation(z)]
+    _nsupdate([("catalog.invalid", catalog), ("test", parent)])
+    deadline = time.monotonic() + timeout
+    for server in ("127.0.5.1", "127.0.5.2"):
+        for zone in zones:
+            while not _serves(server, zone):
+                if time.monotonic() > deadline:
+                    raise BenchError(f"bulk zones: {server} does not serve {zone} after {timeout:.0f} s")
+                time.sleep(0.2)
+
+
+def drop_bulk_zones(zones: Sequence[str], tag: str) -> None:
+    """Undo ``add_bulk_zones`` for ``zones`` (marked ``// tag``): catalog, delegations, config lines, files, keys."""
+    if not zones:
+        return
+    conf = BIND_DIR / "zones.conf"
+    catalog = [f"update delete {_catalog_label(z)}.zones.catalog.invalid." for z in zones]
+    parent = [ln for z in zones if z.count(".") == 1 for ln in (f"update delete {z}.", f"update delete ns1.{z}.")]
+    _nsupdate([("catalog.invalid", catalog), ("test", parent)])
+    conf.write_text("".join(ln for ln in conf.read_text().splitlines(True) if f"// {tag}" not in ln))
+    _rndc("reconfig")
+    gone = set(zones)
+    for folder, owner in ((BIND_DIR / "zones", r"(.+)\.db"), (BIND_DIR / "keys", r"K(.+)\.\+\d+\+\d+")):
+        for path in folder.iterdir():  # one listing each: a glob per zone would read the folder 10,000 times
+            m = re.match(owner, path.name)
+            if m and m.group(1) in gone:
+                path.unlink(missing_ok=True)
 
 
 def _rndc(*args: str) -> None:
