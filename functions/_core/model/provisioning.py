@@ -419,9 +419,9 @@ def _gate(
     if plans.dns is not None:
         if replay:
             return "provisioned", []
-        same = verified is not None and serial is None and plans.dns_serial is not None
-        if same and verified is not None and verified.get("serial") == plans.dns_serial:
-            return "provisioned", [str(s) for s in verified.get("servers", [])]
+        if verified is not None and serial is None and plans.dns_serial is not None:
+            if verified.get("serial") == plans.dns_serial:
+                return "provisioned", [str(s) for s in verified.get("servers", [])]
         return "provisioned", verify_zone(ports, domain, plans.dns.expected, serial, pair)
     servers = []
     if plans.key_dns is not None:
