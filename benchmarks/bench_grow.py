@@ -210,6 +210,7 @@ def run_stack(m: int, n: int, *, bulk: str = "") -> dict[str, Any]:
         "apply": {"seconds": round(apply_s, 2), "cpu_s": round(apply_cpu, 2)},
         "written": report.phases,
         "halted": report.halted,
+        "failed": report.failed[:5],
         "undo_seconds": round(undo_s, 2),
         "per_zone_ms": round(per_zone * 1000, 1),
         "extrapolated": {"domains": n, "minutes": round(per_zone * n / 60, 1)},
