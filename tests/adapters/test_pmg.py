@@ -679,7 +679,7 @@ def test_the_proxy_environment_is_read_once_not_on_every_request(
     assert found is not None and found.domain == "alpha.test"
 
 
-def test_a_proxy_from_the_environment_applies_per_node_and_no_proxy_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_environment_proxy_applies_per_node_and_no_proxy_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     monkeypatch.setenv("NO_PROXY", "pmg2.faster.test")
     nodes = [MxHost(f"pmg{i}.faster.test", "", "") for i in (1, 2)]
