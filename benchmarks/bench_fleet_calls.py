@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import ssl
 import subprocess
 import sys
@@ -40,7 +39,7 @@ import httpx
 import requests
 
 from benchmarks.counting import Tally, counted, sim_counts
-from benchmarks.harness import REPO, Sandbox, created_event
+from benchmarks.harness import BIND_DIR, REPO, Sandbox, created_event
 from functions._core.model.ports import Ports
 from functions._core.model.records import render_value
 from functions.runtime import dispatch
@@ -51,7 +50,6 @@ SYSTEMS = ("pmg", "mailcow", "dns", "s3")
 EVENTS = ("domain.created", "key.rotate", "domain.deleted", "node.down", "node.up", "domain.adopt")
 SIZES = (100, 10_000, 100_000)
 PMG_LISTINGS = frozenset({"/config/domains", "/config/transport", "/config/mynetworks"})
-BIND_DIR = Path(os.environ.get("MAILPLANE_STACK_DIR", str(REPO / ".stack"))) / "bind"
 EXACT = VARIANTS[0]  # the hand-made domain adopted: mailplane's records typed by hand
 
 

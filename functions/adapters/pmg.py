@@ -662,11 +662,11 @@ def _environment_once(sessions: Sequence[requests.Session], bases: Sequence[str]
     CA bundle variables requests would read are taken by the caller (``verify``); ``.netrc`` is not read (tickets)."""
     proxies: dict[str, str] = {}
     for base in bases:
+        url = urllib.parse.urlsplit(base)
         found = requests.utils.get_environ_proxies(base)
-        proxy = found.get("https") or found.get("all")
-        host = urllib.parse.urlsplit(base).hostname
-        if proxy and host:
-            proxies[f"https://{host}"] = proxy
+        proxy = found.get(url.scheme) or found.get("all")
+        if proxy and url.hostname:
+            proxies[f"{url.scheme}://{url.hostname}"] = proxy
     for session in sessions:
         session.trust_env = False
         session.proxies.update(proxies)

@@ -278,7 +278,8 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
     # what a retry of this event may take as verified: every server served the plan at this serial of the zone
     verified = None
     if plans.dns is not None and not plans.serve:
-        verified = {"serial": _verified_serial(plans, serial), "servers": servers}
+        # our UPDATE's serial, or (nothing written) the serial of the plan's read
+        verified = {"serial": serial if serial is not None else plans.dns_serial, "servers": servers}
     if status == "provisioned" and not replayed:
         status, checks = _accept(event, ports, current, web, retouch=not _wrote_gateway_maps(plans), verified=verified)
     if status in ("provisioned", "degraded") and plans.mail.dkim_import:
@@ -346,11 +347,6 @@ def _waiting(
     if verified is not None and verified.get("serial") is not None:
         record["dns"] = verified
     return record
-
-
-def _verified_serial(plans: Plans, serial: int | None) -> int | None:
-    """The zone serial the DNS gate verified every server at: our UPDATE's, or (nothing written) the plan's read."""
-    return serial if serial is not None else plans.dns_serial
 
 
 def _accept(
