@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import ipaddress
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -70,6 +71,10 @@ _NAME_TYPES = {"A", "AAAA", "CNAME", "DNAME", "MX", "NS", "PTR", "SOA", "SRV"}
 # Maintained by the signer, never by us.
 _SKIPPED_TYPES = {"RRSIG", "NSEC", "NSEC3", "NSEC3PARAM", "TYPE65534"}
 RAW_TXT_LIMIT = 10_000  # TXT rdatas remembered with foreign string splits (for exact prerequisites)
+# An UPDATE's read-back (the primary's transfer that showed it) answers the verification's transfer from the primary
+# within this many seconds while the primary still answers that serial; at most READ_BACK_LIMIT zones are kept.
+READ_BACK_SECONDS = 10.0
+READ_BACK_LIMIT = 256
 _TSIG_ALGORITHMS = {
     dns.tsig.HMAC_SHA256,
     dns.tsig.HMAC_SHA384,
@@ -183,6 +188,9 @@ class Rfc2136Dns:
         # because the server compares rdata, and the joined value alone would never match (dns.md §2).
         self._raw: dict[RawKey, dns.rdata.Rdata] = {}
         self._system_resolver: str | None = None  # /etc/resolv.conf's first name server, read once when needed
+        # zone -> (when, serial, records): the primary's transfer that showed the last UPDATE (``_until_served``)
+        self._read_back: dict[str, tuple[float, int, dict[Key, RecordSet]]] = {}
+        self._read_back_lock = threading.Lock()
 
     # ------------------------------------------------------------ reading
 
@@ -222,8 +230,12 @@ class Rfc2136Dns:
             DnsServfail: the server failed or timed out (after the in-place retries).
         """
         zone = _zone(zone)
+        endpoint = self._endpoint(server)
+        back = self._take_read_back(zone, endpoint)
+        if back is not None and self.serial(zone, server) == back[0]:
+            return back  # the transfer that showed our UPDATE, and the primary still serves that serial
         try:
-            records, _ = _records(self._transfer(zone, self._endpoint(server)))
+            records, _ = _records(self._transfer(zone, endpoint))
         except DnsRefused:
             return None
         soa = records.get((zone, "SOA"))
@@ -424,6 +436,7 @@ class Rfc2136Dns:
             if have is not None and all(
                 (None if have.get(k) is None else have[k].values) == v for k, v in want.items()
             ):
+                self._keep_read_back(zone, have)
                 return
             if time.monotonic() >= deadline:
                 log.warning(
@@ -434,6 +447,27 @@ class Rfc2136Dns:
                 return
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+    def _keep_read_back(self, zone: str, records: dict[Key, RecordSet]) -> None:
+        soa = records.get((zone, "SOA"))
+        if soa is None or len(soa.values) != 1:
+            return
+        with self._read_back_lock:
+            if len(self._read_back) >= READ_BACK_LIMIT:
+                self._read_back.clear()
+            self._read_back[zone] = (time.monotonic(), int(soa.values[0].split()[2]), records)
+
+    def _take_read_back(self, zone: str, endpoint: tuple[str, int]) -> tuple[int, dict[Key, RecordSet]] | None:
+        """The read-back of ``zone``'s last UPDATE (used once) when ``endpoint`` is the primary the wire transfers
+        from and it is at most READ_BACK_SECONDS old: a zone does not change without a new serial, which the caller
+        asks the server for before it takes it."""
+        if endpoint != (self._settings.primary, self._settings.port):
+            return None
+        with self._read_back_lock:
+            kept = self._read_back.pop(zone, None)
+        if kept is None or time.monotonic() - kept[0] > READ_BACK_SECONDS:
+            return None
+        return kept[1], kept[2]
 
     def _holds(self, zone: str, changes: list[DnsChange]) -> bool:
         have = self.read_zone(zone)

@@ -4,6 +4,7 @@ one compare-and-set contract run against FakeDns (always) and the real BIND of t
 from __future__ import annotations
 
 import base64
+import dataclasses
 import subprocess
 import time
 import uuid
@@ -686,3 +687,30 @@ class TestBind(DnsPortContract):
             env.port.apply(other, [DnsChange(None, rs(f"a.{other}", "A", 300, "192.0.2.1"))])
         with pytest.raises(DnsRefused):
             env.port.read_zone(other)
+
+
+def test_the_verification_takes_the_updates_read_back_from_the_primary_while_its_serial_holds(
+    wire: RecordingWire,
+) -> None:
+    """The read-back transfer that showed an UPDATE on the primary answers the gate's transfer from the primary
+    once, after a SOA question shows the same serial; a later read, another serial or another server transfers."""
+    port = Rfc2136Dns(dataclasses.replace(SETTINGS, propagation_wait=1.0), wire)
+    www = rs(f"www.{ZONE}", "CNAME", 300, "web.example.test.")
+    new = rs(f"www.{ZONE}", "CNAME", 300, "web2.example.test.")
+    wire.apply_on_send = BASE.replace("www IN CNAME web", "www IN CNAME web2")
+    serial = port.apply(ZONE, [DnsChange(www, new)])
+    assert wire.transfers == [(ZONE, None)]  # the read-back
+    found = port.read_zone_at(ZONE, "127.0.0.1:5399")
+    assert found is not None and found[0] == serial and found[1][www.key] == new
+    assert wire.transfers == [(ZONE, None)] and wire.queries[-1][2:4] == (ZONE, "SOA")
+    assert port.read_zone_at(ZONE, "127.0.0.1:5399") is not None
+    assert wire.transfers == [(ZONE, None), (ZONE, ("127.0.0.1", 5399))]  # used once
+    wire.apply_on_send = BASE
+    port.apply(ZONE, [DnsChange(new, www)])
+    wire._bump()  # the zone moved on (a re-signing) after the read-back (BASE again: the same serial, then +1)
+    again = port.read_zone_at(ZONE, "127.0.0.1")
+    assert again is not None and again[0] == serial + 1 and wire.transfers[-1] == (ZONE, ("127.0.0.1", 5399))
+    wire.apply_on_send = BASE.replace("www IN CNAME web", "www IN CNAME web2")
+    port.apply(ZONE, [DnsChange(www, new)])
+    assert port.read_zone_at(ZONE, "192.0.2.53") is not None  # another server is transferred from
+    assert wire.transfers[-1] == (ZONE, ("192.0.2.53", 5399))

@@ -413,6 +413,10 @@ def test_a_promoted_domain_keeps_enforce_when_domain_created_is_replayed(world: 
     assert policy is not None and b"mode: enforce" in policy.body
 
 
+class Killed(BaseException):
+    """The worker process dies here (nothing after this point runs)."""
+
+
 def test_a_run_that_died_before_its_settle_is_repaired_by_the_next_run_without_a_retry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -422,8 +426,12 @@ def test_a_run_that_died_before_its_settle_is_repaired_by_the_next_run_without_a
     ports, gw, _ = gate_world()
     gw.client.add_relay_domain(RelayDomain("other.test", "managed-by mailplane"))  # the same second, just before
     gw.client.add_transport(GatewayTransport("other.test", "moo.faster.test", 25, "smtp", True, "managed-by mailplane"))
-    monkeypatch.setattr(gw.client, "settle", lambda: None)  # the first run dies before its settle
-    with pytest.raises(NotPropagated, match="smtp rcpt"):
+
+    def killed() -> None:  # the first run dies before its settle
+        raise Killed
+
+    monkeypatch.setattr(gw.client, "settle", killed)
+    with pytest.raises(Killed):
         domain_created.handle(event(), ports)
     assert gw.model.rcpt("pmg1", "127.0.0.2", "postmaster@alpha.test")[0] == 554  # lost in PMG's second
     monkeypatch.undo()
@@ -506,6 +514,10 @@ class ServerLog(FakeDns):
         self.asked.append(("axfr", server))
         return super().read_zone_at(zone, server)
 
+    def read_zone(self, zone: str) -> dict[Any, RecordSet]:
+        self.asked.append(("plan axfr", "primary"))
+        return super().read_zone(zone)
+
 
 def test_the_dns_gate_asks_a_passed_server_once_and_a_lagging_one_its_serial_only(
     world: World, monkeypatch: pytest.MonkeyPatch
@@ -570,3 +582,60 @@ def test_a_retry_after_the_zone_changed_passes_the_dns_gate_again() -> None:
     assert domain_created.handle(event(), ports).status == "provisioned"
     assert ("axfr", "primary") in fake.asked  # a new serial: every server asked again
     assert state.load(ports.state, "alpha.test").acceptance == {}
+
+
+def _calls(monkeypatch: pytest.MonkeyPatch, target: Any, *names: str) -> list[str]:
+    """Log every call of ``target``'s methods ``names`` (they still run)."""
+    log: list[str] = []
+    for name in names:
+        method = getattr(target, name)
+        monkeypatch.setattr(target, name, lambda *a, _n=name, _m=method, **k: (log.append(_n), _m(*a, **k))[1])
+    return log
+
+
+def test_a_retry_waiting_for_a_nodes_sync_resumes_at_the_acceptance_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry of a run that wrote everything and passed the DNS gate re-plans nothing: no zone transfer, no PMG
+    read or write (no re-touch: that run settled its writes), one SOA question; the key is imported at the end."""
+    ports, gw, clock, fake = waiting_for_pmg3()
+    assert ports.mail.get_dkim("alpha.test") is None  # imported only once the gate passes
+    pmg = _calls(monkeypatch, gw.client, "get_relay_domain", "get_transport", "get_network", "retouch", "settle")
+    mail = _calls(monkeypatch, ports.mail, "get_domain", "get_dkim", "import_dkim")
+    fake.asked.clear()
+    clock.now += dt.timedelta(seconds=5)
+    with pytest.raises(NotPropagated, match="pmg3"):
+        domain_created.handle(event(), ports)
+    assert fake.asked == [] and pmg == [] and set(mail) == {"get_domain"}  # the gate's Mailcow check only
+    gw.model.sync_now()
+    out = domain_created.handle(event(), ports)
+    assert out.status == "provisioned" and out.emit[0]["data"]["changes"]["mailcow"] == [
+        f"+ dkim {out.emit[0]['data']['dkim_selector']}"
+    ]
+    assert fake.asked == [] and pmg == [] and mail[-2:] == ["get_dkim", "import_dkim"]
+    st = state.load(ports.state, "alpha.test")
+    assert st.status == "provisioned" and st.acceptance == {} and st.current is not None
+    assert st.current.status == "ACTIVE" and ports.mail.get_dkim("alpha.test") is not None
+
+
+def test_a_resumed_retry_that_finds_a_write_undone_re_plans_and_repairs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check that passed in the recorded run and fails now (the Mailcow domain was removed meanwhile) sends the
+    retry down the full path, which adds the domain again."""
+    ports, gw, clock, _ = waiting_for_pmg3()
+    ports.mail.delete_domain("alpha.test")
+    adds = _calls(monkeypatch, ports.mail, "add_domain")
+    clock.now += dt.timedelta(seconds=5)
+    with pytest.raises(NotPropagated, match="pmg3"):  # re-planned and added again; still waiting for pmg3
+        domain_created.handle(event(), ports)
+    assert adds == ["add_domain"] and ports.mail.get_domain("alpha.test") is not None
+    gw.model.sync_now()
+    assert domain_created.handle(event(), ports).status == "provisioned"
+
+
+def test_a_first_run_reads_the_mailcow_and_pmg_domain_once_for_the_ownership_check_and_the_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ports, gw, _ = gate_world()
+    pmg = _calls(monkeypatch, gw.client, "get_relay_domain")
+    mail = _calls(monkeypatch, ports.mail, "get_domain", "add_domain")
+    assert domain_created.handle(event(), ports).status == "provisioned"
+    assert pmg == ["get_relay_domain"]
+    assert mail[:2] == ["get_domain", "add_domain"]  # the gate's own Mailcow check comes after the add

@@ -124,14 +124,13 @@ def candidates(ports: Ports) -> list[str]:
     return sorted(n for n in names if ports.state.get(state.state_key(n)) is None)
 
 
-def unmanaged_reason(domain: str, ports: Ports) -> str | None:
-    """Why ``domain`` exists unmanaged (a Mailcow domain or PMG relay domain without the ownership marker), or None.
-    domain.created refuses such a domain with this reason instead of taking it over silently."""
-    have = ports.mail.get_domain(domain)
+def unmanaged_reason(domain: str, have: MailDomain | None, relay: RelayDomain | None) -> str | None:
+    """Why ``domain`` exists unmanaged (``have``: its Mailcow domain, ``relay``: its PMG relay domain, as read; one
+    without the ownership marker), or None. domain.created refuses such a domain with this reason instead of taking
+    it over silently."""
     where = []
     if have is not None and MARK not in have.description:
         where.append("Mailcow")
-    relay = ports.gateway.get_relay_domain(domain)
     if relay is not None and MARK not in relay.comment:
         where.append("PMG")
     if not where:

@@ -75,17 +75,22 @@ def _refuse_protected(domain: str, ports: Ports) -> None:
         raise EventInvalid(f"{domain} is the provider's zone {zone} or lies under it")
 
 
+Seen = tuple[MailDomain | None, RelayDomain | None]  # the Mailcow domain and the PMG relay domain as read
+
+
 def _key(
-    event: Envelope, ports: Ports, *, take: bool = True
-) -> tuple[state.DomainState, state.KeyRecord | None, keys.KeyPair]:
-    """The domain's state, its current key record, and the key pair to provision (new ones are not stored yet; with
-    ``take`` a new one may come from the key pool, a dry run generates its own)."""
+    event: Envelope, ports: Ports, before: state.DomainState, *, take: bool = True
+) -> tuple[state.DomainState, state.KeyRecord | None, keys.KeyPair, Seen | None]:
+    """The domain's state (``before``, as read for this event), its current key record, the key pair to provision
+    (new ones are not stored yet; with ``take`` a new one may come from the key pool, a dry run generates its own),
+    and, for a domain not applied yet, its Mailcow and PMG domains as the ownership check read them (for the plan)."""
     domain, s = event.subject, ports.settings
-    _refuse_protected(domain, ports)
-    before = state.load(ports.state, domain)
-    unmanaged = (
-        adoption.unmanaged_reason(domain, ports) if not before.request else adoption.adopted_key_reason(domain, before)
-    )
+    seen: Seen | None = None
+    if not before.request:
+        seen = (ports.mail.get_domain(domain), ports.gateway.get_relay_domain(domain))
+        unmanaged = adoption.unmanaged_reason(domain, *seen)
+    else:
+        unmanaged = adoption.adopted_key_reason(domain, before)
     if unmanaged is not None:
         raise EventInvalid(unmanaged)
     cur, wanted = before.current, delegated(event.data)
@@ -95,15 +100,16 @@ def _key(
             "(dns.hosted / dkim.delegate differ from the applied request); delete and re-create the domain"
         )
     if cur is not None:
-        return before, cur, state.load_key(ports.state, domain, cur.selector, s)
+        return before, cur, state.load_key(ports.state, domain, cur.selector, s), seen
     pool = ports.keypool if take else None
-    return before, cur, state.new_key(before, s, ports.clock(), delegated=wanted, pool=pool)
+    return before, cur, state.new_key(before, s, ports.clock(), delegated=wanted, pool=pool), seen
 
 
 def dry_run(event: Envelope, ports: Ports) -> dict[str, list[str]]:
     """The changes ``handle`` would make on each system; nothing is written."""
-    before, cur, pair = _key(event, ports, take=False)
-    plans = plan_all(event, ports, pair, before)
+    _refuse_protected(event.subject, ports)
+    before, cur, pair, seen = _key(event, ports, state.load(ports.state, event.subject), take=False)
+    plans = plan_all(event, ports, pair, before, seen)
     return {
         "mailcow": plans.mail.summary(),
         "pmg": plans.gateway.summary(),
@@ -115,9 +121,11 @@ def dry_run(event: Envelope, ports: Ports) -> dict[str, list[str]]:
     }
 
 
-def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair, st: state.DomainState) -> Plans:
-    """Read every system and plan it (``st``: the domain's state as read for this event); raises before anything is
-    written."""
+def plan_all(
+    event: Envelope, ports: Ports, pair: keys.KeyPair, st: state.DomainState, seen: Seen | None = None
+) -> Plans:
+    """Read every system and plan it (``st``: the domain's state as read for this event; ``seen``: the Mailcow and
+    PMG domains as this run read them already, None: read them); raises before anything is written."""
     s, domain, data = ports.settings, event.subject, dict(event.data)
     gw = ports.gateway
     mc = s.mailcow
@@ -126,12 +134,13 @@ def plan_all(event: Envelope, ports: Ports, pair: keys.KeyPair, st: state.Domain
         RelayDomain(domain, f"{MANAGED} customer={data['customer_id']}"),
         GatewayTransport(domain, mc.host, 25, "smtp", False, MANAGED),
         nets,
-        gw.get_relay_domain(domain),
+        seen[1] if seen is not None else gw.get_relay_domain(domain),
         gw.get_transport(domain),
         [n for n in (gw.get_network(net.cidr) for net in nets) if n is not None],
     )
     want_key = DkimKey(pair.selector, pair.public_b64)
-    mail = plan_mail(desired_mail(domain, data), ports.mail.get_domain(domain), want_key, ports.mail.get_dkim(domain))
+    have_mail = seen[0] if seen is not None else ports.mail.get_domain(domain)
+    mail = plan_mail(desired_mail(domain, data), have_mail, want_key, ports.mail.get_dkim(domain))
     deleg = delegated(data)
     mode = st.mta_sts_mode(s, data)  # the domain's own (promoted), the initial one asked for, or the platform's
     want = desired_records(domain, s, pair.selector, pair.public_b64, delegated=deleg, mode=mode)
@@ -245,13 +254,17 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
         ConfigError: no SMTP probe is configured.
     """
     domain = event.subject
-    before, cur, pair = _key(event, ports)
+    _refuse_protected(domain, ports)
+    resumed, before = _resume(event, ports, state.load(ports.state, domain))
+    if resumed is not None:
+        return resumed
+    before, cur, pair, seen = _key(event, ports, before)
     if _stale(event, before):
         applied = before.request[TIME_KEY]
         log.info("stale: domain_created %s is older than the applied %s; ignored", event.id, applied)
         return Provisioned("stale", {}, stale_applied=applied)
     acceptance.require_probe(ports)  # a refusal, like every other, before the first write
-    plans = plan_all(event, ports, pair, before)  # raises, with nothing written, when the event must be refused
+    plans = plan_all(event, ports, pair, before, seen)  # raises, with nothing written, when the event must be refused
     changes: dict[str, list[str]] = {"mailcow": [], "pmg": plans.gateway.summary(), "dns": [], "store": []}
     current = before
     if cur is None:
@@ -281,22 +294,83 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
         # our UPDATE's serial, or (nothing written) the serial of the plan's read
         verified = {"serial": serial if serial is not None else plans.dns_serial, "servers": servers}
     if status == "provisioned" and not replayed:
-        status, checks = _accept(event, ports, current, web, retouch=not _wrote_gateway_maps(plans), verified=verified)
+        checks = _checks(ports, domain, web, retouch=not _wrote_gateway_maps(plans))
+        status = _verdict(event, ports, current, checks, verified)
     if status in ("provisioned", "degraded") and plans.mail.dkim_import:
         ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
         changes["mailcow"].append(f"+ dkim {pair.selector}")
+    lines = tuple(customer_lines(plans.want_dns)) if status == "awaiting_dns" or plans.dns is None else None
+    return _finish(event, ports, current, status, checks, verified, pair.selector, changes, servers, lines)
+
+
+def _finish(
+    event: Envelope,
+    ports: Ports,
+    current: state.DomainState,
+    status: str,
+    checks: list[Acceptance],
+    verified: dict[str, Any] | None,
+    selector: str,
+    changes: dict[str, list[str]],
+    servers: list[str],
+    lines: tuple[str, ...] | None,
+) -> Provisioned:
+    """Record the outcome in the domain's state (the request applied, the status, the key's status, the acceptance
+    record of a degraded domain) and report it."""
     new = replace(current, request={**event.data, TIME_KEY: event.time.isoformat()}, status=status)
     asked = state.asked_mta_sts_mode(event.data)
     if asked and not current.mta_sts:  # the initial mode becomes the domain's own: a later event without it keeps it
         new = replace(new, mta_sts={"mode": asked, "since": event.time.isoformat(), "reason": "domain.created"})
     new = replace(new, acceptance=_waiting(event, ports, current, checks, verified) if status == "degraded" else {})
-    new = new.with_key_status(pair.selector, "ACTIVE" if status in ("provisioned", "degraded") else "PUBLISHED")
+    new = new.with_key_status(selector, "ACTIVE" if status in ("provisioned", "degraded") else "PUBLISHED")
     if new.body() != current.body():
         state.save(ports.state, new, current)
         changes["store"].append(f"~ state {status}")
-    lines = tuple(customer_lines(plans.want_dns)) if status == "awaiting_dns" or plans.dns is None else None
-    trust = dnssec.report(domain, event.data, ports) if status in ("provisioned", "degraded") else None
-    return Provisioned(status, changes, pair.selector, tuple(servers), lines, accepted=tuple(checks), dnssec=trust)
+    trust = dnssec.report(event.subject, event.data, ports) if status in ("provisioned", "degraded") else None
+    return Provisioned(status, changes, selector, tuple(servers), lines, accepted=tuple(checks), dnssec=trust)
+
+
+def _resume(event: Envelope, ports: Ports, before: state.DomainState) -> tuple[Provisioned | None, state.DomainState]:
+    """A retry of an event that waits for the acceptance gate resumes there, without re-planning every system.
+
+    It applies when an earlier run of this event recorded its wait (``_waiting``) with the DNS gate's serial: that
+    run had written everything (Mailcow, PMG and its settle, the policy, the one UPDATE, the key) and every server
+    served the plan. When the primary still serves that serial, the retry asks only what the wait is for: SOGo's
+    restart step and the acceptance gate (no re-touch: that run settled its map writes). Anything else re-plans (the
+    full path, returned as None with the state as it stands): another serial (an edit, a re-signing), and a check
+    that passed in the recorded run and fails now (something undid a write; the full path repairs it).
+
+    Raises:
+        NotPropagated: the checks that failed before still fail and the wait is not over.
+        MailcowUnavailable, MailcowRejected: the SOGo restart this worker ran failed.
+    """
+    domain, prior, cur = event.subject, before.acceptance, before.current
+    verified = prior.get("dns")
+    if prior.get("event") != event.id or not verified or cur is None or cur.adopted or _stale(event, before):
+        return None, before
+    try:
+        soa = ports.dns.read_rrset(domain, "SOA")
+    except DnsRefused:  # the full path tells what that means for the event
+        return None, before
+    if soa is None or len(soa.values) != 1 or int(soa.values[0].split()[2]) != verified.get("serial"):
+        return None, before
+    acceptance.require_probe(ports)
+    web = webmail.settle(ports, domain, before)
+    checks = _checks(ports, domain, web, retouch=False)
+    waited_for = {(f.get("node"), f.get("check")) for f in prior.get("failed", [])}
+    regressed = [c for c in checks if not c.ok and (c.node, c.check) not in waited_for]
+    if regressed:
+        log.info("resume: %s: %s; re-planning", domain, "; ".join(c.describe() for c in regressed))
+        return None, web.state
+    status = _verdict(event, ports, web.state, checks, verified)
+    restarted = ["~ sogo restart"] if web.restarted else []
+    changes: dict[str, list[str]] = {"mailcow": restarted, "pmg": [], "dns": [], "store": []}
+    if ports.mail.get_dkim(domain) != DkimKey(cur.selector, cur.public_b64):
+        pair = state.load_key(ports.state, domain, cur.selector, ports.settings)
+        ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
+        changes["mailcow"].append(f"+ dkim {pair.selector}")
+    servers = [str(s) for s in verified.get("servers", [])]
+    return _finish(event, ports, web.state, status, checks, verified, cur.selector, changes, servers, None), web.state
 
 
 def _serve_policy(
@@ -349,46 +423,53 @@ def _waiting(
     return record
 
 
-def _accept(
-    event: Envelope,
-    ports: Ports,
-    st: state.DomainState,
-    web: webmail.Webmail,
-    *,
-    retouch: bool,
-    verified: dict[str, Any] | None = None,
-) -> tuple[str, list[Acceptance]]:
-    """Run the acceptance gate: ``provisioned`` when every check passes; while checks fail, record when they first
-    failed (in the domain's state) and raise NotPropagated until ``smtp_probe.max_wait_seconds`` have passed since
-    then; after that ``degraded`` (the failing checks go into the event and the state).
-
-    ``verified``: the DNS gate's serial and servers, kept in the record for the retry (``_gate``).
+def _checks(ports: Ports, domain: str, web: webmail.Webmail, *, retouch: bool) -> list[Acceptance]:
+    """The acceptance gate's checks, after the repairs that help at once.
 
     ``retouch``: this run wrote nothing to PMG's maps (the entries exist from an earlier run). If a node refuses RCPT,
     that earlier run may have died between its write and its settle, leaving the write inside one second with
     another (PMG's postmap rule: never rebuilt). The maps are then rewritten unchanged through the domain's own
     entries and settled, and the gate asked once more, so a crash costs a second here, not a trip down the ladder.
+    A node whose Postfix answers "Relay access denied" is reloaded, and the gate asked once more.
+
+    Raises:
+        ConfigError: no SMTP probe is configured.
+    """
+    checks = acceptance.gate(ports, domain, web)
+    if retouch and any(c.check == "smtp rcpt" and not c.ok for c in checks):
+        ports.gateway.retouch(domain)
+        ports.gateway.settle()
+        checks = acceptance.gate(ports, domain, web)
+    if acceptance.reload_postfix(ports, acceptance.relay_refused(checks)):
+        checks = acceptance.gate(ports, domain, web)
+    return checks
+
+
+def _verdict(
+    event: Envelope,
+    ports: Ports,
+    st: state.DomainState,
+    checks: list[Acceptance],
+    verified: dict[str, Any] | None = None,
+) -> str:
+    """``provisioned`` when every check passes; while checks fail, record when they first failed (in the domain's
+    state) and raise NotPropagated until ``smtp_probe.max_wait_seconds`` have passed since then; after that
+    ``degraded`` (the failing checks go into the event and the state).
+
+    ``verified``: the DNS gate's serial and servers, kept in the record for the retry (``_gate``, ``_resume``).
 
     Raises:
         NotPropagated: a check fails and the wait is not over (retried by the broker).
-        ConfigError: no SMTP probe is configured.
     """
-    checks = acceptance.gate(ports, event.subject, web)
-    if retouch and any(c.check == "smtp rcpt" and not c.ok for c in checks):
-        ports.gateway.retouch(event.subject)
-        ports.gateway.settle()
-        checks = acceptance.gate(ports, event.subject, web)
-    if acceptance.reload_postfix(ports, acceptance.relay_refused(checks)):
-        checks = acceptance.gate(ports, event.subject, web)
     failed = [c for c in checks if not c.ok]
     if not failed:
-        return "provisioned", checks
+        return "provisioned"
     record = _waiting(event, ports, st, checks, verified)
     waited = (ports.clock() - dt.datetime.fromisoformat(record["since"])).total_seconds()
     limit = ports.settings.smtp_probe.max_wait_seconds
     if waited >= limit:
         log.warning("degraded: %s after %.0f s: %s", event.subject, waited, "; ".join(c.describe() for c in failed))
-        return "degraded", checks
+        return "degraded"
     if record != st.acceptance:
         state.save(ports.state, replace(st, acceptance=record), st)
     detail = "; ".join(c.describe() for c in failed[:6])
