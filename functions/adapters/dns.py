@@ -42,7 +42,7 @@ import dns.xfr
 import dns.zone
 
 from functions._core.model.ports import DnsChange, DnsPort
-from functions._core.model.records import Key, RecordSet, split_txt
+from functions._core.model.records import Key, RecordSet, soa_serial, split_txt
 from functions._core.platform.config import DnsSettings
 from functions._core.platform.errors import ConfigError, DnsConflict, DnsRefused, DnsServfail, TransientError
 from functions._core.platform.retry import retried
@@ -238,10 +238,8 @@ class Rfc2136Dns:
             records, _ = _records(self._transfer(zone, endpoint))
         except DnsRefused:
             return None
-        soa = records.get((zone, "SOA"))
-        if soa is None or len(soa.values) != 1:
-            return None
-        return int(soa.values[0].split()[2]), records
+        serial = soa_serial(records.get((zone, "SOA")))
+        return None if serial is None else (serial, records)
 
     def serial(self, zone: str, server: str) -> int | None:
         """The SOA serial ``server`` answers authoritatively (AA) for ``zone``; None if it does not serve it.
@@ -449,13 +447,13 @@ class Rfc2136Dns:
             delay = min(delay * 2, 0.2)
 
     def _keep_read_back(self, zone: str, records: dict[Key, RecordSet]) -> None:
-        soa = records.get((zone, "SOA"))
-        if soa is None or len(soa.values) != 1:
+        serial = soa_serial(records.get((zone, "SOA")))
+        if serial is None:
             return
         with self._read_back_lock:
             if len(self._read_back) >= READ_BACK_LIMIT:
                 self._read_back.clear()
-            self._read_back[zone] = (time.monotonic(), int(soa.values[0].split()[2]), records)
+            self._read_back[zone] = (time.monotonic(), serial, records)
 
     def _take_read_back(self, zone: str, endpoint: tuple[str, int]) -> tuple[int, dict[Key, RecordSet]] | None:
         """The read-back of ``zone``'s last UPDATE (used once) when ``endpoint`` is the primary the wire transfers

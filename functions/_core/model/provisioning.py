@@ -25,7 +25,7 @@ from functions._core.model.mailset import (
 )
 from functions._core.model.plans import DnsPlan, GatewayPlan, MailPlan, plan_dns, plan_gateway, plan_mail
 from functions._core.model.ports import DkimKey, GatewayTransport, MailDomain, Ports, RelayDomain, TrustedNetwork
-from functions._core.model.records import Key, RecordSet
+from functions._core.model.records import Key, RecordSet, soa_serial
 from functions._core.model.verify import external_missing, verify_zone
 from functions._core.platform.envelope import Envelope
 from functions._core.platform.errors import DnsRefused, EventInvalid, NotPropagated
@@ -152,8 +152,7 @@ def plan_all(
             raise EventInvalid(f"zone {domain} is not served by our DNS (dns.hosted is true)") from None
         first = mtasts.held(want, have, domain) if mtasts.enabled(ports) else want  # RFC 8461 order: TXT last
         dns = plan_dns(domain, have, first)
-        soa = have.get((domain.lower(), "SOA"))
-        dns_serial = int(soa.values[0].split()[2]) if soa is not None and len(soa.values) == 1 else None
+        dns_serial = soa_serial(have.get((domain.lower(), "SOA")))
     elif deleg:
         key_dns = plan_delegated_key(domain, ports, pair)
     body = mta_sts_policy(s, mode).encode()
@@ -297,10 +296,15 @@ def provision(event: Envelope, ports: Ports) -> Provisioned:
         checks = _checks(ports, domain, web, retouch=not _wrote_gateway_maps(plans))
         status = _verdict(event, ports, current, checks, verified)
     if status in ("provisioned", "degraded") and plans.mail.dkim_import:
-        ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
-        changes["mailcow"].append(f"+ dkim {pair.selector}")
+        _import_key(ports, domain, pair, changes)
     lines = tuple(customer_lines(plans.want_dns)) if status == "awaiting_dns" or plans.dns is None else None
     return _finish(event, ports, current, status, checks, verified, pair.selector, changes, servers, lines)
+
+
+def _import_key(ports: Ports, domain: str, pair: keys.KeyPair, changes: dict[str, list[str]]) -> None:
+    """Mailcow signs with the key from now on (only after the DNS gate and the acceptance gate ended)."""
+    ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
+    changes["mailcow"].append(f"+ dkim {pair.selector}")
 
 
 def _finish(
@@ -349,10 +353,10 @@ def _resume(event: Envelope, ports: Ports, before: state.DomainState) -> tuple[P
     if prior.get("event") != event.id or not verified or cur is None or cur.adopted or _stale(event, before):
         return None, before
     try:
-        soa = ports.dns.read_rrset(domain, "SOA")
+        serial = soa_serial(ports.dns.read_rrset(domain, "SOA"))
     except DnsRefused:  # the full path tells what that means for the event
         return None, before
-    if soa is None or len(soa.values) != 1 or int(soa.values[0].split()[2]) != verified.get("serial"):
+    if serial is None or serial != verified.get("serial"):
         return None, before
     acceptance.require_probe(ports)
     web = webmail.settle(ports, domain, before)
@@ -366,9 +370,7 @@ def _resume(event: Envelope, ports: Ports, before: state.DomainState) -> tuple[P
     restarted = ["~ sogo restart"] if web.restarted else []
     changes: dict[str, list[str]] = {"mailcow": restarted, "pmg": [], "dns": [], "store": []}
     if ports.mail.get_dkim(domain) != DkimKey(cur.selector, cur.public_b64):
-        pair = state.load_key(ports.state, domain, cur.selector, ports.settings)
-        ports.mail.import_dkim(domain, pair.selector, pair.private_pem.reveal(), overwrite=True)
-        changes["mailcow"].append(f"+ dkim {pair.selector}")
+        _import_key(ports, domain, state.load_key(ports.state, domain, cur.selector, ports.settings), changes)
     servers = [str(s) for s in verified.get("servers", [])]
     return _finish(event, ports, web.state, status, checks, verified, cur.selector, changes, servers, None), web.state
 

@@ -39,6 +39,11 @@ class RecordSet:
         return [f"{self.name}. {self.ttl} IN {self.rtype} {render_value(self.rtype, v)}" for v in self.values]
 
 
+def soa_serial(soa: RecordSet | None) -> int | None:
+    """The serial of a zone's SOA RRset (one record); None when absent or ambiguous."""
+    return int(soa.values[0].split()[2]) if soa is not None and len(soa.values) == 1 else None
+
+
 def split_txt(text: str) -> list[str]:
     """Split TXT data into character-strings of at most 255 bytes (one record, several strings)."""
     data = text.encode("utf-8")
